@@ -1,0 +1,1 @@
+"""Data: file discovery and decoding, class tables, normalisation constants, batched augmentation."""

@@ -1,0 +1,49 @@
+"""Finding and decoding the image files of a folder, with one-line errors for bad files."""
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from utils.errors import UserError
+
+
+def list_files(folder, suffix):
+    """The files of ``folder`` ending in ``suffix`` (any case), sorted by name.
+
+    Raises:
+        UserError: the folder is missing, is not a folder, or holds no such file.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise UserError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == suffix and p.is_file())
+    if not files:
+        raise UserError(f"{folder}: no {suffix} images found")
+    return files
+
+
+def open_rgb(path, kind):
+    """Decode one image file to an RGB ``PIL.Image`` (greyscale, palette and RGBA converted).
+
+    Raises:
+        UserError: naming the file, when it is not a readable image of this kind.
+    """
+    try:
+        with Image.open(path) as im:
+            if im.format != kind:
+                raise UserError(f"{path}: not a {kind} image (it is {im.format or 'unknown'})")
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: not a readable {kind} image ({e})") from None
+
+
+def decode_all(paths, fn, workers=None):
+    """``[fn(p) for p in paths]`` on a thread pool (PIL releases the GIL while decoding)."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) < 64:
+        return [fn(p) for p in paths]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, paths, chunksize=256))

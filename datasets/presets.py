@@ -1,0 +1,28 @@
+"""Augmentation presets of the reference recipes, as batched transforms (train, eval)."""
+from datasets.transforms import Compose, MixupCutmix, Normalize, RandomCrop, RandomFlip, Resize
+
+P1_AUGMENTS = ("crop-flip", "beit", "none")
+
+
+def p1_transforms(augment, *, mean, std, num_classes):
+    """The (train, eval) batch transforms of a Problem 1 recipe.
+
+    Args:
+        augment: ``crop-flip`` (VGG: random crop 32 with padding 4, horizontal flip), ``beit``
+            (resize to 256, random crop 224, horizontal flip, then mixup alpha 0.1 or cutmix
+            alpha 1.0 with equal probability and label smoothing 0.1), or ``none``.
+        mean, std: the normalisation of the model.
+        num_classes: for the soft targets of mixup/cutmix.
+    """
+    normalize = Normalize(mean, std)
+    if augment == "crop-flip":
+        train = Compose([RandomCrop(32, padding=4), RandomFlip(), normalize])
+    elif augment == "beit":
+        train = Compose([normalize, Resize(256), RandomCrop(224), RandomFlip(),
+                         MixupCutmix(num_classes, mixup_alpha=0.1, cutmix_alpha=1.0,
+                                     switch_prob=0.5, smoothing=0.1)])
+    elif augment == "none":
+        train = Compose([normalize])
+    else:
+        raise ValueError(f"unknown augmentation preset {augment!r}")
+    return train, Compose([normalize])

@@ -1,0 +1,161 @@
+"""Augmentation as batched tensor operations on whatever device the batch is on.
+
+Every op is called as ``op(x, y, rng) -> (x, y)`` on a whole batch: ``x`` images (B, C, H, W),
+``y`` targets (class indices (B,), or masks (B, H, W) that follow every geometric change of the
+image), ``rng`` an :class:`utils.runtime.EpochRNG` (``None`` for deterministic ops). No op loops
+over samples in Python.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class Compose:
+    """Apply ops in order."""
+
+    def __init__(self, ops):
+        self.ops = list(ops)
+
+    def __call__(self, x, y, rng=None):
+        for op in self.ops:
+            x, y = op(x, y, rng)
+        return x, y
+
+    def __repr__(self):
+        return "Compose(" + ", ".join(map(repr, self.ops)) + ")"
+
+
+class Normalize:
+    """uint8 (or float in [0, 1]) images to float ``(x / 255 - mean) / std``."""
+
+    def __init__(self, mean, std):
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._cache = {}
+
+    def __call__(self, x, y, rng=None):
+        key = x.device
+        if key not in self._cache:
+            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            # Fold /255 into the affine map: one multiply-add per pixel.
+            self._cache[key] = (1.0 / (255.0 * std), mean / std)
+        scale, shift = self._cache[key]
+        x = x.float() if x.dtype == torch.uint8 else x * 255.0
+        return x * scale - shift, y
+
+    def __repr__(self):
+        return f"Normalize(mean={self.mean}, std={self.std})"
+
+
+class Resize:
+    """Bilinear resize of float images to ``size`` x ``size``."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self, x, y, rng=None):
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x, y
+
+    def __repr__(self):
+        return f"Resize({self.size})"
+
+
+class RandomCrop:
+    """Crop ``size`` x ``size`` at an independent random position per sample, after zero padding.
+
+    Equivalent to torchvision's ``RandomCrop(size, padding)`` applied to each image (zero padding
+    of uint8 images is black, as it is on PIL images), done as one gather for the whole batch.
+    """
+
+    def __init__(self, size, padding=0):
+        self.size = size
+        self.padding = padding
+
+    def __call__(self, x, y, rng):
+        p, s = self.padding, self.size
+        if p:
+            x = F.pad(x, (p, p, p, p))
+        b, _, h, w = x.shape
+        top = torch.randint(0, h - s + 1, (b,), device=x.device, generator=rng.device)
+        left = torch.randint(0, w - s + 1, (b,), device=x.device, generator=rng.device)
+        offsets = torch.arange(s, device=x.device)
+        rows = (top[:, None] + offsets)[:, None, :, None]  # (B, 1, s, 1)
+        cols = (left[:, None] + offsets)[:, None, None, :]  # (B, 1, 1, s)
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        return x[batch, chans, rows, cols], y
+
+    def __repr__(self):
+        return f"RandomCrop({self.size}, padding={self.padding})"
+
+
+class RandomFlip:
+    """Flip each sample with probability ``p`` along ``dim`` (-1 horizontal, -2 vertical).
+
+    Masks (targets with spatial dimensions) are flipped with their images.
+    """
+
+    def __init__(self, p=0.5, dim=-1):
+        self.p = p
+        self.dim = dim
+
+    def __call__(self, x, y, rng):
+        flip = torch.rand(x.shape[0], device=x.device, generator=rng.device) < self.p
+        x = torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(self.dim), x)
+        if y is not None and y.dim() >= 3:
+            y = torch.where(flip.view(-1, *([1] * (y.dim() - 1))), y.flip(self.dim), y)
+        return x, y
+
+    def __repr__(self):
+        return f"RandomFlip(p={self.p}, dim={self.dim})"
+
+
+def smooth_one_hot(y, num_classes, smoothing):
+    """Integer labels (B,) to label-smoothed one-hot rows (B, num_classes)."""
+    off = smoothing / num_classes
+    target = torch.full((y.shape[0], num_classes), off, device=y.device)
+    return target.scatter_(1, y.view(-1, 1), 1.0 - smoothing + off)
+
+
+class MixupCutmix:
+    """Mixup or CutMix per batch with label smoothing, as timm's ``Mixup`` in ``batch`` mode.
+
+    Each batch is mixed with itself reversed. With probability ``switch_prob`` the batch uses
+    CutMix (ratio from Beta(cutmix_alpha, cutmix_alpha), one box, the ratio corrected to the
+    clipped box area), otherwise Mixup (ratio from Beta(mixup_alpha, mixup_alpha)). Targets become
+    soft (B, num_classes) rows, which ``nn.CrossEntropyLoss`` accepts as probabilities.
+    """
+
+    def __init__(self, num_classes, mixup_alpha=0.1, cutmix_alpha=1.0, switch_prob=0.5, smoothing=0.1):
+        self.num_classes = num_classes
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.switch_prob = switch_prob
+        self.smoothing = smoothing
+
+    def __call__(self, x, y, rng):
+        target = smooth_one_hot(y, self.num_classes, self.smoothing)
+        use_cutmix = rng.np.random() < self.switch_prob
+        if use_cutmix:
+            lam = float(rng.np.beta(self.cutmix_alpha, self.cutmix_alpha))
+            h, w = x.shape[-2:]
+            cut = math.sqrt(1.0 - lam)
+            ch, cw = int(h * cut), int(w * cut)
+            cy, cx = int(rng.np.integers(0, h)), int(rng.np.integers(0, w))
+            y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+            x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+            x = x.clone()
+            x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+        else:
+            lam = float(rng.np.beta(self.mixup_alpha, self.mixup_alpha))
+            x = x * lam + x.flip(0) * (1.0 - lam)
+        return x, target * lam + target.flip(0) * (1.0 - lam)
+
+    def __repr__(self):
+        return (f"MixupCutmix(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
+                f"switch_prob={self.switch_prob}, smoothing={self.smoothing})")

@@ -1,0 +1,70 @@
+"""BEiT-base fine-tuned with a new linear head (Problem 1, method B).
+
+Bao et al., "BEiT: BERT Pre-Training of Image Transformers", ICLR 2022. The network is timm's
+``beit_base_patch16_224.in22k_ft_in22k`` (self-supervised on ImageNet-22k, then fine-tuned on
+it); the 21,841-class head is replaced by a new ``num_classes`` head. The 32x32 images are
+resized to 224x224 on the device, inside :meth:`BEiT.forward`.
+"""
+from pathlib import Path
+
+import timm
+import torch.nn.functional as F
+from torch import nn
+
+from models.registry import register_model
+from utils.errors import UserError, brief
+
+TIMM_NAME = "beit_base_patch16_224.in22k_ft_in22k"
+_CFG = timm.get_pretrained_cfg(TIMM_NAME)
+
+
+class BEiT(nn.Module):
+    """A timm BEiT that accepts any input size by resizing it to the network's own."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.input_size = tuple(net.pretrained_cfg["input_size"][-2:])
+
+    def _resize(self, x):
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        return x
+
+    def forward_features(self, x):
+        """The pooled, normalised embedding the head sees (pre-logits), (B, 768)."""
+        return self.net.forward_head(self.net.forward_features(self._resize(x)), pre_logits=True)
+
+    def forward(self, x):
+        return self.net(self._resize(x))
+
+
+@register_model(problem="p1", mean=tuple(_CFG.mean), std=tuple(_CFG.std), has_pretrained=True)
+def beit(*, num_classes, pretrained=False, pretrained_file=None, global_pool="avg"):
+    """BEiT-base/16 at 224 with a new linear head.
+
+    Args:
+        num_classes: outputs of the new head.
+        pretrained: load timm's ImageNet-22k weights (downloaded from the Hugging Face hub once).
+        pretrained_file: load those weights from a local file instead (a timm/BEiT state dict,
+            ``.pth`` or ``.safetensors``); the original head is dropped.
+        global_pool: ``avg`` (timm's default for these weights: mean of the patch tokens, then
+            ``fc_norm``; what the reference ran) or ``token`` (the [CLS] token; the final norm
+            then starts from its default initialisation because these weights carry ``fc_norm``).
+    """
+    kwargs = dict(num_classes=num_classes, global_pool=global_pool)
+    if pretrained_file is not None:
+        path = Path(pretrained_file)
+        if not path.is_file():
+            raise UserError(f"--pretrained-file {path}: no such file")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    else:
+        kwargs.update(pretrained=pretrained)
+    try:
+        net = timm.create_model(TIMM_NAME, **kwargs)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        where = f"from {pretrained_file}" if pretrained_file else "from the Hugging Face hub"
+        raise UserError(f"could not load the pretrained BEiT weights {where} ({brief(e)}); pass "
+                        "--pretrained-file PATH to load them from a local file, or --no-pretrained "
+                        "to start from random weights") from None
+    return BEiT(net)

@@ -1,0 +1,69 @@
+"""The model registry: ``@register_model`` fills it, ``get_model(name, ...)`` builds from it."""
+from dataclasses import dataclass
+from typing import Callable
+
+from utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the scripts need to know about a registered model before building it.
+
+    Attributes:
+        name: the registry name (``--model``).
+        builder: ``builder(*, num_classes, pretrained, pretrained_file, **kwargs) -> nn.Module``.
+        problem: ``"p1"`` (classification) or ``"p2"`` (segmentation).
+        mean, std: the normalisation its pretrained weights expect, or ``None`` to use the
+            dataset's own statistics (models trained from scratch).
+        has_pretrained: whether pretrained weights exist for it.
+    """
+
+    name: str
+    builder: Callable
+    problem: str
+    mean: tuple | None = None
+    std: tuple | None = None
+    has_pretrained: bool = False
+
+
+_REGISTRY = {}
+
+
+def register_model(*, problem, mean=None, std=None, has_pretrained=False):
+    """Decorator registering a builder under its function name."""
+
+    def wrap(fn):
+        _REGISTRY[fn.__name__] = ModelSpec(fn.__name__, fn, problem, mean, std, has_pretrained)
+        return fn
+
+    return wrap
+
+
+def list_models(problem=None):
+    """Registered names, optionally only those of one problem."""
+    return [name for name, spec in _REGISTRY.items() if problem in (None, spec.problem)]
+
+
+def get_model_spec(name):
+    """The :class:`ModelSpec` of ``name``."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r} (known: {', '.join(_REGISTRY)})")
+    return _REGISTRY[name]
+
+
+def get_model(name, *, num_classes, pretrained=False, pretrained_file=None, **kwargs):
+    """Build a registered model.
+
+    Args:
+        name: registry name.
+        num_classes: outputs of the new head.
+        pretrained: load the library's pretrained weights (downloaded once, then cached).
+        pretrained_file: load the pretrained weights from this local file instead.
+        **kwargs: model-specific options (``global_pool`` for ``beit``, say).
+    """
+    spec = get_model_spec(name)
+    if (pretrained or pretrained_file) and not spec.has_pretrained:
+        raise UserError(f"{name} is trained from scratch: it has no pretrained weights "
+                        "(drop --pretrained / --pretrained-file)")
+    return spec.builder(num_classes=num_classes, pretrained=pretrained,
+                        pretrained_file=pretrained_file, **kwargs)

@@ -1,0 +1,70 @@
+"""Shared fixtures: small generated image folders and a helper to run the scripts as a user would."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def write_p1_folder(folder, classes, per_class, seed=0, size=32):
+    """Write ``per_class`` PNGs for each class in ``classes`` as ``{label}_{id}.png``.
+
+    Each class has its own colour and a bright bar at its own position plus noise, so a small
+    network separates them within a few epochs.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for label in classes:
+        colour = np.array([(label * 53) % 256, (label * 97 + 80) % 256, (label * 151 + 160) % 256])
+        for i in range(per_class):
+            img = rng.normal(0, 25, (size, size, 3)) + colour
+            img[:, (label * 3) % size: (label * 3) % size + 3] = 255
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{label}_{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def p1_data(tmp_path_factory):
+    """A tiny Problem 1 dataset: 4 classes, 12 training and 4 validation images each."""
+    root = tmp_path_factory.mktemp("p1_data")
+    train = write_p1_folder(root / "train_50", range(4), 12, seed=0)
+    val = write_p1_folder(root / "val_50", range(4), 4, seed=1)
+    return train, val
+
+
+@pytest.fixture(scope="session")
+def p1_run(p1_data, tmp_path_factory):
+    """A finished 2-epoch VGG13 run on :func:`p1_data`; returns its folder."""
+    import p1_train
+
+    out = tmp_path_factory.mktemp("p1_run")
+    train, val = p1_data
+    args = p1_train.get_args_parser().parse_args([
+        "--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(out),
+        "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress"])
+    p1_train.main(args)
+    return out
+
+
+def run_script(*argv, env=None, cwd=None):
+    """Run a repository script in a fresh interpreter; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    cmd = [sys.executable, *map(str, argv)] if str(argv[0]).endswith(".py") else list(map(str, argv))
+    return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc, *needles):
+    """The process failed with exactly one line on stderr that names every needle."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert str(needle) in lines[0], lines[0]

@@ -1,0 +1,100 @@
+"""p1_inference.py and hw1_1.sh: the grading CSV contract and every bad input."""
+import csv
+import os
+
+import torch
+
+from tests.conftest import REPO, assert_one_line_error, run_script, write_p1_folder
+from utils.checkpoint import save_checkpoint
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_csv_contract(p1_run, p1_data, tmp_path):
+    images = p1_data[1]
+    out = tmp_path / "new" / "folder" / "pred.csv"
+    proc = run_script("p1_inference.py", "--checkpoint", p1_run / "best.pth", images, out, "--device", "cpu",
+                      "--batch-size", "5")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(out)
+    assert rows[0] == ["filename", "label"]
+    names = [r[0] for r in rows[1:]]
+    assert names == sorted(p.name for p in images.iterdir())  # every image once, sorted, name only
+    assert all(0 <= int(r[1]) < 50 and r[1] == str(int(r[1])) for r in rows[1:])
+    assert os.listdir(out.parent) == ["pred.csv"]  # no temporary file left
+    # The predictions are the model's: mostly right on these separable classes.
+    correct = sum(int(r[1]) == int(r[0].split("_")[0]) for r in rows[1:])
+    assert correct >= len(names) // 2
+
+
+def test_hw1_1_sh(p1_run, tmp_path):
+    images = write_p1_folder(tmp_path / "test", range(3), 2, seed=5)
+    for p in images.iterdir():  # the hidden test set's names carry no label
+        p.rename(images / f"{abs(hash(p.name)) % 10**6:06d}.png")
+    out = tmp_path / "out" / "p1.csv"
+    proc = run_script("bash", REPO / "hw1_1.sh", images, out, cwd=tmp_path,
+                      env={"HW1_P1_CHECKPOINT": str(p1_run / "best.pth"), "PYTHON": os.sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(out)
+    assert [r[0] for r in rows[1:]] == sorted(p.name for p in images.iterdir())
+
+
+def test_hw1_1_sh_usage():
+    proc = run_script("bash", REPO / "hw1_1.sh", "only-one-argument")
+    assert_one_line_error(proc, "usage: bash hw1_1.sh <image_dir> <out_csv>")
+
+
+def infer(ckpt, images, out):
+    return run_script("p1_inference.py", "--checkpoint", ckpt, images, out, "--device", "cpu")
+
+
+def test_missing_and_empty_image_folder(p1_run, tmp_path):
+    out = tmp_path / "o" / "p.csv"
+    assert_one_line_error(infer(p1_run / "best.pth", tmp_path / "nope", out), tmp_path / "nope", "no such folder")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(infer(p1_run / "best.pth", tmp_path / "empty", out), "empty", "no .png images")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_png_among_good_ones(p1_run, tmp_path):
+    images = write_p1_folder(tmp_path / "imgs", range(2), 3)
+    (images / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "o" / "p.csv"
+    assert_one_line_error(infer(p1_run / "best.pth", images, out), "zz_broken.png", "not a readable PNG")
+    assert not (tmp_path / "o").exists()
+
+
+def test_not_a_checkpoint(p1_data, tmp_path):
+    junk = tmp_path / "model.pth"
+    junk.write_bytes(b"PK\x03\x04 garbage")
+    out = tmp_path / "p.csv"
+    assert_one_line_error(infer(junk, p1_data[1], out), junk, "not a readable checkpoint")
+    assert_one_line_error(infer(tmp_path / "absent.pth", p1_data[1], out), "absent.pth", "no such checkpoint")
+    assert not out.exists()
+
+
+def test_checkpoint_of_the_other_problem(p1_data, tmp_path):
+    ckpt = tmp_path / "p2_best.pth"
+    save_checkpoint({"model": {}, "arch": "fcn32s", "problem": "p2", "model_kwargs": {"num_classes": 7}}, ckpt)
+    out = tmp_path / "p.csv"
+    assert_one_line_error(infer(ckpt, p1_data[1], out), ckpt, "Problem 2", "fcn32s")
+    assert not out.exists()
+
+
+def test_checkpoint_whose_weights_do_not_fit(p1_run, p1_data, tmp_path):
+    ckpt = torch.load(p1_run / "best.pth", weights_only=True)
+    ckpt["model"].pop("head.1.weight")
+    bad = tmp_path / "bad.pth"
+    save_checkpoint(ckpt, bad)
+    assert_one_line_error(infer(bad, p1_data[1], tmp_path / "p.csv"), bad, "does not match its model")
+
+
+def test_unwritable_output(p1_run, p1_data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_one_line_error(infer(p1_run / "best.pth", p1_data[1], blocker / "p.csv"), blocker / "p.csv", "cannot write")
+    (tmp_path / "adir").mkdir()
+    assert_one_line_error(infer(p1_run / "best.pth", p1_data[1], tmp_path / "adir"), "adir", "is a folder")

@@ -1,0 +1,168 @@
+"""p1_train.py: learning, run-folder outputs, exact resume, and its refusals."""
+import json
+
+import pytest
+import torch
+
+import p1_train
+from tests.conftest import assert_one_line_error, run_script
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+
+
+def train(p1_data, out, *extra):
+    t, v = p1_data
+    args = p1_train.get_args_parser().parse_args([
+        "--train-dir", str(t), "--val-dir", str(v), "--output-dir", str(out), "--batch-size", "16",
+        "--device", "cpu", "--no-progress", *map(str, extra)])
+    return p1_train.main(args)
+
+
+def test_run_folder_contents(p1_run):
+    names = sorted(p.name for p in p1_run.iterdir())
+    assert names == ["args.json", "best.pth", "epoch_001.pth", "epoch_002.pth", "last.pth", "metrics.jsonl"]
+    lines = [json.loads(line) for line in (p1_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    for r in lines:
+        assert {"epoch", "lr", "train_loss", "val_loss", "val_acc", "seconds", "images_per_second"} <= r.keys()
+        assert 0 <= r["val_acc"] <= 1 and r["lr"] == 1e-3
+    args = json.loads((p1_run / "args.json").read_text())
+    assert args["model"] == "vgg13" and args["opt"] == "adamw" and args["epochs"] == 2
+    ckpt = load_checkpoint(p1_run / "last.pth", problem="p1")
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "best_metric", "arch", "args",
+            "mean", "std", "num_classes", "rng", "model_kwargs"} <= ckpt.keys()
+    assert ckpt["epoch"] == 2 and ckpt["arch"] == "vgg13" and ckpt["num_classes"] == 50
+    assert ckpt["mean"] == pytest.approx([0.5077, 0.4813, 0.4312])
+    best = load_checkpoint(p1_run / "best.pth")
+    assert best["best_metric"] == max(r["val_acc"] for r in lines)
+
+
+def test_training_lowers_the_loss(p1_data, tmp_path):
+    result = train(p1_data, tmp_path, "--epochs", "4", "--save-epochs")
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in lines]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert result["best_val_acc"] > 0.5  # 4 separable classes: well above chance (0.25)
+    assert not list(tmp_path.glob("epoch_*.pth"))  # --save-epochs with no value keeps none
+
+
+def test_resume_continues_exactly(p1_data, tmp_path):
+    train(p1_data, tmp_path / "straight", "--epochs", "2", "--seed", "3")
+    train(p1_data, tmp_path / "split", "--epochs", "1", "--seed", "3")
+    # Resume takes the model, data and recipe from the checkpoint; only --epochs is new.
+    args = p1_train.get_args_parser().parse_args(
+        ["--resume", str(tmp_path / "split" / "last.pth"), "--epochs", "2", "--no-progress"])
+    p1_train.main(args)
+    a = load_checkpoint(tmp_path / "straight" / "last.pth")
+    b = load_checkpoint(tmp_path / "split" / "last.pth")
+    assert b["epoch"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_resume_drops_metrics_of_epochs_it_redoes(p1_data, tmp_path):
+    train(p1_data, tmp_path, "--epochs", "1")
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # as if a crash came before last.pth of epoch 2
+        f.write(json.dumps({"epoch": 2, "val_acc": 0.0}) + "\n")
+    args = p1_train.get_args_parser().parse_args(
+        ["--resume", str(tmp_path / "last.pth"), "--epochs", "2", "--no-progress"])
+    p1_train.main(args)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and "train_loss" in lines[1]
+
+
+def test_resume_of_a_finished_run_does_nothing(p1_run, capsys):
+    before = (p1_run / "last.pth").read_bytes()
+    args = p1_train.get_args_parser().parse_args(["--resume", str(p1_run / "last.pth"), "--no-progress"])
+    p1_train.main(args)
+    assert "nothing to do" in capsys.readouterr().out
+    assert (p1_run / "last.pth").read_bytes() == before
+
+
+def test_resume_with_another_model_is_refused(p1_run):
+    args = p1_train.get_args_parser().parse_args(["--resume", str(p1_run / "last.pth"), "--model", "beit"])
+    with pytest.raises(UserError, match="a checkpoint of vgg13, not of --model beit"):
+        p1_train.main(args)
+
+
+def test_an_existing_run_is_not_overwritten(p1_data, p1_run):
+    before = (p1_run / "best.pth").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        train(p1_data, p1_run, "--epochs", "1")
+    assert (p1_run / "best.pth").read_bytes() == before
+
+
+def test_overwrite_starts_afresh(p1_data, tmp_path):
+    train(p1_data, tmp_path, "--epochs", "2")
+    train(p1_data, tmp_path, "--epochs", "1", "--overwrite")
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pth")) == ["epoch_001.pth"]
+
+
+def test_beit_trains_one_step(p1_data, tmp_path):
+    """The BEiT recipe path end to end: 224 crops, mixup/cutmix soft targets, SGD."""
+    t, v = p1_data
+    small_train = tmp_path / "train"
+    small_val = tmp_path / "val"
+    small_train.mkdir()
+    small_val.mkdir()
+    for p in sorted(t.iterdir())[:2]:
+        (small_train / p.name).write_bytes(p.read_bytes())
+    for p in sorted(v.iterdir())[:2]:
+        (small_val / p.name).write_bytes(p.read_bytes())
+    args = p1_train.get_args_parser().parse_args([
+        "--model", "beit", "--no-pretrained", "--train-dir", str(small_train), "--val-dir", str(small_val),
+        "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--device", "cpu",
+        "--no-progress"])
+    result = p1_train.main(args)
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pth")
+    assert ckpt["arch"] == "beit" and ckpt["mean"] == [0.5, 0.5, 0.5] and ckpt["std"] == [0.5, 0.5, 0.5]
+    assert ckpt["model_kwargs"] == {"num_classes": 50, "global_pool": "avg"}
+    assert result["last"]["train_loss"] > 0
+
+
+# --- one-line errors, from a fresh interpreter as a user would see them -----------------------
+
+def test_unknown_model(tmp_path):
+    proc = run_script("p1_train.py", "--model", "resnet", "--output-dir", tmp_path / "o")
+    assert_one_line_error(proc, "--model", "resnet")
+    assert not (tmp_path / "o").exists()
+
+
+def test_training_folder_without_labels(tmp_path, p1_data):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in sorted(p1_data[0].iterdir())[:3]:
+        (bad / p.name).write_bytes(p.read_bytes())
+    (bad / "cat.png").write_bytes(next(p1_data[0].iterdir()).read_bytes())
+    proc = run_script("p1_train.py", "--train-dir", bad, "--val-dir", p1_data[1],
+                      "--output-dir", tmp_path / "o", "--device", "cpu")
+    assert_one_line_error(proc, "cat.png", "carries no class label")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_training_folder(tmp_path, p1_data):
+    proc = run_script("p1_train.py", "--train-dir", tmp_path / "nope", "--val-dir", p1_data[1],
+                      "--output-dir", tmp_path / "o", "--device", "cpu")
+    assert_one_line_error(proc, tmp_path / "nope", "no such folder")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_dir(tmp_path, p1_data):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_script("p1_train.py", "--train-dir", p1_data[0], "--val-dir", p1_data[1],
+                      "--output-dir", blocker / "run", "--device", "cpu")
+    assert_one_line_error(proc, "--output-dir", blocker / "run")
+
+
+def test_bad_numbers_and_resume_file(tmp_path):
+    assert_one_line_error(run_script("p1_train.py", "--epochs", "0"), "--epochs must be positive")
+    junk = tmp_path / "junk.pth"
+    junk.write_text("hello")
+    assert_one_line_error(run_script("p1_train.py", "--resume", junk), junk, "not a readable checkpoint")

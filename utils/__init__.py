@@ -1,0 +1,1 @@
+"""Infrastructure shared by both problems: arguments, errors, engine, metrics, checkpoints."""

@@ -1,0 +1,114 @@
+"""Argument parsing shared by every script: a one-line-error parser and the common flags.
+
+Flags used by both problems live here once, as parent parsers; each script adds its own
+problem-specific flags on top. Training flags whose default depends on the model's reference
+recipe default to ``None`` and are filled in by the script from its recipe table.
+"""
+import argparse
+from pathlib import Path
+
+from utils.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (exit code 2), not the usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults after each flag's help (unless the help explains a ``None`` default itself),
+    and keep the docstring's line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(doc, parents):
+    """A script's parser: its module docstring as description, defaults shown in ``--help``."""
+    return ArgumentParser(description=doc, formatter_class=HelpFormatter, parents=parents)
+
+
+def runtime_parser():
+    """Flags for where and how to compute: device, mixed precision, batch size."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to compute; auto picks CUDA when available")
+    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision; auto means bf16 on CUDA and off on the CPU")
+    g.add_argument("--progress", default=True, action=argparse.BooleanOptionalAction,
+                   help="show progress bars")
+    return p
+
+
+def training_parser():
+    """Flags every training script shares (Problem 1 and Problem 2)."""
+    p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser()])
+    g = p.add_argument_group("training (defaults marked 'recipe' come from the model's reference recipe)")
+    g.add_argument("--output-dir", type=Path, default=None,
+                   help="run folder for checkpoints and logs (default: runs/<problem>_<model>)")
+    g.add_argument("--epochs", type=int, default=None, help="total number of epochs (recipe)")
+    g.add_argument("--batch-size", type=int, default=None, help="training batch size (recipe)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (recipe)")
+    g.add_argument("--opt", default=None, choices=["sgd", "adamw"], help="optimiser (recipe)")
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum (recipe)")
+    g.add_argument("--weight-decay", type=float, default=None, help="weight decay (recipe)")
+    g.add_argument("--sched", default=None, choices=["constant", "cosine", "onecycle"],
+                   help="learning-rate schedule, stepped every iteration (recipe)")
+    g.add_argument("--eval-batch-size", type=int, default=256, help="validation batch size")
+    g.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: 0, or the resumed run's); epoch e shuffles and augments "
+                        "from (seed, e)")
+    g.add_argument("--resume", type=Path, default=None,
+                   help="checkpoint (last.pth) to continue from, up to --epochs; flags left out are "
+                        "taken from the checkpoint's run")
+    g.add_argument("--save-epochs", type=int, nargs="*", default=None,
+                   help="epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)")
+    g.add_argument("--pretrained", default=None, action=argparse.BooleanOptionalAction,
+                   help="start from the library's pretrained weights (recipe; needs internet once)")
+    g.add_argument("--pretrained-file", type=Path, default=None,
+                   help="load the pretrained weights from this local file instead of downloading them")
+    g.add_argument("--overwrite", default=False, action=argparse.BooleanOptionalAction,
+                   help="start afresh in an --output-dir that already holds a run (its files are replaced)")
+    return p
+
+
+def inference_parser(problem):
+    """Flags every grading-inference script shares."""
+    p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser()])
+    p.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / f"{problem}_best.pth",
+                   help="trained checkpoint (best.pth of a run)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    return p
+
+
+def fill_recipe(args, recipe):
+    """Replace every ``None`` flag by the recipe's value for it (in place)."""
+    for key, value in recipe.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def check_positive(args, *names):
+    """Raise a one-line error for the first flag among ``names`` that is not > 0."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
+
+
+def default_save_epochs(epochs):
+    """The first, middle (n/2) and last epoch: the report's t-SNE and mask figures need these."""
+    return sorted({1, max(1, epochs // 2), epochs})
+
+
+def args_to_dict(args):
+    """``args`` as a plain JSON/checkpoint-safe dict (paths become strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -1,0 +1,59 @@
+"""Checkpoints: plain dicts, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint holds everything needed to rebuild the model with no other input (``arch``,
+``model_kwargs``, ``problem``, ``num_classes``, ``mean``/``std``) and everything needed to resume
+exactly (``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_metric``, ``rng``, ``args``).
+Tensors are moved to the CPU before saving, so a checkpoint written on a GPU loads anywhere.
+"""
+from pathlib import Path
+
+import torch
+
+from utils.errors import UserError, brief
+from utils.io import atomic_write
+
+PROBLEM_NAMES = {"p1": "Problem 1 (classification)", "p2": "Problem 2 (segmentation)"}
+REQUIRED_KEYS = ("model", "arch", "problem", "model_kwargs")
+
+
+def unwrap(model):
+    """The bare module inside DistributedDataParallel or ``torch.compile`` wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(state, path):
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path, *, problem=None, map_location="cpu"):
+    """Load a checkpoint of this project and check it is of the expected problem.
+
+    Args:
+        path: the checkpoint file.
+        problem: ``"p1"`` or ``"p2"`` to refuse the other problem's checkpoints; ``None`` accepts both.
+        map_location: where tensors land (default CPU, so GPU checkpoints load anywhere).
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        UserError: the file is missing, is not a checkpoint of this project, or is of another problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a non-checkpoint (zip, pickle, EOF)
+        raise UserError(f"{path}: not a readable checkpoint ({brief(e, 120)})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        raise UserError(f"{path}: not a checkpoint of this project (no model/arch/problem entries)")
+    if problem is not None and ckpt["problem"] != problem:
+        raise UserError(
+            f"{path}: this is a {PROBLEM_NAMES.get(ckpt['problem'], ckpt['problem'])} checkpoint "
+            f"({ckpt['arch']}); a {PROBLEM_NAMES[problem]} checkpoint is needed here"
+        )
+    return ckpt

@@ -1,0 +1,46 @@
+"""User-facing errors, and the command-line wrapper that reports them as one line.
+
+Library code raises :class:`UserError` for anything the user can fix (a path, a flag, a file).
+Scripts run their ``main`` through :func:`run_cli`, which prints such an error as a single
+``error: ...`` line on stderr and returns a non-zero exit code, without a traceback.
+"""
+import sys
+import warnings
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line naming the culprit."""
+
+
+def brief(error, limit=160):
+    """An exception's message squeezed onto one line (for embedding in a one-line error)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=file or sys.stderr, flush=True)
+
+
+def run_cli(main, parser, argv=None):
+    """Parse arguments, run ``main(args)`` and turn user errors into a one-line message.
+
+    Args:
+        main: the script's ``main(args)``.
+        parser: the script's ``argparse`` parser.
+        argv: arguments to parse (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit code: 0 on success, 2 on a user error, 130 on Ctrl-C.
+    """
+    args = parser.parse_args(argv)
+    warnings.showwarning = _one_line_warning
+    try:
+        main(args)
+    except UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    return 0

@@ -1,0 +1,73 @@
+"""Atomic file output: a file either appears complete or not at all."""
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from utils.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w", **open_kwargs):
+    """Open a temporary file beside ``path`` and rename it onto ``path`` when the block succeeds.
+
+    A crash or exception inside the block removes the temporary file and leaves any previous
+    ``path`` untouched. The rename is atomic on POSIX because both names share one folder.
+
+    Args:
+        path: the final file path; its folder must exist.
+        mode: ``"w"`` (text) or ``"wb"`` (binary).
+        **open_kwargs: passed to ``open`` (``newline=""`` for CSV, say).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def append_jsonl(path, record):
+    """Append one JSON line (one record per epoch) and flush it to disk."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_writable(path, flag):
+    """Fail early, creating nothing, if ``path`` (a file or folder to be made) cannot be written.
+
+    Walks up to the nearest existing ancestor and checks it is a writable folder, so a bad output
+    path is reported before any work is done rather than after.
+
+    Args:
+        path: the output file or folder.
+        flag: the flag or argument that named it, for the message.
+    """
+    path = Path(path).absolute()
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if parent == path and path.is_dir():
+        ok = os.access(path, os.W_OK | os.X_OK)
+    elif parent == path:
+        ok = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+    else:
+        ok = parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+    if not ok:
+        raise UserError(f"{flag} {path}: cannot write there ({parent} is not a writable folder)")

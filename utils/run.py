@@ -1,0 +1,136 @@
+"""A training run: its output folder, and the epoch loop with validation and checkpoints.
+
+A run folder holds ``args.json``, ``metrics.jsonl`` (one JSON line per epoch), ``last.pth``
+(every epoch), ``best.pth`` (best validation metric) and ``epoch_NNN.pth`` snapshots. Each
+epoch writes its metrics line first and ``last.pth`` last, every file atomically, so a crash at
+any moment leaves loadable checkpoints and a resume that drops the lines it will redo.
+"""
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from utils.checkpoint import save_checkpoint, unwrap
+from utils.engine import evaluate, train_one_epoch
+from utils.errors import UserError
+from utils.io import append_jsonl, check_writable, write_json
+from utils.runtime import EpochRNG, rng_state
+
+RUN_FILES = ("args.json", "metrics.jsonl", "best.pth", "last.pth")
+
+
+class RunFolder:
+    """The output folder of one training run.
+
+    Args:
+        path: the folder (created by :meth:`start`, not before).
+        resume_epoch: the epoch the run resumes after, or ``None`` for a fresh run.
+        overwrite: allow a fresh run to replace the files of an earlier run there.
+    """
+
+    def __init__(self, path, *, resume_epoch=None, overwrite=False):
+        self.path = Path(path)
+        self.resume_epoch = resume_epoch
+        check_writable(self.path, "--output-dir")
+        if resume_epoch is None and not overwrite and (self.path / "last.pth").exists():
+            raise UserError(f"--output-dir {self.path} already holds a run; pass --resume "
+                            f"{self.path / 'last.pth'} to continue it, --overwrite to replace it, "
+                            "or another --output-dir")
+
+    def start(self, args_dict):
+        """Create the folder, write ``args.json``, and clear what this run will write anew."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        metrics = self.path / "metrics.jsonl"
+        if self.resume_epoch is None:
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            for snapshot in self.path.glob("epoch_*.pth"):
+                snapshot.unlink()
+        elif metrics.exists():
+            # Lines after the checkpoint's epoch were written by a run that died before its
+            # last.pth: those epochs run again, so their old lines go.
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["epoch"] <= self.resume_epoch]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        write_json(self.path / "args.json", args_dict)
+
+    def end_epoch(self, record, checkpoint, *, is_best, snapshot):
+        """Log one epoch and write its checkpoints (metrics line, best, snapshot, then last)."""
+        append_jsonl(self.path / "metrics.jsonl", record)
+        if is_best:
+            save_checkpoint(checkpoint, self.path / "best.pth")
+        if snapshot:
+            save_checkpoint(checkpoint, self.path / f"epoch_{record['epoch']:03d}.pth")
+        save_checkpoint(checkpoint, self.path / "last.pth")
+
+
+def _cpu_state(state_dict):
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state_dict.items()}
+
+
+def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_dtype, device,
+        make_train_batches, train_transform, val_batches, eval_transform, make_metric, metric_name,
+        run, start_epoch, epochs, best_metric, best_epoch, seed, save_epochs, meta, progress=True):
+    """Train from ``start_epoch + 1`` to ``epochs``, validating and checkpointing every epoch.
+
+    Args:
+        model, criterion, optimizer, scheduler, scaler, amp_dtype, device: as in
+            :func:`utils.engine.train_one_epoch`; ``eval_criterion`` is the validation loss.
+        make_train_batches: ``make_train_batches(rng) -> batches`` for one epoch, shuffled
+            from ``rng.cpu``.
+        train_transform: ``train_transform(x, y, rng)``, the batched augmentation.
+        val_batches: the validation batches (every sample, in order).
+        eval_transform: ``eval_transform(x, y)``, normalisation.
+        make_metric: a fresh metric object each epoch.
+        metric_name: the metric's key (``acc``, ``miou``); logged as ``val_<name>``, and the
+            one that selects ``best.pth``.
+        run: the :class:`RunFolder`.
+        start_epoch: epochs already done (0, or the resumed checkpoint's).
+        epochs: the total to reach.
+        best_metric, best_epoch: the best validation metric so far and its epoch
+            (``-inf`` and ``None`` for a fresh run).
+        seed: the run's seed; epoch ``e`` reshuffles and augments from ``(seed, e)``.
+        save_epochs: epochs whose checkpoints are kept as snapshots.
+        meta: what every checkpoint carries to rebuild the model (arch, problem, args, ...).
+        progress: show progress bars.
+
+    Returns:
+        ``{"best_val_<name>": ..., "best_epoch": ..., "epochs": ..., "last": last record}``.
+    """
+    key = f"val_{metric_name}"
+    record = None
+    for epoch in range(start_epoch + 1, epochs + 1):
+        start = time.perf_counter()
+        rng = EpochRNG(seed, epoch, device)
+        train = train_one_epoch(
+            model, criterion, optimizer, make_train_batches(rng),
+            transform=lambda x, y: train_transform(x, y, rng), device=device, scheduler=scheduler,
+            scaler=scaler, amp_dtype=amp_dtype, desc=f"epoch {epoch}/{epochs}", progress=progress)
+        val = evaluate(model, eval_criterion, val_batches, make_metric(), transform=eval_transform,
+                       device=device, amp_dtype=amp_dtype, desc="validate", progress=progress)
+        is_best = val[metric_name] > best_metric
+        if is_best:
+            best_metric, best_epoch = val[metric_name], epoch
+        record = {"epoch": epoch, "lr": train["lr"], "train_loss": train["loss"],
+                  "val_loss": val["loss"], key: val[metric_name],
+                  **{f"val_{k}": v for k, v in val.items() if k not in ("loss", metric_name)},
+                  "seconds": time.perf_counter() - start,
+                  "images_per_second": train["images_per_second"]}
+        checkpoint = {
+            **meta,
+            "model": _cpu_state(unwrap(model).state_dict()),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": epoch,
+            "best_metric": best_metric,
+            "best_epoch": best_epoch,
+            "metrics": record,
+            "rng": rng_state(),
+        }
+        run.end_epoch(record, checkpoint, is_best=is_best, snapshot=epoch in save_epochs)
+        print(f"epoch {epoch}/{epochs}  train_loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
+              f"{key} {val[metric_name]:.4f}{'  (best)' if is_best else ''}  lr {train['lr']:.3g}  "
+              f"{record['seconds']:.1f}s  {train['images_per_second']:.0f} img/s", flush=True)
+    return {f"best_{key}": best_metric, "best_epoch": best_epoch, "epochs": epochs, "last": record}

@@ -1,0 +1,74 @@
+"""Device, mixed precision and seeding."""
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+
+def resolve_device(name):
+    """Turn ``--device`` into a ``torch.device``; ``auto`` is CUDA when available."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+    device = torch.device(name)
+    if device.type == "cuda":
+        # Fixed input sizes: let cuDNN pick the fastest kernels once.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def resolve_amp(name, device):
+    """Turn ``--amp`` into an autocast dtype, or ``None`` for full precision."""
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "off"
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16: float16 autocast needs CUDA (use --amp bf16 or off on the CPU)")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[name]
+
+
+def mix_seed(*parts):
+    """One 63-bit seed from several integers (seed, epoch, rank), without collisions like seed+epoch."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+class EpochRNG:
+    """The random streams of one epoch, derived from (seed, epoch, rank) alone.
+
+    Shuffling and augmentation draw only from here, so a run resumed at an epoch boundary
+    replays exactly the same batches and augmentations.
+
+    Attributes:
+        cpu: a CPU ``torch.Generator`` (the permutation: identical on every device).
+        device: a ``torch.Generator`` on the training device (per-sample augmentation draws).
+        np: a NumPy ``Generator`` (per-batch scalars such as the mixup ratio).
+    """
+
+    def __init__(self, seed, epoch, device, rank=0):
+        base = mix_seed(seed, epoch, rank)
+        self.cpu = torch.Generator().manual_seed(base)
+        self.device = torch.Generator(device=device).manual_seed(base ^ 0x5DEECE66D)
+        self.np = np.random.default_rng(base)
+
+
+def seed_everything(seed):
+    """Seed the global RNGs (weight init, dropout)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def rng_state():
+    """The global torch RNG states (CPU and every CUDA device), for the checkpoint."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what :func:`rng_state` saved (CUDA states only where CUDA is present)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
