@@ -64,9 +64,8 @@ def main(args):
     model, ckpt = load_model(args.checkpoint, device)
     images = load_folder(args.img_dir, labeled=False)
     normalize = Compose([Normalize(ckpt["mean"], ckpt["std"])])
-    batches = (x.to(device, non_blocking=True) for x, _ in
-               TensorBatches(images.images.pin_memory() if device.type == "cuda" else images.images,
-                             None, args.batch_size))
+    host = images.images.pin_memory() if device.type == "cuda" else images.images
+    batches = TensorBatches(host, None, args.batch_size)
     labels = torch.cat([out.argmax(1).cpu() for out in predict(
         model, batches, transform=normalize, device=device, amp_dtype=amp_dtype,
         progress=args.progress)]).tolist()

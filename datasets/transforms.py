@@ -37,10 +37,13 @@ class Normalize:
     def __call__(self, x, y, rng=None):
         key = x.device
         if key not in self._cache:
-            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-            # Fold /255 into the affine map: one multiply-add per pixel.
-            self._cache[key] = (1.0 / (255.0 * std), mean / std)
+            # Built once per device (no host-to-device copy per batch), as normal tensors even
+            # when the first call comes under inference_mode.
+            with torch.inference_mode(False):
+                mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+                std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+                # Fold /255 into the affine map: one multiply-add per pixel.
+                self._cache[key] = (1.0 / (255.0 * std), mean / std)
         scale, shift = self._cache[key]
         x = x.float() if x.dtype == torch.uint8 else x * 255.0
         return x * scale - shift, y

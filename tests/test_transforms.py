@@ -115,3 +115,14 @@ def test_batches_drop_a_single_sample_tail_in_training():
     train = TensorBatches(x, None, 4, generator=torch.Generator().manual_seed(0), drop_singleton=True)
     assert [len(xb) for xb, _ in train] == [4, 4]
     assert len(train) == 2
+
+
+def test_normalize_first_used_under_inference_mode_then_in_training():
+    normalize = Normalize((0.5,) * 3, (0.5,) * 3)
+    x, _ = batch(2)
+    with torch.inference_mode():
+        normalize(x, None)
+    image = (x.float() / 255).requires_grad_()  # a gradient with respect to the input
+    out, _ = normalize(image, None)
+    out.sum().backward()  # the cached constants are normal tensors autograd may save
+    assert torch.allclose(image.grad, torch.full_like(image, 2.0))

@@ -22,9 +22,18 @@ def autocast(device, amp_dtype):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-def _sync_now(step, total, every=25):
-    # Reading the loss forces a device sync; do it only every few steps and at the end.
-    return step % every == 0 or step == total
+class _Throttle:
+    """True at most every ``seconds`` (and at the last step): reading the loss syncs the device."""
+
+    def __init__(self, total, seconds=1.0):
+        self.total, self.seconds, self.last = total, seconds, time.perf_counter()
+
+    def __call__(self, step):
+        now = time.perf_counter()
+        if step == self.total or now - self.last >= self.seconds:
+            self.last = now
+            return True
+        return False
 
 
 def train_one_epoch(model, criterion, optimizer, batches, *, transform, device, scheduler=None,
@@ -54,6 +63,7 @@ def train_one_epoch(model, criterion, optimizer, batches, *, transform, device, 
     seen = 0
     start = time.perf_counter()
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+    report_now = _Throttle(len(batches))
     for step, (x, y) in enumerate(bar, 1):
         x, y = transform(x, y)
         with autocast(device, amp_dtype):
@@ -70,7 +80,7 @@ def train_one_epoch(model, criterion, optimizer, batches, *, transform, device, 
             scheduler.step()
         loss_sum += loss.detach().float() * x.shape[0]
         seen += x.shape[0]
-        if _sync_now(step, len(batches)):
+        if report_now(step):
             mean = loss_sum.item() / seen
             if not math.isfinite(mean):
                 raise UserError(f"training diverged: loss is {mean} at step {step} of {desc} "
@@ -117,15 +127,22 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
 
 
 @torch.inference_mode()
-def predict(model, inputs, *, transform, device, amp_dtype=None, desc="predict", progress=True):
-    """Run the model over ``inputs`` (an iterable of input batches) and return the logits of each.
+def predict(model, batches, *, transform, device, amp_dtype=None, desc="predict", progress=True):
+    """Run the model over ``batches`` of inputs, moving each to ``device``.
+
+    Args:
+        model: the network, already on ``device``.
+        batches: a sized iterable of ``(x, _)`` input batches, on any device (pinned memory for
+            a non-blocking copy).
+        transform: ``(x, None) -> (x, None)`` (normalisation).
+        device, amp_dtype, desc, progress: as in :func:`evaluate`.
 
     Yields:
         The model's output for each batch, in order.
     """
     model.eval()
-    for x in tqdm(inputs, desc=desc, unit="batch", disable=not progress, leave=False,
-                  dynamic_ncols=True):
-        x, _ = transform(x, None)
+    for x, _ in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False,
+                     dynamic_ncols=True):
+        x, _ = transform(x.to(device, non_blocking=True), None)
         with autocast(device, amp_dtype):
             yield model(x)
