@@ -13,7 +13,6 @@ normalisation are tensor operations there. A run folder gets args.json, metrics.
 best.pth, last.pth and epoch_NNN.pth snapshots (first, middle and last epoch by default).
 """
 import inspect
-import math
 from pathlib import Path
 
 import torch
@@ -23,14 +22,11 @@ from datasets.loader import TensorBatches
 from datasets.p1 import MEAN, NUM_CLASSES, STD, load_folder
 from datasets.presets import P1_AUGMENTS, p1_transforms
 from models import get_model, get_model_spec, list_models
-from utils.args import (REPO, args_to_dict, check_positive, default_save_epochs, fill_recipe,
-                        make_parser, training_parser)
-from utils.checkpoint import load_checkpoint
-from utils.errors import UserError, run_cli
+from utils.args import REPO, args_to_dict, make_parser, training_parser
+from utils.errors import run_cli
 from utils.metrics import Accuracy
-from utils.optim import build_optimizer, build_scheduler
-from utils.run import RunFolder, fit
-from utils.runtime import resolve_amp, resolve_device, seed_everything, set_rng_state
+from utils.run import RunFolder, build_optimization, fit, resolve_run_args
+from utils.runtime import resolve_amp, resolve_device, seed_everything
 
 RECIPES = {
     "vgg13": dict(epochs=300, batch_size=128, opt="adamw", lr=1e-3, momentum=0.0, weight_decay=0.0,
@@ -39,7 +35,8 @@ RECIPES = {
                  sched="constant", augment="beit", pretrained=True),
 }
 DEFAULTS = dict(model="vgg13", train_dir=REPO / "hw1_data" / "p1_data" / "train_50",
-                val_dir=REPO / "hw1_data" / "p1_data" / "val_50", global_pool="avg", dropout=0.5, seed=0)
+                val_dir=REPO / "hw1_data" / "p1_data" / "val_50", global_pool="avg", dropout=0.5, seed=0,
+                eval_batch_size=256)
 BUILDER_ARGS = ("num_classes", "pretrained", "pretrained_file")
 
 
@@ -67,67 +64,36 @@ def model_options(builder, args):
 
 
 def main(args):
-    ckpt = None
-    if args.resume is not None:
-        ckpt = load_checkpoint(args.resume, problem="p1")
-        if args.model is not None and args.model != ckpt["arch"]:
-            raise UserError(f"--resume {args.resume}: a checkpoint of {ckpt['arch']}, "
-                            f"not of --model {args.model}")
-        # A new --epochs means new default snapshots, not the old run's.
-        skip = {"resume", "overwrite"} | ({"save_epochs"} if args.epochs is not None else set())
-        fill_recipe(args, {k: v for k, v in ckpt["args"].items() if k not in skip})
-        for key in ("train_dir", "val_dir", "output_dir", "pretrained_file"):
-            if isinstance(getattr(args, key), str):
-                setattr(args, key, Path(getattr(args, key)))
-    fill_recipe(args, DEFAULTS)
-    fill_recipe(args, RECIPES[args.model])
-    if args.output_dir is None:
-        args.output_dir = REPO / "runs" / f"p1_{args.model}"
-    check_positive(args, "epochs", "batch_size", "eval_batch_size", "lr")
-    if args.save_epochs is None:
-        args.save_epochs = default_save_epochs(args.epochs)
-    bad = [e for e in args.save_epochs if not 1 <= e <= args.epochs]
-    if bad:
-        raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {args.epochs})")
-
+    ckpt = resolve_run_args(args, problem="p1", recipes=RECIPES, defaults=DEFAULTS)
+    resumed = ckpt is not None
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
-    run = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if ckpt else None,
-                    overwrite=args.overwrite)
+    run = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if resumed else None, overwrite=args.overwrite)
     train_set = load_folder(args.train_dir, labeled=True).to(device)
     val_set = load_folder(args.val_dir, labeled=True).to(device)
 
     seed_everything(args.seed)
     spec = get_model_spec(args.model)
     options = model_options(spec.builder, args)
-    model = get_model(args.model, num_classes=NUM_CLASSES,
-                      pretrained=args.pretrained and ckpt is None,
-                      pretrained_file=args.pretrained_file if ckpt is None else None, **options)
+    model = get_model(args.model, num_classes=NUM_CLASSES, pretrained=args.pretrained and not resumed,
+                      pretrained_file=None if resumed else args.pretrained_file, **options)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     mean, std = (spec.mean, spec.std) if spec.mean is not None else (MEAN, STD)
     train_tf, eval_tf = p1_transforms(args.augment, mean=mean, std=std, num_classes=NUM_CLASSES)
 
-    optimizer = build_optimizer(args.opt, model.parameters(), lr=args.lr,
-                                weight_decay=args.weight_decay, momentum=args.momentum)
-    steps_per_epoch = TensorBatches(train_set.images, None, args.batch_size, drop_singleton=True)
-    scheduler = build_scheduler(args.sched, optimizer, total_steps=args.epochs * len(steps_per_epoch))
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    start_epoch, best_metric, best_epoch = 0, -math.inf, None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, best_metric, best_epoch = ckpt["epoch"], ckpt["best_metric"], ckpt.get("best_epoch")
-        if start_epoch >= args.epochs:
-            print(f"{args.resume} has already trained {start_epoch} of --epochs {args.epochs}: "
-                  "nothing to do (raise --epochs to train further)")
-            return {"best_val_acc": best_metric, "best_epoch": best_epoch, "epochs": start_epoch,
-                    "last": ckpt.get("metrics")}
+    def train_batches(rng):  # rng None: the same batches unshuffled (to count them)
+        return TensorBatches(train_set.images, train_set.labels, args.batch_size,
+                             generator=rng.cpu if rng else None, drop_singleton=True)
+
+    optimizer, scheduler, scaler, start_epoch, best_metric, best_epoch = build_optimization(
+        args, model, steps_per_epoch=len(train_batches(None)), amp_dtype=amp_dtype, device=device, ckpt=ckpt)
+    if start_epoch >= args.epochs:
+        print(f"{args.resume} has already trained {start_epoch} of --epochs {args.epochs}: "
+              "nothing to do (raise --epochs to train further)")
+        return {"best_val_acc": best_metric, "best_epoch": best_epoch, "epochs": start_epoch,
+                "last": ckpt.get("metrics")}
 
     run.start(args_to_dict(args))
     print(f"training {args.model} on {len(train_set)} images ({args.train_dir}), validating on "
@@ -137,9 +103,7 @@ def main(args):
     result = fit(
         model=model, criterion=nn.CrossEntropyLoss(), eval_criterion=nn.CrossEntropyLoss(),
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, device=device,
-        make_train_batches=lambda rng: TensorBatches(train_set.images, train_set.labels, args.batch_size,
-                                                     generator=rng.cpu, drop_singleton=True),
-        train_transform=train_tf,
+        make_train_batches=train_batches, train_transform=train_tf,
         val_batches=TensorBatches(val_set.images, val_set.labels, args.eval_batch_size),
         eval_transform=eval_tf, make_metric=Accuracy, metric_name="acc", run=run,
         start_epoch=start_epoch, epochs=args.epochs, best_metric=best_metric, best_epoch=best_epoch,

@@ -61,7 +61,8 @@ def training_parser():
     g.add_argument("--weight-decay", type=float, default=None, help="weight decay (recipe)")
     g.add_argument("--sched", default=None, choices=["constant", "cosine", "onecycle"],
                    help="learning-rate schedule, stepped every iteration (recipe)")
-    g.add_argument("--eval-batch-size", type=int, default=256, help="validation batch size")
+    g.add_argument("--eval-batch-size", type=int, default=None,
+                   help="validation batch size (default: 256 for Problem 1, 8 for Problem 2)")
     g.add_argument("--seed", type=int, default=None,
                    help="random seed (default: 0, or the resumed run's); epoch e shuffles and augments "
                         "from (seed, e)")

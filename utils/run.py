@@ -6,18 +6,88 @@ epoch writes its metrics line first and ``last.pth`` last, every file atomically
 any moment leaves loadable checkpoints and a resume that drops the lines it will redo.
 """
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 
-from utils.checkpoint import save_checkpoint, unwrap
+from utils.args import REPO, check_positive, default_save_epochs, fill_recipe
+from utils.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from utils.engine import evaluate, train_one_epoch
 from utils.errors import UserError
 from utils.io import append_jsonl, check_writable, write_json
-from utils.runtime import EpochRNG, rng_state
+from utils.optim import build_optimizer, build_scheduler
+from utils.runtime import EpochRNG, rng_state, set_rng_state
 
 RUN_FILES = ("args.json", "metrics.jsonl", "best.pth", "last.pth")
+# Snapshots feed the report's figures, not a resume: they keep the weights, not the optimiser.
+RESUME_ONLY = ("optimizer", "scheduler", "scaler")
+
+
+def resolve_run_args(args, *, problem, recipes, defaults):
+    """Complete a training script's flags: the user's, then the resumed run's, then the recipe's.
+
+    Loads ``--resume`` (refusing another problem's or another model's checkpoint), fills every
+    flag left at ``None`` from the checkpoint's args, the script's ``defaults`` and the model's
+    recipe, and checks the numbers.
+
+    Args:
+        args: the parsed flags (changed in place).
+        problem: ``"p1"`` or ``"p2"``.
+        recipes: ``{model: {flag: value}}``, the reference recipes.
+        defaults: ``{flag: value}`` for flags that do not depend on the model.
+
+    Returns:
+        The resumed checkpoint, or ``None``.
+    """
+    ckpt = None
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, problem=problem)
+        if args.model is not None and args.model != ckpt["arch"]:
+            raise UserError(f"--resume {args.resume}: a checkpoint of {ckpt['arch']}, "
+                            f"not of --model {args.model}")
+        # A new --epochs means new default snapshots, not the old run's.
+        skip = {"resume", "overwrite"} | ({"save_epochs"} if args.epochs is not None else set())
+        for key, value in ckpt["args"].items():
+            if key in skip or getattr(args, key, None) is not None:
+                continue
+            is_path = isinstance(value, str) and key.endswith(("_dir", "_file"))
+            setattr(args, key, Path(value) if is_path else value)
+    fill_recipe(args, defaults)
+    fill_recipe(args, recipes[args.model])
+    if args.output_dir is None:
+        args.output_dir = REPO / "runs" / f"{problem}_{args.model}"
+    check_positive(args, "epochs", "batch_size", "eval_batch_size", "lr")
+    if args.save_epochs is None:
+        args.save_epochs = default_save_epochs(args.epochs)
+    bad = [e for e in args.save_epochs if not 1 <= e <= args.epochs]
+    if bad:
+        raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {args.epochs})")
+    return ckpt
+
+
+def build_optimization(args, model, *, steps_per_epoch, amp_dtype, device, ckpt=None):
+    """The optimiser, per-iteration schedule and gradient scaler of a run, resumed from ``ckpt``.
+
+    Resuming also restores the model's weights and the global RNG states.
+
+    Returns:
+        ``(optimizer, scheduler, scaler, start_epoch, best_metric, best_epoch)``.
+    """
+    optimizer = build_optimizer(args.opt, model.parameters(), lr=args.lr,
+                                weight_decay=args.weight_decay, momentum=args.momentum)
+    scheduler = build_scheduler(args.sched, optimizer, total_steps=args.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    if ckpt is None:
+        return optimizer, scheduler, scaler, 0, -math.inf, None
+    unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return optimizer, scheduler, scaler, ckpt["epoch"], ckpt["best_metric"], ckpt.get("best_epoch")
 
 
 class RunFolder:
@@ -61,7 +131,8 @@ class RunFolder:
         if is_best:
             save_checkpoint(checkpoint, self.path / "best.pth")
         if snapshot:
-            save_checkpoint(checkpoint, self.path / f"epoch_{record['epoch']:03d}.pth")
+            weights = {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY}
+            save_checkpoint(weights, self.path / f"epoch_{record['epoch']:03d}.pth")
         save_checkpoint(checkpoint, self.path / "last.pth")
 
 
