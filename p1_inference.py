@@ -31,9 +31,9 @@ def get_args_parser():
     return parser
 
 
-def load_model(path, device):
-    """Rebuild a Problem 1 model from its checkpoint; returns ``(model, checkpoint)``."""
-    ckpt = load_checkpoint(path, problem="p1")
+def load_model(path, device, problem="p1"):
+    """Rebuild a model of ``problem`` from its checkpoint alone; returns ``(model, checkpoint)``."""
+    ckpt = load_checkpoint(path, problem=problem)
     try:
         model = get_model(ckpt["arch"], pretrained=False, **ckpt["model_kwargs"])
         model.load_state_dict(ckpt["model"])
@@ -61,8 +61,8 @@ def main(args):
         raise UserError(f"OUT_CSV {args.out_csv}: is a folder, not a file name")
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
-    model, ckpt = load_model(args.checkpoint, device)
     images = load_folder(args.img_dir, labeled=False)
+    model, ckpt = load_model(args.checkpoint, device)
     normalize = Compose([Normalize(ckpt["mean"], ckpt["std"])])
     host = images.images.pin_memory() if device.type == "cuda" else images.images
     batches = TensorBatches(host, None, args.batch_size)

@@ -12,7 +12,6 @@ The whole training set is decoded once and kept on the device; batches, augmenta
 normalisation are tensor operations there. A run folder gets args.json, metrics.jsonl,
 best.pth, last.pth and epoch_NNN.pth snapshots (first, middle and last epoch by default).
 """
-import inspect
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 from datasets.loader import TensorBatches
 from datasets.p1 import MEAN, NUM_CLASSES, STD, load_folder
 from datasets.presets import P1_AUGMENTS, p1_transforms
-from models import get_model, get_model_spec, list_models
+from models import get_model, get_model_spec, list_models, model_options
 from utils.args import REPO, args_to_dict, make_parser, training_parser
 from utils.errors import run_cli
 from utils.metrics import Accuracy
@@ -37,7 +36,6 @@ RECIPES = {
 DEFAULTS = dict(model="vgg13", train_dir=REPO / "hw1_data" / "p1_data" / "train_50",
                 val_dir=REPO / "hw1_data" / "p1_data" / "val_50", global_pool="avg", dropout=0.5, seed=0,
                 eval_batch_size=256)
-BUILDER_ARGS = ("num_classes", "pretrained", "pretrained_file")
 
 
 def get_args_parser():
@@ -57,12 +55,6 @@ def get_args_parser():
     return parser
 
 
-def model_options(builder, args):
-    """The model-specific flags that ``builder`` takes (``global_pool`` for beit, say)."""
-    params = inspect.signature(builder).parameters
-    return {k: getattr(args, k) for k in params if k not in BUILDER_ARGS and hasattr(args, k)}
-
-
 def main(args):
     ckpt = resolve_run_args(args, problem="p1", recipes=RECIPES, defaults=DEFAULTS)
     resumed = ckpt is not None
@@ -74,7 +66,7 @@ def main(args):
 
     seed_everything(args.seed)
     spec = get_model_spec(args.model)
-    options = model_options(spec.builder, args)
+    options = model_options(args.model, args)
     model = get_model(args.model, num_classes=NUM_CLASSES, pretrained=args.pretrained and not resumed,
                       pretrained_file=None if resumed else args.pretrained_file, **options)
     model.to(device)

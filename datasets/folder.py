@@ -40,10 +40,13 @@ def open_rgb(path, kind):
         raise UserError(f"{path}: not a readable {kind} image ({e})") from None
 
 
-def decode_all(paths, fn, workers=None):
-    """``[fn(p) for p in paths]`` on a thread pool (PIL releases the GIL while decoding)."""
+def decode_all(items, fn, workers=None):
+    """``[fn(x) for x in items]`` on a thread pool (PIL releases the GIL while decoding).
+
+    The first error raised by ``fn`` (a :class:`UserError` naming a bad file) propagates.
+    """
     workers = workers or min(8, os.cpu_count() or 1)
-    if workers <= 1 or len(paths) < 64:
-        return [fn(p) for p in paths]
+    if workers <= 1 or len(items) < 16:
+        return [fn(x) for x in items]
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, paths, chunksize=256))
+        return list(pool.map(fn, items))

@@ -26,3 +26,24 @@ def p1_transforms(augment, *, mean, std, num_classes):
     else:
         raise ValueError(f"unknown augmentation preset {augment!r}")
     return train, Compose([normalize])
+
+
+P2_AUGMENTS = ("flip", "none")
+
+
+def p2_transforms(augment, *, mean, std):
+    """The (train, eval) batch transforms of a Problem 2 recipe.
+
+    Args:
+        augment: ``flip`` (horizontal and vertical flips, p = 0.5 each, image and mask together)
+            or ``none``.
+        mean, std: the normalisation of the model's pretrained backbone.
+    """
+    normalize = Normalize(mean, std)
+    if augment == "flip":
+        train = Compose([RandomFlip(dim=-1), RandomFlip(dim=-2), normalize])
+    elif augment == "none":
+        train = Compose([normalize])
+    else:
+        raise ValueError(f"unknown augmentation preset {augment!r}")
+    return train, Compose([normalize])

@@ -1,4 +1,5 @@
 """The model registry: ``@register_model`` fills it, ``get_model(name, ...)`` builds from it."""
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -67,3 +68,15 @@ def get_model(name, *, num_classes, pretrained=False, pretrained_file=None, **kw
                         "(drop --pretrained / --pretrained-file)")
     return spec.builder(num_classes=num_classes, pretrained=pretrained,
                         pretrained_file=pretrained_file, **kwargs)
+
+
+def model_options(name, namespace):
+    """The model-specific options of ``name`` found in ``namespace`` (parsed flags).
+
+    Every keyword a builder takes beyond the common ones (``global_pool`` for beit, ``dropout``
+    for vgg13 and fcn32s) is a flag of the same name; the result is what the checkpoint records
+    to rebuild the model.
+    """
+    params = inspect.signature(get_model_spec(name).builder).parameters
+    common = ("num_classes", "pretrained", "pretrained_file")
+    return {k: getattr(namespace, k) for k in params if k not in common and hasattr(namespace, k)}

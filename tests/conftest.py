@@ -68,3 +68,27 @@ def assert_one_line_error(proc, *needles):
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert str(needle) in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def p2_data(tmp_path_factory):
+    """A tiny Problem 2 dataset of 64x64 procedural tiles: 8 training and 4 validation pairs."""
+    from datasets.synthetic import write_tiles
+
+    root = tmp_path_factory.mktemp("p2_data")
+    return (write_tiles(root / "train", 8, size=64, seed=0),
+            write_tiles(root / "validation", 4, size=64, seed=1, start=100))
+
+
+@pytest.fixture(scope="session")
+def p2_run(p2_data, tmp_path_factory):
+    """A finished 2-epoch FCN32s run (random init) on :func:`p2_data`; returns its folder."""
+    import p2_train
+
+    out = tmp_path_factory.mktemp("p2_run")
+    args = p2_train.get_args_parser().parse_args([
+        "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]), "--output-dir", str(out),
+        "--tile-size", "64", "--no-pretrained", "--epochs", "2", "--batch-size", "4",
+        "--opt", "adamw", "--lr", "1e-4", "--device", "cpu", "--no-progress"])
+    p2_train.main(args)
+    return out

@@ -87,3 +87,69 @@ def test_beit_unreachable_weights_name_both_flags(monkeypatch):
         get_model("beit", num_classes=50, pretrained=True)
     assert "--pretrained-file" in str(e.value) and "--no-pretrained" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", list_models("p2"))
+def test_segmenters_forward_backward(name):
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=7)
+    model.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out["out"].shape == (2, 7, 64, 64)
+    if name == "deeplabv3":
+        assert out["aux"].shape == (2, 7, 64, 64)
+    loss = sum(nn.functional.cross_entropy(v, torch.randint(0, 7, (2, 64, 64))) for v in out.values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", list_models("p2"))
+@pytest.mark.parametrize("size", [(512, 512), (100, 70)])
+def test_segmenters_return_the_input_size(name, size):
+    model = get_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    assert out["out"].shape == (1, 7, *size)
+
+
+def test_fcn32s_reuses_vgg16_classifier_as_convolutions():
+    from torchvision.models import vgg16
+
+    from models.fcn import FCN32s
+
+    torch.manual_seed(0)
+    vgg = vgg16()
+    fcn = FCN32s(vgg, 7)
+    assert torch.equal(fcn.head[0].weight.flatten(1), vgg.classifier[0].weight)
+    assert torch.equal(fcn.head[3].weight.flatten(1), vgg.classifier[3].weight)
+    assert fcn.upsample.stride == (32, 32)
+    # A feature map of ones comes back as ones inside (the bilinear kernel sums to 1 per pixel).
+    with torch.no_grad():
+        up = fcn.upsample(torch.ones(1, 7, 4, 4))
+    assert up.shape == (1, 7, 128, 128) and torch.allclose(up[0, :, 32:96, 32:96], torch.ones(7, 64, 64))
+    # fc6/fc7 appear once in the state dict (no duplicate keys).
+    assert sum(k.endswith("weight") and v.shape == (4096, 512, 7, 7) for k, v in fcn.state_dict().items()) == 1
+
+
+@pytest.mark.parametrize("name", ["fcn32s", "deeplabv3"])
+def test_segmenter_weight_file_errors(name, tmp_path):
+    with pytest.raises(UserError, match="nope.pth: no such file"):
+        get_model(name, num_classes=7, pretrained_file=tmp_path / "nope.pth")
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(UserError, match="wrong.pth: not"):
+        get_model(name, num_classes=7, pretrained_file=wrong)
+
+
+def test_deeplabv3_loads_a_local_weight_file(tmp_path):
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    torch.manual_seed(2)
+    source = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    torch.save(source.state_dict(), tmp_path / "coco.pth")
+    model = get_model("deeplabv3", num_classes=7, pretrained_file=tmp_path / "coco.pth")
+    assert torch.equal(model.net.backbone.layer3[0].conv1.weight, source.backbone.layer3[0].conv1.weight)
+    assert torch.equal(model.net.classifier[0].convs[1][0].weight, source.classifier[0].convs[1][0].weight)
+    assert model.net.classifier[4].out_channels == 7 and model.net.aux_classifier[4].out_channels == 7

@@ -166,3 +166,23 @@ def test_bad_numbers_and_resume_file(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_text("hello")
     assert_one_line_error(run_script("p1_train.py", "--resume", junk), junk, "not a readable checkpoint")
+
+
+def test_run_folder_checkpoint_files(tmp_path):
+    from utils.run import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    run.start({"lr": 0.1})
+    state = {"model": {"w": torch.zeros(2)}, "optimizer": {"state": {}}, "arch": "vgg13", "problem": "p1",
+             "model_kwargs": {}}
+    run.end_epoch({"epoch": 1}, {**state, "epoch": 1}, is_best=True, snapshot=True)
+    best, last = tmp_path / "run" / "best.pth", tmp_path / "run" / "last.pth"
+    assert best.stat().st_ino == last.stat().st_ino  # one file, two names: no second write
+    snapshot = load_checkpoint(tmp_path / "run" / "epoch_001.pth")
+    assert "optimizer" not in snapshot and snapshot["epoch"] == 1
+    run.end_epoch({"epoch": 2}, {**state, "epoch": 2}, is_best=False, snapshot=False)
+    assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(best)["epoch"] == 1
+    run.end_epoch({"epoch": 3}, {**state, "epoch": 3}, is_best=True, snapshot=False)
+    assert load_checkpoint(best)["epoch"] == 3 == load_checkpoint(last)["epoch"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "args.json", "best.pth", "epoch_001.pth", "last.pth", "metrics.jsonl"]

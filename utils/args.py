@@ -85,7 +85,8 @@ def inference_parser(problem):
     p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser()])
     p.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / f"{problem}_best.pth",
                    help="trained checkpoint (best.pth of a run)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default={"p1": 256, "p2": 4}[problem],
+                   help="images per forward pass")
     return p
 
 

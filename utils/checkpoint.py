@@ -57,3 +57,26 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
             f"({ckpt['arch']}); a {PROBLEM_NAMES[problem]} checkpoint is needed here"
         )
     return ckpt
+
+
+def load_weights_file(path, flag="--pretrained-file"):
+    """A state dict from a local weights file (``.pth``), for ``--pretrained-file``.
+
+    Accepts a bare state dict or a dict holding one under ``state_dict`` or ``model``.
+
+    Raises:
+        UserError: naming the file and the flag, when it is missing or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # as in load_checkpoint: many types for a file that is not one
+        raise UserError(f"{flag} {path}: not a readable weights file ({brief(e, 120)})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{flag} {path}: holds no state dict of tensors")
+    return state

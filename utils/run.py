@@ -7,6 +7,7 @@ any moment leaves loadable checkpoints and a resume that drops the lines it will
 """
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -126,14 +127,34 @@ class RunFolder:
         write_json(self.path / "args.json", args_dict)
 
     def end_epoch(self, record, checkpoint, *, is_best, snapshot):
-        """Log one epoch and write its checkpoints (metrics line, best, snapshot, then last)."""
+        """Log one epoch and write its checkpoints (metrics line, best, snapshot, then last).
+
+        When the epoch is the best, ``last.pth`` becomes a second name of ``best.pth`` (a hard
+        link, renamed into place) instead of a second serialisation: FCN32s' checkpoints with
+        optimiser state weigh over a gigabyte.
+        """
         append_jsonl(self.path / "metrics.jsonl", record)
         if is_best:
             save_checkpoint(checkpoint, self.path / "best.pth")
         if snapshot:
             weights = {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY}
             save_checkpoint(weights, self.path / f"epoch_{record['epoch']:03d}.pth")
+        if is_best and _link_replace(self.path / "best.pth", self.path / "last.pth"):
+            return
         save_checkpoint(checkpoint, self.path / "last.pth")
+
+
+def _link_replace(src, dst):
+    """Atomically make ``dst`` another name of ``src``; False where hard links are unsupported."""
+    tmp = dst.with_name(f".{dst.name}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
 
 
 def _cpu_state(state_dict):
