@@ -21,7 +21,7 @@ from utils.checkpoint import load_checkpoint
 from utils.engine import predict
 from utils.errors import UserError, brief, run_cli
 from utils.io import atomic_write, check_writable
-from utils.runtime import resolve_amp, resolve_device
+from utils.runtime import place_model, resolve_amp, resolve_device
 
 
 def get_args_parser():
@@ -39,10 +39,7 @@ def load_model(path, device, problem="p1"):
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, KeyError) as e:
         raise UserError(f"{path}: checkpoint does not match its model {ckpt['arch']!r} ({brief(e)})") from None
-    model.to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return model, ckpt
+    return place_model(model, device).eval(), ckpt
 
 
 def write_predictions(path, names, labels):

@@ -14,7 +14,6 @@ best.pth, last.pth and epoch_NNN.pth snapshots (first, middle and last epoch by 
 """
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from datasets.loader import TensorBatches
@@ -24,8 +23,8 @@ from models import get_model, get_model_spec, list_models, model_options
 from utils.args import REPO, args_to_dict, make_parser, training_parser
 from utils.errors import run_cli
 from utils.metrics import Accuracy
-from utils.run import RunFolder, build_optimization, fit, resolve_run_args
-from utils.runtime import resolve_amp, resolve_device, seed_everything
+from utils.run import RunFolder, build_optimization, finished_run, fit, resolve_run_args
+from utils.runtime import place_model, resolve_amp, resolve_device, seed_everything
 
 RECIPES = {
     "vgg13": dict(epochs=300, batch_size=128, opt="adamw", lr=1e-3, momentum=0.0, weight_decay=0.0,
@@ -69,9 +68,7 @@ def main(args):
     options = model_options(args.model, args)
     model = get_model(args.model, num_classes=NUM_CLASSES, pretrained=args.pretrained and not resumed,
                       pretrained_file=None if resumed else args.pretrained_file, **options)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    place_model(model, device)
     mean, std = (spec.mean, spec.std) if spec.mean is not None else (MEAN, STD)
     train_tf, eval_tf = p1_transforms(args.augment, mean=mean, std=std, num_classes=NUM_CLASSES)
 
@@ -82,17 +79,14 @@ def main(args):
     optimizer, scheduler, scaler, start_epoch, best_metric, best_epoch = build_optimization(
         args, model, steps_per_epoch=len(train_batches(None)), amp_dtype=amp_dtype, device=device, ckpt=ckpt)
     if start_epoch >= args.epochs:
-        print(f"{args.resume} has already trained {start_epoch} of --epochs {args.epochs}: "
-              "nothing to do (raise --epochs to train further)")
-        return {"best_val_acc": best_metric, "best_epoch": best_epoch, "epochs": start_epoch,
-                "last": ckpt.get("metrics")}
+        return finished_run(args, ckpt, "acc")
 
     run.start(args_to_dict(args))
     print(f"training {args.model} on {len(train_set)} images ({args.train_dir}), validating on "
           f"{len(val_set)} ({args.val_dir}); {device}, amp {args.amp}; output {args.output_dir}", flush=True)
     meta = {"problem": "p1", "arch": args.model, "model_kwargs": {"num_classes": NUM_CLASSES, **options},
             "num_classes": NUM_CLASSES, "mean": list(mean), "std": list(std), "args": args_to_dict(args)}
-    result = fit(
+    return fit(
         model=model, criterion=nn.CrossEntropyLoss(), eval_criterion=nn.CrossEntropyLoss(),
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, device=device,
         make_train_batches=train_batches, train_transform=train_tf,
@@ -100,9 +94,6 @@ def main(args):
         eval_transform=eval_tf, make_metric=Accuracy, metric_name="acc", run=run,
         start_epoch=start_epoch, epochs=args.epochs, best_metric=best_metric, best_epoch=best_epoch,
         seed=args.seed, save_epochs=set(args.save_epochs), meta=meta, progress=args.progress)
-    print(f"best val_acc {result['best_val_acc']:.4f} at epoch {result['best_epoch']}; "
-          f"checkpoints in {args.output_dir}", flush=True)
-    return result
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ matrix over every validation pixel, classes 0-5 averaged. The run folder is as i
 import argparse
 from pathlib import Path
 
-import torch
 
 from datasets.loader import TensorBatches
 from datasets.p2 import NUM_CLASSES, SCORED_CLASSES, TILE_SIZE, UNKNOWN, load_pairs
@@ -28,8 +27,8 @@ from utils.args import REPO, args_to_dict, make_parser, training_parser
 from utils.errors import run_cli
 from utils.losses import SegmentationLoss
 from utils.metrics import MeanIoU
-from utils.run import RunFolder, build_optimization, fit, resolve_run_args
-from utils.runtime import resolve_amp, resolve_device, seed_everything
+from utils.run import RunFolder, build_optimization, finished_run, fit, resolve_run_args
+from utils.runtime import place_model, resolve_amp, resolve_device, seed_everything
 
 RECIPES = {
     "fcn32s": dict(epochs=100, batch_size=8, opt="sgd", lr=0.003, momentum=0.9, weight_decay=0.0,
@@ -82,9 +81,7 @@ def main(args):
     options = model_options(args.model, args)
     model = get_model(args.model, num_classes=NUM_CLASSES, pretrained=args.pretrained and not resumed,
                       pretrained_file=None if resumed else args.pretrained_file, **options)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    place_model(model, device)
     train_tf, eval_tf = p2_transforms(args.augment, mean=spec.mean, std=spec.std)
     criterion = SegmentationLoss(args.loss, alpha=args.focal_alpha, gamma=args.focal_gamma,
                                  ignore_index=UNKNOWN if args.ignore_unknown else None,
@@ -97,10 +94,7 @@ def main(args):
     optimizer, scheduler, scaler, start_epoch, best_metric, best_epoch = build_optimization(
         args, model, steps_per_epoch=len(train_batches(None)), amp_dtype=amp_dtype, device=device, ckpt=ckpt)
     if start_epoch >= args.epochs:
-        print(f"{args.resume} has already trained {start_epoch} of --epochs {args.epochs}: "
-              "nothing to do (raise --epochs to train further)")
-        return {"best_val_miou": best_metric, "best_epoch": best_epoch, "epochs": start_epoch,
-                "last": ckpt.get("metrics")}
+        return finished_run(args, ckpt, "miou")
 
     run.start(args_to_dict(args))
     print(f"training {args.model} on {len(train_set)} tiles ({args.train_dir}), validating on "
@@ -108,7 +102,7 @@ def main(args):
     meta = {"problem": "p2", "arch": args.model, "model_kwargs": {"num_classes": NUM_CLASSES, **options},
             "num_classes": NUM_CLASSES, "mean": list(spec.mean), "std": list(spec.std),
             "args": args_to_dict(args)}
-    result = fit(
+    return fit(
         model=model, criterion=criterion, eval_criterion=criterion, optimizer=optimizer,
         scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, device=device,
         make_train_batches=train_batches, train_transform=train_tf,
@@ -117,9 +111,6 @@ def main(args):
         metric_name="miou", run=run, start_epoch=start_epoch, epochs=args.epochs,
         best_metric=best_metric, best_epoch=best_epoch, seed=args.seed,
         save_epochs=set(args.save_epochs), meta=meta, progress=args.progress)
-    print(f"best val_miou {result['best_val_miou']:.4f} at epoch {result['best_epoch']}; "
-          f"checkpoints in {args.output_dir}", flush=True)
-    return result
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import mean_iou_evaluate

@@ -157,6 +157,14 @@ def _link_replace(src, dst):
         return False
 
 
+def finished_run(args, ckpt, metric_name):
+    """What a resumed run that already reached ``--epochs`` returns (it trains nothing)."""
+    print(f"{args.resume} has already trained {ckpt['epoch']} of --epochs {args.epochs}: "
+          "nothing to do (raise --epochs to train further)")
+    return {f"best_val_{metric_name}": ckpt["best_metric"], "best_epoch": ckpt.get("best_epoch"),
+            "epochs": ckpt["epoch"], "last": ckpt.get("metrics")}
+
+
 def _cpu_state(state_dict):
     return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state_dict.items()}
 
@@ -225,4 +233,5 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
         print(f"epoch {epoch}/{epochs}  train_loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
               f"{key} {val[metric_name]:.4f}{'  (best)' if is_best else ''}  lr {train['lr']:.3g}  "
               f"{record['seconds']:.1f}s  {train['images_per_second']:.0f} img/s", flush=True)
+    print(f"best {key} {best_metric:.4f} at epoch {best_epoch}; checkpoints in {run.path}", flush=True)
     return {f"best_{key}": best_metric, "best_epoch": best_epoch, "epochs": epochs, "last": record}

@@ -20,6 +20,14 @@ def resolve_device(name):
     return device
 
 
+def place_model(model, device):
+    """Move ``model`` to ``device``; on CUDA also to channels_last, which cuDNN runs fastest."""
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def resolve_amp(name, device):
     """Turn ``--amp`` into an autocast dtype, or ``None`` for full precision."""
     if name == "auto":
