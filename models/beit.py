@@ -11,8 +11,8 @@ import timm
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import register_model
-from utils.errors import UserError, brief
+from models.registry import register_model, weights_unavailable
+from utils.errors import UserError
 
 TIMM_NAME = "beit_base_patch16_224.in22k_ft_in22k"
 _CFG = timm.get_pretrained_cfg(TIMM_NAME)
@@ -64,7 +64,5 @@ def beit(*, num_classes, pretrained=False, pretrained_file=None, global_pool="av
         net = timm.create_model(TIMM_NAME, **kwargs)
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         where = f"from {pretrained_file}" if pretrained_file else "from the Hugging Face hub"
-        raise UserError(f"could not load the pretrained BEiT weights {where} ({brief(e)}); pass "
-                        "--pretrained-file PATH to load them from a local file, or --no-pretrained "
-                        "to start from random weights") from None
+        raise weights_unavailable(f"pretrained BEiT weights {where}", e) from None
     return BEiT(net)

@@ -8,7 +8,7 @@ head on layer 3. Both heads' last 1x1 convolutions are replaced by new ``num_cla
 from torch import nn
 from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
 
-from models.registry import register_model
+from models.registry import register_model, weights_unavailable
 from utils.checkpoint import load_weights_file
 from utils.errors import UserError, brief
 
@@ -42,9 +42,7 @@ def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None):
                                  weights_backbone=None, num_classes=len(_WEIGHTS.meta["categories"]),
                                  aux_loss=True)
     except (OSError, RuntimeError) as e:
-        raise UserError(f"could not download the COCO DeepLabv3 weights ({brief(e)}); pass "
-                        "--pretrained-file PATH to load them from a local file, or --no-pretrained "
-                        "to start from random weights") from None
+        raise weights_unavailable("COCO DeepLabv3 weights", e) from None
     if pretrained_file is not None:
         try:
             net.load_state_dict(load_weights_file(pretrained_file))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
-from models.registry import register_model
+from models.registry import register_model, weights_unavailable
 from utils.checkpoint import load_weights_file
 from utils.errors import UserError, brief
 
@@ -75,9 +75,7 @@ def fcn32s(*, num_classes, pretrained=False, pretrained_file=None, dropout=0.5):
     try:
         vgg = vgg16(weights=_WEIGHTS if pretrained and pretrained_file is None else None)
     except (OSError, RuntimeError) as e:
-        raise UserError(f"could not download the ImageNet VGG16 weights ({brief(e)}); pass "
-                        "--pretrained-file PATH to load them from a local file, or --no-pretrained "
-                        "to start from random weights") from None
+        raise weights_unavailable("ImageNet VGG16 weights", e) from None
     if pretrained_file is not None:
         try:
             vgg.load_state_dict(load_weights_file(pretrained_file))

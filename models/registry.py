@@ -3,7 +3,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from utils.errors import UserError
+from utils.errors import UserError, brief
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,9 @@ def model_options(name, namespace):
     params = inspect.signature(get_model_spec(name).builder).parameters
     common = ("num_classes", "pretrained", "pretrained_file")
     return {k: getattr(namespace, k) for k in params if k not in common and hasattr(namespace, k)}
+
+
+def weights_unavailable(what, error):
+    """The one-line error for pretrained weights that could not be had, naming both ways out."""
+    return UserError(f"could not load the {what} ({brief(error)}); pass --pretrained-file PATH to "
+                     "load them from a local file, or --no-pretrained to start from random weights")

@@ -153,3 +153,18 @@ def test_deeplabv3_loads_a_local_weight_file(tmp_path):
     assert torch.equal(model.net.backbone.layer3[0].conv1.weight, source.backbone.layer3[0].conv1.weight)
     assert torch.equal(model.net.classifier[0].convs[1][0].weight, source.classifier[0].convs[1][0].weight)
     assert model.net.classifier[4].out_channels == 7 and model.net.aux_classifier[4].out_channels == 7
+
+
+@pytest.mark.parametrize("name,builder", [("fcn32s", "vgg16"), ("deeplabv3", "deeplabv3_resnet50")])
+def test_segmenter_unreachable_weights_name_both_flags(name, builder, monkeypatch):
+    import models.deeplab
+    import models.fcn
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    module = models.fcn if name == "fcn32s" else models.deeplab
+    monkeypatch.setattr(module, builder, offline)
+    with pytest.raises(UserError) as e:
+        get_model(name, num_classes=7, pretrained=True)
+    assert "--pretrained-file" in str(e.value) and "--no-pretrained" in str(e.value)

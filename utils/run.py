@@ -232,6 +232,6 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
         run.end_epoch(record, checkpoint, is_best=is_best, snapshot=epoch in save_epochs)
         print(f"epoch {epoch}/{epochs}  train_loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
               f"{key} {val[metric_name]:.4f}{'  (best)' if is_best else ''}  lr {train['lr']:.3g}  "
-              f"{record['seconds']:.1f}s  {train['images_per_second']:.0f} img/s", flush=True)
+              f"{record['seconds']:.1f}s  {train['images_per_second']:.3g} img/s", flush=True)
     print(f"best {key} {best_metric:.4f} at epoch {best_epoch}; checkpoints in {run.path}", flush=True)
     return {f"best_{key}": best_metric, "best_epoch": best_epoch, "epochs": epochs, "last": record}
