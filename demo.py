@@ -16,10 +16,12 @@ Problem 2 (about two minutes):
      dropout). A VGG16 without BatchNorm barely starts learning in these few CPU steps: this
      checks the pipeline end to end, while the recipe starts from ImageNet VGG16 weights;
   3. writes the masks with p2_inference.py and scores them with mean_iou_evaluate.py.
+Then make_report.py draws every report figure from the two runs into <output-dir>/report/.
 """
 import csv
 from pathlib import Path
 
+import make_report
 import mean_iou_evaluate
 import p1_inference
 import p1_train
@@ -89,11 +91,17 @@ def demo_p2(args, common):
 
 def main(args):
     common = ["--device", args.device, "--amp", args.amp, "--progress" if args.progress else "--no-progress"]
-    summary = []
+    out = args.output_dir
+    summary, report = [], ["--out", str(out / "report"), *common]
     if args.only in (None, "p1"):
         summary.append(demo_p1(args, common))
+        report += ["--p1-run", str(out / "p1_vgg13"), "--p1-val-dir", str(out / "data" / "val_50")]
     if args.only in (None, "p2"):
         summary.append(demo_p2(args, common))
+        report += ["--p2-run", str(out / "p2_fcn32s"), "--p2-val-dir", str(out / "data" / "p2_validation"),
+                   "--p2-ids", "1000", "1003", "1006"]
+    make_report.main(make_report.get_args_parser().parse_args(report))
+    summary.append(f"report: every figure and {out / 'report' / 'index.md'} (make_report.py)")
     print("\ndemo done:\n  " + "\n  ".join(summary), flush=True)
     return {"summary": summary}
 

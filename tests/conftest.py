@@ -41,14 +41,14 @@ def p1_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def p1_run(p1_data, tmp_path_factory):
-    """A finished 2-epoch VGG13 run on :func:`p1_data`; returns its folder."""
+    """A finished 4-epoch VGG13 run on :func:`p1_data` (snapshots 1, 2, 4); returns its folder."""
     import p1_train
 
     out = tmp_path_factory.mktemp("p1_run")
     train, val = p1_data
     args = p1_train.get_args_parser().parse_args([
         "--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(out),
-        "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--no-progress"])
+        "--epochs", "4", "--batch-size", "16", "--device", "cpu", "--no-progress"])
     p1_train.main(args)
     return out
 

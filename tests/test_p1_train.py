@@ -20,18 +20,19 @@ def train(p1_data, out, *extra):
 
 def test_run_folder_contents(p1_run):
     names = sorted(p.name for p in p1_run.iterdir())
-    assert names == ["args.json", "best.pth", "epoch_001.pth", "epoch_002.pth", "last.pth", "metrics.jsonl"]
+    assert names == ["args.json", "best.pth", "epoch_001.pth", "epoch_002.pth", "epoch_004.pth", "last.pth",
+                     "metrics.jsonl"]
     lines = [json.loads(line) for line in (p1_run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [1, 2]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
     for r in lines:
         assert {"epoch", "lr", "train_loss", "val_loss", "val_acc", "seconds", "images_per_second"} <= r.keys()
         assert 0 <= r["val_acc"] <= 1 and r["lr"] == 1e-3
     args = json.loads((p1_run / "args.json").read_text())
-    assert args["model"] == "vgg13" and args["opt"] == "adamw" and args["epochs"] == 2
+    assert args["model"] == "vgg13" and args["opt"] == "adamw" and args["epochs"] == 4
     ckpt = load_checkpoint(p1_run / "last.pth", problem="p1")
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "best_metric", "arch", "args",
             "mean", "std", "num_classes", "rng", "model_kwargs"} <= ckpt.keys()
-    assert ckpt["epoch"] == 2 and ckpt["arch"] == "vgg13" and ckpt["num_classes"] == 50
+    assert ckpt["epoch"] == 4 and ckpt["arch"] == "vgg13" and ckpt["num_classes"] == 50
     assert ckpt["mean"] == pytest.approx([0.5077, 0.4813, 0.4312])
     best = load_checkpoint(p1_run / "best.pth")
     assert best["best_metric"] == max(r["val_acc"] for r in lines)

@@ -1,0 +1,154 @@
+"""Every report figure from training runs in one command, with report/index.md.
+
+Usage:
+    python3 make_report.py --p1-run runs/p1_vgg13 --p2-run runs/p2_deeplabv3 --out report/
+    python3 make_report.py --p2-run runs/p2_fcn32s --only masks iou      # some figures only
+
+Figures (each also alone through --only, and the feature and mask figures through
+p1_features.py and p2_masks.py):
+  features   p1_pca.png, p1_tsne.png: PCA and t-SNE of the second-last layer (first/middle/last epoch)
+  confusion  p1_confusion.png: the row-normalised 50x50 confusion matrix of the best checkpoint
+  masks      p2_mask_progress.png, p2_overlay.png: predicted masks over training, overlay view
+  iou        p2_class_iou.png: per-class IoU of the best epoch
+  curves     p1_curves.png, p2_curves.png: losses, validation metric and learning rate per epoch
+  arch       arch_<model>.png and .txt for every registered model: blocks traced by a forward pass
+index.md embeds each figure with its numbers and the command that produced each run.
+"""
+from pathlib import Path
+
+import torch
+
+import p1_features
+import p2_masks
+from datasets.p2 import CLASS_NAMES, SCORED_CLASSES
+from models import get_model, get_model_spec, list_models
+from utils.args import REPO, make_parser, runtime_parser
+from utils.errors import UserError, run_cli
+from utils.io import atomic_write
+from utils.plotting import (architecture_summary, plot_architecture, plot_class_iou, plot_confusion,
+                            plot_curves, trace_blocks)
+from utils.report import check_run, command_line, read_metrics
+
+FIGURES = ("features", "confusion", "masks", "iou", "curves", "arch")
+NUM_CLASSES = {"p1": 50, "p2": 7}
+
+
+def get_args_parser():
+    parser = make_parser(__doc__, [runtime_parser()])
+    parser.add_argument("--p1-run", type=Path, default=None, help="a p1_train.py run folder")
+    parser.add_argument("--p2-run", type=Path, default=None, help="a p2_train.py run folder")
+    parser.add_argument("--p1-val-dir", type=Path, default=REPO / "hw1_data" / "p1_data" / "val_50",
+                        help="Problem 1 validation folder (features, confusion)")
+    parser.add_argument("--p2-val-dir", type=Path, default=REPO / "hw1_data" / "p2_data" / "validation",
+                        help="Problem 2 validation folder (masks)")
+    parser.add_argument("--p2-ids", nargs="+", default=list(p2_masks.DEFAULT_IDS), help="tiles for the mask figures")
+    parser.add_argument("--only", nargs="+", choices=FIGURES, default=list(FIGURES), help="figures to make")
+    parser.add_argument("--p2-arch-size", type=int, default=512,
+                        help="tile size the segmenters' architectures are traced at (classifiers use "
+                             "32x32, or the size a model resizes its input to)")
+    parser.add_argument("--out", type=Path, default=REPO / "report", help="folder for the figures and index.md")
+    return parser
+
+
+def architecture(name, out, p2_size=512):
+    """Trace ``name`` (random weights) and write arch_<name>.png and .txt; returns the metadata."""
+    spec = get_model_spec(name)
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=NUM_CLASSES[spec.problem])
+    # A model that resizes its input (BEiT: to 224) is traced at the size it computes at.
+    native = getattr(model, "input_size", None)
+    size = native if native else (32, 32) if spec.problem == "p1" else (p2_size, p2_size)
+    shape = (1, 3, *size)
+    blocks = trace_blocks(model, torch.randn(shape))
+    # Parameters that belong to no traced block (BEiT's cls_token) get a row of their own.
+    outside = [(n, p.numel()) for n, p in model.named_parameters()
+               if not any(n.startswith(b["name"] + ".") for b in blocks)]
+    if outside:
+        blocks.append({"name": ", ".join(n for n, _ in outside), "type": "Parameter", "shape": None,
+                       "params": sum(c for _, c in outside)})
+    total = sum(p.numel() for p in model.parameters())
+    title = f"{name} ({total / 1e6:.2f}M parameters, input {shape[1]}x{shape[2]}x{shape[3]})"
+    meta = plot_architecture(blocks, out / f"arch_{name}.png", title=title, input_shape=shape)
+    with atomic_write(out / f"arch_{name}.txt") as f:
+        f.write(architecture_summary(blocks, title=title, input_shape=shape))
+    return {**meta, "total_params": total}
+
+
+def _run_section(lines, title, run, script, records, metric):
+    best = max(records, key=lambda r: r[f"val_{metric}"])
+    lines += [f"## {title}", "",
+              f"Run `{run}`: {len(records)} epochs, best val {metric} **{best[f'val_{metric}']:.4f}** "
+              f"at epoch {best['epoch']}.", "", "```", command_line(run, script), "```", ""]
+    return best
+
+
+def main(args):
+    if args.p1_run is None and args.p2_run is None and set(args.only) - {"arch"}:
+        raise UserError("give --p1-run and/or --p2-run (or --only arch)")
+    p1 = check_run(args.p1_run, "--p1-run") if args.p1_run else None
+    p2 = check_run(args.p2_run, "--p2-run") if args.p2_run else None
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    runtime = ["--device", args.device, "--amp", args.amp, "--progress" if args.progress else "--no-progress"]
+    lines, made = ["# Report figures", ""], {}
+
+    if p1 is not None:
+        records = read_metrics(p1)
+        best = _run_section(lines, "Problem 1: classification", p1, "p1_train.py", records, "acc")
+        if {"features", "confusion"} & set(args.only):
+            feats = p1_features.main(p1_features.get_args_parser().parse_args(
+                ["--run", str(p1), "--val-dir", str(args.p1_val_dir), "--out", str(out), *runtime]))
+            made["features"] = feats
+            if "features" in args.only:
+                lines += [f"t-SNE of the second-last layer ({feats['feature_dim']}-d) at epochs "
+                          f"{', '.join(map(str, feats['tsne']['epochs']))}:", "", "![t-SNE](p1_tsne.png)", "",
+                          "PCA of the same layer:", "", "![PCA](p1_pca.png)", ""]
+            if "confusion" in args.only:
+                made["confusion"] = plot_confusion(
+                    feats["confusion"], out / "p1_confusion.png",
+                    title=f"{feats['arch']}, epoch {feats['confusion_epoch']}: confusion on the validation set")
+                lines += ["Confusion matrix (rows: true class, normalised):", "", "![confusion](p1_confusion.png)", ""]
+        if "curves" in args.only:
+            made["p1_curves"] = plot_curves(records, out / "p1_curves.png", metric="acc", title=f"{p1.name}")
+            lines += ["![curves](p1_curves.png)", ""]
+        made["p1_best"] = best
+
+    if p2 is not None:
+        records = read_metrics(p2)
+        best = _run_section(lines, "Problem 2: segmentation", p2, "p2_train.py", records, "miou")
+        if "masks" in args.only:
+            made["masks"] = p2_masks.main(p2_masks.get_args_parser().parse_args(
+                ["--run", str(p2), "--val-dir", str(args.p2_val_dir), "--out", str(out),
+                 "--ids", *args.p2_ids, *runtime]))
+            lines += [f"Predicted masks at epochs {', '.join(map(str, made['masks']['progress']['epochs']))}:", "",
+                      "![masks](p2_mask_progress.png)", "", "Overlay view:", "", "![overlay](p2_overlay.png)", ""]
+        if "iou" in args.only:
+            ious = [best.get(f"val_iou_{i}") for i in range(SCORED_CLASSES)]
+            made["iou"] = plot_class_iou(ious, CLASS_NAMES[:SCORED_CLASSES], out / "p2_class_iou.png",
+                                         title=f"{p2.name}, epoch {best['epoch']}: per-class IoU")
+            lines += ["| class | IoU |", "|---|---|"]
+            lines += [f"| {i} {CLASS_NAMES[i]} | {'absent' if v is None else f'{v:.4f}'} |" for i, v in enumerate(ious)]
+            lines += ["", "![per-class IoU](p2_class_iou.png)", ""]
+        if "curves" in args.only:
+            made["p2_curves"] = plot_curves(records, out / "p2_curves.png", metric="miou", title=f"{p2.name}")
+            lines += ["![curves](p2_curves.png)", ""]
+        made["p2_best"] = best
+
+    if "arch" in args.only:
+        lines += ["## Architectures", "", "Blocks traced by a forward pass (output shape and parameters); "
+                  "the text tables are beside each figure.", ""]
+        made["arch"] = {}
+        for name in list_models():
+            meta = architecture(name, out, args.p2_arch_size)
+            made["arch"][name] = meta
+            lines += [f"### {name}: {meta['total_params']:,} parameters", "",
+                      f"![{name}](arch_{name}.png) ([table](arch_{name}.txt))", ""]
+
+    with atomic_write(out / "index.md") as f:
+        f.write("\n".join(lines))
+    print(f"wrote the report to {out / 'index.md'}")
+    return made
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, get_args_parser()))

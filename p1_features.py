@@ -1,0 +1,120 @@
+"""Problem 1 feature figures: PCA and t-SNE of the second-last layer on the validation set.
+
+Usage:
+    python3 p1_features.py --run runs/p1_vgg13 --val-dir hw1_data/p1_data/val_50 --out report/
+
+Extracts the second-last-layer features of every validation image (batched, inference mode)
+from the run's snapshots and draws p1_pca.png (PCA of the best checkpoint, with the last
+snapshot beside it) and p1_tsne.png (t-SNE at the first, a middle and the last snapshot, side by
+side, one colour per class throughout). scikit-learn's PCA and TSNE with a fixed random_state.
+"""
+from pathlib import Path
+
+import torch
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from torch import nn
+
+from datasets.loader import TensorBatches
+from datasets.p1 import NUM_CLASSES, load_folder
+from datasets.transforms import Compose, Normalize
+from p1_inference import load_model
+from utils.args import REPO, make_parser, runtime_parser
+from utils.engine import predict
+from utils.errors import run_cli
+from utils.metrics import confusion_matrix
+from utils.plotting import plot_embeddings
+from utils.report import check_run, first_middle_last, snapshots
+from utils.runtime import resolve_amp, resolve_device
+
+SEED = 0
+
+
+def get_args_parser():
+    parser = make_parser(__doc__, [runtime_parser()])
+    parser.add_argument("--run", type=Path, required=True, help="a p1_train.py run folder")
+    parser.add_argument("--val-dir", type=Path, default=REPO / "hw1_data" / "p1_data" / "val_50",
+                        help="labelled validation folder")
+    parser.add_argument("--out", type=Path, default=REPO / "report", help="folder for the PNGs")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    return parser
+
+
+class _Features(nn.Module):
+    """Calls ``forward_features`` (the second-last layer) as the module's forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_features(x)
+
+
+def extract(checkpoint, images, *, batch_size, device, amp_dtype, progress=True):
+    """Second-last-layer features and predicted classes of ``images`` under one checkpoint.
+
+    Returns:
+        ``(features (N, D) float32 numpy, predictions (N,) numpy, checkpoint dict)``.
+    """
+    model, ckpt = load_model(checkpoint, device)
+    transform = Compose([Normalize(ckpt["mean"], ckpt["std"])])
+    batches = TensorBatches(images, None, batch_size, device=device)
+    feats = torch.cat([f.float().cpu() for f in predict(_Features(model), batches, transform=transform,
+                                                       device=device, amp_dtype=amp_dtype,
+                                                       desc=f"features {Path(checkpoint).name}",
+                                                       progress=progress)])
+    preds = torch.cat([o.argmax(1).cpu() for o in predict(model, batches, transform=transform, device=device,
+                                                          amp_dtype=amp_dtype, progress=False)])
+    return feats.numpy(), preds.numpy(), ckpt
+
+
+def tsne(features):
+    """2-D t-SNE (fixed seed; perplexity lowered for tiny sets, where it must be < n)."""
+    perplexity = min(30.0, max(1.0, (len(features) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=SEED).fit_transform(features)
+
+
+def _title(ckpt, labels, preds, what):
+    acc = float((preds == labels).mean())
+    return f"{ckpt['arch']} {what}, epoch {ckpt['epoch']} (val acc {acc:.4f})"
+
+
+def main(args):
+    run = check_run(args.run, "--run")
+    snaps = snapshots(run, "--run")
+    device = resolve_device(args.device)
+    amp_dtype = resolve_amp(args.amp, device)
+    val = load_folder(args.val_dir, labeled=True)
+    labels = val.labels.numpy()
+    common = dict(batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, progress=args.progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    tsne_panels, extracted = [], {}
+    for epoch in first_middle_last(snaps):
+        feats, preds, ckpt = extract(snaps[epoch], val.images, **common)
+        extracted[epoch] = (feats, preds, ckpt)
+        tsne_panels.append((_title(ckpt, labels, preds, "t-SNE"), tsne(feats)))
+    arch = extracted[max(extracted)][2]["arch"]
+    tsne_meta = plot_embeddings(tsne_panels, labels, args.out / "p1_tsne.png", num_classes=NUM_CLASSES,
+                                suptitle=f"{arch}: t-SNE of the second-last layer on {len(labels)} validation images")
+
+    pca_panels = []
+    best = run / "best.pth"
+    sources = ([("best", *extract(best, val.images, **common))] if best.is_file() else []) + \
+              [("last snapshot", *extracted[max(extracted)])]
+    for what, feats, preds, ckpt in sources:
+        points = PCA(n_components=2, random_state=SEED).fit_transform(feats)
+        pca_panels.append((_title(ckpt, labels, preds, f"PCA ({what})"), points))
+    pca_meta = plot_embeddings(pca_panels, labels, args.out / "p1_pca.png", num_classes=NUM_CLASSES,
+                               suptitle=f"{arch}: PCA of the second-last layer on {len(labels)} validation images")
+    best_preds = sources[0][2]  # best.pth when the run has one, else the last snapshot
+    matrix = confusion_matrix(torch.from_numpy(best_preds), val.labels, NUM_CLASSES)
+    print(f"wrote {tsne_meta['path']} and {pca_meta['path']}")
+    return {"tsne": {**tsne_meta, "epochs": sorted(extracted)}, "pca": pca_meta,
+            "feature_dim": int(sources[0][1].shape[1]), "confusion": matrix.numpy(),
+            "arch": arch, "confusion_epoch": sources[0][3]["epoch"]}
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, get_args_parser()))

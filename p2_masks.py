@@ -1,0 +1,86 @@
+"""Problem 2 mask figures: predictions of chosen tiles at the first, middle and last epoch.
+
+Usage:
+    python3 p2_masks.py --run runs/p2_deeplabv3 --val-dir hw1_data/p2_data/validation --out report/
+
+p2_mask_progress.png has a row per tile (default 0013, 0062, 0104) and the columns input,
+prediction at the first / middle / last epoch snapshot, ground truth. p2_overlay.png is the
+course visualiser's view of the same tiles: class colours blended at 0.3 over the photo with the
+class boundaries drawn, for the ground truth and the last prediction.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.p2 import CLASS_NAMES, PALETTE, read_mask
+from datasets.folder import open_rgb
+from p1_inference import load_model
+from p2_inference import segment
+from utils.args import REPO, make_parser, runtime_parser
+from utils.errors import UserError, run_cli
+from utils.plotting import mask_overlay, plot_image_grid
+from utils.report import check_run, first_middle_last, snapshots
+from utils.runtime import resolve_amp, resolve_device
+
+DEFAULT_IDS = ("0013", "0062", "0104")
+
+
+def get_args_parser():
+    parser = make_parser(__doc__, [runtime_parser()])
+    parser.add_argument("--run", type=Path, required=True, help="a p2_train.py run folder")
+    parser.add_argument("--val-dir", type=Path, default=REPO / "hw1_data" / "p2_data" / "validation",
+                        help="validation folder with xxxx_sat.jpg and xxxx_mask.png")
+    parser.add_argument("--ids", nargs="+", default=list(DEFAULT_IDS), help="tile ids to show")
+    parser.add_argument("--out", type=Path, default=REPO / "report", help="folder for the PNGs")
+    return parser
+
+
+def load_examples(val_dir, ids):
+    """``(images [(3, H, W) uint8 tensors], masks [(H, W) arrays])`` of the tiles ``ids``."""
+    images, masks = [], []
+    for i in ids:
+        tile, mask = Path(val_dir) / f"{i}_sat.jpg", Path(val_dir) / f"{i}_mask.png"
+        for path in (tile, mask):
+            if not path.is_file():
+                raise UserError(f"--ids {i}: {path} does not exist")
+        images.append(torch.from_numpy(np.array(open_rgb(tile, "JPEG"))).permute(2, 0, 1).contiguous())
+        masks.append(read_mask(mask))
+    return images, masks
+
+
+def main(args):
+    run = check_run(args.run, "--run")
+    snaps = snapshots(run, "--run")
+    device = resolve_device(args.device)
+    amp_dtype = resolve_amp(args.amp, device)
+    images, truths = load_examples(args.val_dir, args.ids)
+    palette = np.array(PALETTE, dtype=np.uint8)
+    epochs = first_middle_last(snaps)
+    predictions = {}
+    arch = None
+    for epoch in epochs:
+        model, ckpt = load_model(snaps[epoch], device, problem="p2")
+        arch = ckpt["arch"]
+        predictions[epoch] = segment(model, images, mean=ckpt["mean"], std=ckpt["std"], batch_size=4,
+                                     device=device, amp_dtype=amp_dtype, progress=args.progress)
+    photos = [img.permute(1, 2, 0).numpy() for img in images]
+    rows = [[photos[r], *[palette[predictions[e][r]] for e in epochs], palette[truths[r]]]
+            for r in range(len(images))]
+    legend = list(zip(CLASS_NAMES, PALETTE))
+    args.out.mkdir(parents=True, exist_ok=True)
+    progress = plot_image_grid(rows, ["input", *[f"epoch {e}" for e in epochs], "ground truth"],
+                               args.out / "p2_mask_progress.png", row_titles=list(args.ids), legend=legend,
+                               suptitle=f"{arch}: predicted masks during training")
+    last = max(epochs)
+    overlay_rows = [[mask_overlay(photos[r], truths[r], palette), mask_overlay(photos[r], predictions[last][r], palette)]
+                    for r in range(len(images))]
+    overlay = plot_image_grid(overlay_rows, ["ground truth", f"prediction, epoch {last}"],
+                              args.out / "p2_overlay.png", row_titles=list(args.ids), legend=legend,
+                              suptitle=f"{arch}: class colours at 0.3 over the tile, boundaries in black")
+    print(f"wrote {progress['path']} and {overlay['path']}")
+    return {"progress": {**progress, "epochs": epochs}, "overlay": overlay}
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, get_args_parser()))

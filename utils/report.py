@@ -1,0 +1,62 @@
+"""Reading training runs for the report: snapshots, metrics, and the command that made them."""
+import json
+import re
+from pathlib import Path
+
+from utils.errors import UserError
+
+_SNAPSHOT = re.compile(r"^epoch_(\d+)\.pth$")
+
+
+def check_run(folder, flag):
+    """``folder`` as a Path, refusing one that holds no run (no metrics.jsonl)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{flag} {folder}: no such run folder")
+    if not (folder / "metrics.jsonl").is_file():
+        raise UserError(f"{flag} {folder}: not a run folder (no metrics.jsonl)")
+    return folder
+
+
+def snapshots(folder, flag):
+    """``{epoch: path}`` of a run's ``epoch_NNN.pth`` files."""
+    found = {int(m.group(1)): p for p in Path(folder).iterdir() if (m := _SNAPSHOT.match(p.name))}
+    if not found:
+        raise UserError(f"{flag} {folder}: no epoch_NNN.pth snapshots (train with --save-epochs, "
+                        "whose default keeps the first, middle and last epoch)")
+    return dict(sorted(found.items()))
+
+
+def first_middle_last(epochs):
+    """The first, the one nearest the middle, and the last of some epochs (distinct, sorted)."""
+    epochs = sorted(epochs)
+    middle = min(epochs, key=lambda e: (abs(e - (epochs[0] + epochs[-1]) / 2), e))
+    return sorted({epochs[0], middle, epochs[-1]})
+
+
+def read_metrics(folder):
+    """The records of a run's ``metrics.jsonl``."""
+    path = Path(folder) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def command_line(folder, script):
+    """The command that reproduces a run, rebuilt from its ``args.json``."""
+    path = Path(folder) / "args.json"
+    if not path.is_file():
+        return f"python3 {script} (args.json missing)"
+    args = json.loads(path.read_text())
+    parts = [f"python3 {script}"]
+    for key, value in sorted(args.items()):
+        if value is None or key in ("resume", "overwrite", "progress", "device", "amp"):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif value is False:
+            parts.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            parts.append(" ".join([flag, *map(str, value)]))
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
