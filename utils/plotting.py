@@ -89,26 +89,34 @@ def plot_curves(records, path, *, metric, title):
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.03)
     _save(fig, path)
     return {"path": str(path), "panels": 3, "epochs": len(records)}
 
 
-def plot_confusion(matrix, path, *, title):
+def plot_confusion(matrix, path, *, title, present_only=True):
     """A row-normalised confusion matrix (rows: truth, columns: prediction).
+
+    Args:
+        present_only: draw only the classes that occur in the truth or the predictions (all 50
+            on the course's data; the demo's digits use 10), labelled with their class ids.
 
     Returns:
         ``{"path", "panels": 1, "classes"}``.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
+    ids = np.arange(len(matrix))
+    if present_only:
+        ids = ids[(matrix.sum(0) + matrix.sum(1)) > 0]
+        matrix = matrix[np.ix_(ids, ids)]
     rows = matrix.sum(1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     n = len(matrix)
     fig, ax = plt.subplots(figsize=(9, 8))
     image = ax.imshow(normalised, cmap="viridis", vmin=0, vmax=1)
     ticks = np.arange(0, n, 5 if n > 20 else 1)
-    ax.set_xticks(ticks)
-    ax.set_yticks(ticks)
+    ax.set_xticks(ticks, [str(ids[t]) for t in ticks])
+    ax.set_yticks(ticks, [str(ids[t]) for t in ticks])
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
