@@ -19,12 +19,12 @@ from torch import nn
 from datasets.loader import TensorBatches
 from datasets.p1 import MEAN, NUM_CLASSES, STD, load_folder
 from datasets.presets import P1_AUGMENTS, p1_transforms
-from models import get_model, get_model_spec, list_models, model_options
+from models import get_model_spec, list_models
 from utils.args import REPO, args_to_dict, make_parser, training_parser
 from utils.errors import run_cli
 from utils.metrics import Accuracy
-from utils.run import RunFolder, build_optimization, finished_run, fit, resolve_run_args
-from utils.runtime import place_model, resolve_amp, resolve_device, seed_everything
+from utils.run import RunFolder, build_model, build_optimization, finished_run, fit, resolve_run_args
+from utils.runtime import resolve_amp, resolve_device, seed_everything
 
 RECIPES = {
     "vgg13": dict(epochs=300, batch_size=128, opt="adamw", lr=1e-3, momentum=0.0, weight_decay=0.0,
@@ -65,10 +65,7 @@ def main(args):
 
     seed_everything(args.seed)
     spec = get_model_spec(args.model)
-    options = model_options(args.model, args)
-    model = get_model(args.model, num_classes=NUM_CLASSES, pretrained=args.pretrained and not resumed,
-                      pretrained_file=None if resumed else args.pretrained_file, **options)
-    place_model(model, device)
+    model, options = build_model(args, num_classes=NUM_CLASSES, device=device, resumed=resumed)
     mean, std = (spec.mean, spec.std) if spec.mean is not None else (MEAN, STD)
     train_tf, eval_tf = p1_transforms(args.augment, mean=mean, std=std, num_classes=NUM_CLASSES)
 

@@ -22,13 +22,13 @@ from pathlib import Path
 from datasets.loader import TensorBatches
 from datasets.p2 import NUM_CLASSES, SCORED_CLASSES, TILE_SIZE, UNKNOWN, load_pairs
 from datasets.presets import P2_AUGMENTS, p2_transforms
-from models import get_model, get_model_spec, list_models, model_options
+from models import get_model_spec, list_models
 from utils.args import REPO, args_to_dict, make_parser, training_parser
 from utils.errors import run_cli
 from utils.losses import SegmentationLoss
 from utils.metrics import MeanIoU
-from utils.run import RunFolder, build_optimization, finished_run, fit, resolve_run_args
-from utils.runtime import place_model, resolve_amp, resolve_device, seed_everything
+from utils.run import RunFolder, build_model, build_optimization, finished_run, fit, resolve_run_args
+from utils.runtime import resolve_amp, resolve_device, seed_everything
 
 RECIPES = {
     "fcn32s": dict(epochs=100, batch_size=8, opt="sgd", lr=0.003, momentum=0.9, weight_decay=0.0,
@@ -78,10 +78,7 @@ def main(args):
 
     seed_everything(args.seed)
     spec = get_model_spec(args.model)
-    options = model_options(args.model, args)
-    model = get_model(args.model, num_classes=NUM_CLASSES, pretrained=args.pretrained and not resumed,
-                      pretrained_file=None if resumed else args.pretrained_file, **options)
-    place_model(model, device)
+    model, options = build_model(args, num_classes=NUM_CLASSES, device=device, resumed=resumed)
     train_tf, eval_tf = p2_transforms(args.augment, mean=spec.mean, std=spec.std)
     criterion = SegmentationLoss(args.loss, alpha=args.focal_alpha, gamma=args.focal_gamma,
                                  ignore_index=UNKNOWN if args.ignore_unknown else None,

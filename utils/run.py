@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
+from models import get_model, model_options
 from utils.args import REPO, check_positive, default_save_epochs, fill_recipe
 from utils.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from utils.engine import evaluate, train_one_epoch
 from utils.errors import UserError
 from utils.io import append_jsonl, check_writable, write_json
 from utils.optim import build_optimizer, build_scheduler
-from utils.runtime import EpochRNG, rng_state, set_rng_state
+from utils.runtime import EpochRNG, place_model, rng_state, set_rng_state
 
 RUN_FILES = ("args.json", "metrics.jsonl", "best.pth", "last.pth")
 # Snapshots feed the report's figures, not a resume: they keep the weights, not the optimiser.
@@ -66,6 +67,20 @@ def resolve_run_args(args, *, problem, recipes, defaults):
     if bad:
         raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {args.epochs})")
     return ckpt
+
+
+def build_model(args, *, num_classes, device, resumed):
+    """The run's ``--model`` on ``device``, with the model-specific flags it takes.
+
+    Pretrained weights are fetched only for a fresh run: a resumed one loads its own.
+
+    Returns:
+        ``(model, options)``; ``options`` is what the checkpoint records to rebuild it.
+    """
+    options = model_options(args.model, args)
+    model = get_model(args.model, num_classes=num_classes, pretrained=args.pretrained and not resumed,
+                      pretrained_file=None if resumed else args.pretrained_file, **options)
+    return place_model(model, device), options
 
 
 def build_optimization(args, model, *, steps_per_epoch, amp_dtype, device, ckpt=None):
