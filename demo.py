@@ -95,11 +95,10 @@ def main(args):
     summary, report = [], ["--out", str(out / "report"), *common]
     if args.only in (None, "p1"):
         summary.append(demo_p1(args, common))
-        report += ["--p1-run", str(out / "p1_vgg13"), "--p1-val-dir", str(out / "data" / "val_50")]
+        report += ["--p1-run", str(out / "p1_vgg13")]
     if args.only in (None, "p2"):
         summary.append(demo_p2(args, common))
-        report += ["--p2-run", str(out / "p2_fcn32s"), "--p2-val-dir", str(out / "data" / "p2_validation"),
-                   "--p2-ids", "1000", "1003", "1006"]
+        report += ["--p2-run", str(out / "p2_fcn32s"), "--p2-ids", "1000", "1003", "1006"]
     make_report.main(make_report.get_args_parser().parse_args(report))
     summary.append(f"report: every figure and {out / 'report' / 'index.md'} (make_report.py)")
     print("\ndemo done:\n  " + "\n  ".join(summary), flush=True)

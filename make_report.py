@@ -37,11 +37,12 @@ def get_args_parser():
     parser = make_parser(__doc__, [runtime_parser()])
     parser.add_argument("--p1-run", type=Path, default=None, help="a p1_train.py run folder")
     parser.add_argument("--p2-run", type=Path, default=None, help="a p2_train.py run folder")
-    parser.add_argument("--p1-val-dir", type=Path, default=REPO / "hw1_data" / "p1_data" / "val_50",
-                        help="Problem 1 validation folder (features, confusion)")
-    parser.add_argument("--p2-val-dir", type=Path, default=REPO / "hw1_data" / "p2_data" / "validation",
-                        help="Problem 2 validation folder (masks)")
-    parser.add_argument("--p2-ids", nargs="+", default=list(p2_masks.DEFAULT_IDS), help="tiles for the mask figures")
+    parser.add_argument("--p1-val-dir", type=Path, default=None,
+                        help="Problem 1 validation folder (default: the run's own --val-dir)")
+    parser.add_argument("--p2-val-dir", type=Path, default=None,
+                        help="Problem 2 validation folder (default: the run's own --val-dir)")
+    parser.add_argument("--p2-ids", nargs="+", default=None,
+                        help="tiles for the mask figures (default: 0013 0062 0104, or the folder's first three)")
     parser.add_argument("--only", nargs="+", choices=FIGURES, default=list(FIGURES), help="figures to make")
     parser.add_argument("--p2-arch-size", type=int, default=512,
                         help="tile size the segmenters' architectures are traced at (classifiers use "
@@ -96,8 +97,9 @@ def main(args):
         records = read_metrics(p1)
         best = _run_section(lines, "Problem 1: classification", p1, "p1_train.py", records, "acc")
         if {"features", "confusion"} & set(args.only):
+            val = ["--val-dir", str(args.p1_val_dir)] if args.p1_val_dir else []
             feats = p1_features.main(p1_features.get_args_parser().parse_args(
-                ["--run", str(p1), "--val-dir", str(args.p1_val_dir), "--out", str(out), *runtime]))
+                ["--run", str(p1), *val, "--out", str(out), *runtime]))
             made["features"] = feats
             if "features" in args.only:
                 lines += [f"t-SNE of the second-last layer ({feats['feature_dim']}-d) at epochs "
@@ -117,9 +119,10 @@ def main(args):
         records = read_metrics(p2)
         best = _run_section(lines, "Problem 2: segmentation", p2, "p2_train.py", records, "miou")
         if "masks" in args.only:
+            val = ["--val-dir", str(args.p2_val_dir)] if args.p2_val_dir else []
+            ids = ["--ids", *args.p2_ids] if args.p2_ids else []
             made["masks"] = p2_masks.main(p2_masks.get_args_parser().parse_args(
-                ["--run", str(p2), "--val-dir", str(args.p2_val_dir), "--out", str(out),
-                 "--ids", *args.p2_ids, *runtime]))
+                ["--run", str(p2), *val, *ids, "--out", str(out), *runtime]))
             lines += [f"Predicted masks at epochs {', '.join(map(str, made['masks']['progress']['epochs']))}:", "",
                       "![masks](p2_mask_progress.png)", "", "Overlay view:", "", "![overlay](p2_overlay.png)", ""]
         if "iou" in args.only:

@@ -24,17 +24,18 @@ from utils.engine import predict
 from utils.errors import run_cli
 from utils.metrics import confusion_matrix
 from utils.plotting import plot_embeddings
-from utils.report import check_run, first_middle_last, snapshots
+from utils.report import check_run, first_middle_last, run_arg, snapshots
 from utils.runtime import resolve_amp, resolve_device
 
 SEED = 0
+DEFAULT_VAL = REPO / "hw1_data" / "p1_data" / "val_50"
 
 
 def get_args_parser():
     parser = make_parser(__doc__, [runtime_parser()])
     parser.add_argument("--run", type=Path, required=True, help="a p1_train.py run folder")
-    parser.add_argument("--val-dir", type=Path, default=REPO / "hw1_data" / "p1_data" / "val_50",
-                        help="labelled validation folder")
+    parser.add_argument("--val-dir", type=Path, default=None,
+                        help="labelled validation folder (default: the run's own --val-dir)")
     parser.add_argument("--out", type=Path, default=REPO / "report", help="folder for the PNGs")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     return parser
@@ -85,7 +86,7 @@ def main(args):
     snaps = snapshots(run, "--run")
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
-    val = load_folder(args.val_dir, labeled=True)
+    val = load_folder(args.val_dir or run_arg(run, "val_dir") or DEFAULT_VAL, labeled=True)
     labels = val.labels.numpy()
     common = dict(batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, progress=args.progress)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,30 +8,34 @@ prediction at the first / middle / last epoch snapshot, ground truth. p2_overlay
 course visualiser's view of the same tiles: class colours blended at 0.3 over the photo with the
 class boundaries drawn, for the ground truth and the last prediction.
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from datasets.p2 import CLASS_NAMES, PALETTE, read_mask
-from datasets.folder import open_rgb
+from datasets.folder import list_files, open_rgb
+from datasets.p2 import CLASS_NAMES, PALETTE, image_id, read_mask
 from p1_inference import load_model
 from p2_inference import segment
 from utils.args import REPO, make_parser, runtime_parser
 from utils.errors import UserError, run_cli
 from utils.plotting import mask_overlay, plot_image_grid
-from utils.report import check_run, first_middle_last, snapshots
+from utils.report import check_run, first_middle_last, run_arg, snapshots
 from utils.runtime import resolve_amp, resolve_device
 
 DEFAULT_IDS = ("0013", "0062", "0104")
+DEFAULT_VAL = REPO / "hw1_data" / "p2_data" / "validation"
 
 
 def get_args_parser():
     parser = make_parser(__doc__, [runtime_parser()])
     parser.add_argument("--run", type=Path, required=True, help="a p2_train.py run folder")
-    parser.add_argument("--val-dir", type=Path, default=REPO / "hw1_data" / "p2_data" / "validation",
-                        help="validation folder with xxxx_sat.jpg and xxxx_mask.png")
-    parser.add_argument("--ids", nargs="+", default=list(DEFAULT_IDS), help="tile ids to show")
+    parser.add_argument("--val-dir", type=Path, default=None,
+                        help="validation folder with xxxx_sat.jpg and xxxx_mask.png (default: the run's own --val-dir)")
+    parser.add_argument("--ids", nargs="+", default=None,
+                        help="tile ids to show (default: 0013 0062 0104, the report's, or else the "
+                             "folder's first three)")
     parser.add_argument("--out", type=Path, default=REPO / "report", help="folder for the PNGs")
     return parser
 
@@ -49,12 +53,23 @@ def load_examples(val_dir, ids):
     return images, masks
 
 
+def default_ids(val_dir):
+    """The report's tiles when the folder has them all, else its first three (with a warning)."""
+    if all((Path(val_dir) / f"{i}_sat.jpg").is_file() for i in DEFAULT_IDS):
+        return list(DEFAULT_IDS)
+    ids = [image_id(p) for p in list_files(val_dir, ".jpg")[:3]]
+    warnings.warn(f"{val_dir} lacks tiles {', '.join(DEFAULT_IDS)}; showing {', '.join(ids)} (choose with --ids)")
+    return ids
+
+
 def main(args):
     run = check_run(args.run, "--run")
     snaps = snapshots(run, "--run")
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
-    images, truths = load_examples(args.val_dir, args.ids)
+    val_dir = args.val_dir or run_arg(run, "val_dir") or DEFAULT_VAL
+    args.ids = args.ids or default_ids(val_dir)
+    images, truths = load_examples(val_dir, args.ids)
     palette = np.array(PALETTE, dtype=np.uint8)
     epochs = first_middle_last(snaps)
     predictions = {}

@@ -19,7 +19,8 @@ def parse(module, *argv):
 
 
 def test_p1_features_and_embeddings(p1_run, p1_data, tmp_path):
-    result = p1_features.main(parse(p1_features, "--run", p1_run, "--val-dir", p1_data[1], "--out", tmp_path))
+    # No --val-dir: the run's own validation folder (from its args.json).
+    result = p1_features.main(parse(p1_features, "--run", p1_run, "--out", tmp_path))
     assert result["tsne"]["panels"] == 3 and result["tsne"]["epochs"] == [1, 2, 4]
     assert result["tsne"]["points"] == 16 and result["pca"]["panels"] == 2  # best and last
     assert result["feature_dim"] == 512
@@ -46,9 +47,15 @@ def test_p2_mask_grid_and_overlay(p2_run, p2_data, tmp_path):
     assert result["overlay"]["panels"] == 4
 
 
+def test_p2_masks_defaults_to_the_runs_folder_and_its_first_tiles(p2_run, tmp_path):
+    with pytest.warns(UserWarning, match="lacks tiles 0013, 0062, 0104; showing 0100, 0101, 0102"):
+        result = p2_masks.main(parse(p2_masks, "--run", p2_run, "--out", tmp_path))
+    assert result["progress"]["rows"] == 3
+
+
 def test_missing_tile_id_and_missing_run(p2_run, p2_data, tmp_path):
     with pytest.raises(UserError, match="--ids 0013: .*0013_sat.jpg does not exist"):
-        p2_masks.main(parse(p2_masks, "--run", p2_run, "--val-dir", p2_data[1], "--out", tmp_path))
+        p2_masks.main(parse(p2_masks, "--run", p2_run, "--val-dir", p2_data[1], "--out", tmp_path, "--ids", "0013"))
     with pytest.raises(UserError, match="--run .*nope: no such run folder"):
         p2_masks.main(parse(p2_masks, "--run", tmp_path / "nope", "--val-dir", p2_data[1]))
 

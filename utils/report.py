@@ -34,6 +34,12 @@ def first_middle_last(epochs):
     return sorted({epochs[0], middle, epochs[-1]})
 
 
+def run_arg(folder, key):
+    """A flag of the run that made ``folder`` (from its ``args.json``), or ``None``."""
+    path = Path(folder) / "args.json"
+    return json.loads(path.read_text()).get(key) if path.is_file() else None
+
+
 def read_metrics(folder):
     """The records of a run's ``metrics.jsonl``."""
     path = Path(folder) / "metrics.jsonl"
