@@ -41,15 +41,16 @@ def get_args_parser():
     return parser
 
 
-class _Features(nn.Module):
-    """Calls ``forward_features`` (the second-last layer) as the module's forward."""
+class _FeaturesAndLogits(nn.Module):
+    """One pass returning the second-last layer and the logits computed from it."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, x):
-        return self.model.forward_features(x)
+        features = self.model.forward_features(x)
+        return features, self.model.forward_head(features)
 
 
 def extract(checkpoint, images, *, batch_size, device, amp_dtype, progress=True):
@@ -61,13 +62,10 @@ def extract(checkpoint, images, *, batch_size, device, amp_dtype, progress=True)
     model, ckpt = load_model(checkpoint, device)
     transform = Compose([Normalize(ckpt["mean"], ckpt["std"])])
     batches = TensorBatches(images, None, batch_size, device=device)
-    feats = torch.cat([f.float().cpu() for f in predict(_Features(model), batches, transform=transform,
-                                                       device=device, amp_dtype=amp_dtype,
-                                                       desc=f"features {Path(checkpoint).name}",
-                                                       progress=progress)])
-    preds = torch.cat([o.argmax(1).cpu() for o in predict(model, batches, transform=transform, device=device,
-                                                          amp_dtype=amp_dtype, progress=False)])
-    return feats.numpy(), preds.numpy(), ckpt
+    outputs = [(f.float().cpu(), logits.argmax(1).cpu()) for f, logits in predict(
+        _FeaturesAndLogits(model), batches, transform=transform, device=device, amp_dtype=amp_dtype,
+        desc=f"features {Path(checkpoint).name}", progress=progress)]
+    return (torch.cat([f for f, _ in outputs]).numpy(), torch.cat([p for _, p in outputs]).numpy(), ckpt)
 
 
 def tsne(features):

@@ -35,6 +35,10 @@ class BEiT(nn.Module):
         """The pooled, normalised embedding the head sees (pre-logits), (B, 768)."""
         return self.net.forward_head(self.net.forward_features(self._resize(x)), pre_logits=True)
 
+    def forward_head(self, features):
+        """Logits from :meth:`forward_features`' output."""
+        return self.net.head(self.net.head_drop(features))
+
     def forward(self, x):
         return self.net(self._resize(x))
 

@@ -34,8 +34,12 @@ class VGG(nn.Module):
         """The 512-d second-last-layer features, (B, 512)."""
         return self.pre_logits(torch.flatten(self.features(x), 1))
 
+    def forward_head(self, features):
+        """Logits from :meth:`forward_features`' output."""
+        return self.head(features)
+
     def forward(self, x):
-        return self.head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(problem="p1")

@@ -40,6 +40,9 @@ def test_round_trip(tmp_path):
     ckpt = load_checkpoint(path, problem="p1")
     assert torch.equal(ckpt["model"]["w"], torch.arange(3.0)) and ckpt["epoch"] == 3
     assert os.listdir(tmp_path) == ["c.pth"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would have made it
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path):

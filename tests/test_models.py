@@ -22,6 +22,8 @@ def test_forward_features_backward(name):
         feats = model.forward_features(x)
     assert logits.shape == (2, 50)
     assert feats.shape == (2, FEATURES[name])
+    with torch.no_grad():
+        assert torch.allclose(model.forward_head(feats), logits, atol=1e-5)
     model.train()
     loss = nn.functional.cross_entropy(model(x), torch.tensor([1, 49]))
     loss.backward()

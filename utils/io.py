@@ -7,6 +7,11 @@ from pathlib import Path
 
 from utils.errors import UserError
 
+# mkstemp creates files readable by their owner only; a finished output file gets the
+# permissions an ordinary open() would have given it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w", **open_kwargs):
@@ -27,6 +32,7 @@ def atomic_write(path, mode="w", **open_kwargs):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
