@@ -24,7 +24,7 @@ from utils.engine import predict
 from utils.errors import run_cli
 from utils.metrics import confusion_matrix
 from utils.plotting import plot_embeddings
-from utils.report import check_run, first_middle_last, run_arg, snapshots
+from utils.report import check_run, first_middle_last, read_metrics, run_arg, snapshots
 from utils.runtime import resolve_amp, resolve_device
 
 SEED = 0
@@ -99,15 +99,22 @@ def main(args):
                                 suptitle=f"{arch}: t-SNE of the second-last layer on {len(labels)} validation images")
 
     pca_panels = []
+    # best.pth is the first epoch reaching the best val_acc: a snapshot of that epoch (often the
+    # last one) already has its features, so the validation set is not run through it again.
+    records = read_metrics(run)
+    best_epoch = max(records, key=lambda r: r["val_acc"])["epoch"]
     best = run / "best.pth"
-    sources = ([("best", *extract(best, val.images, **common))] if best.is_file() else []) + \
-              [("last snapshot", *extracted[max(extracted)])]
+    if best_epoch in extracted:
+        sources = [("best", *extracted[best_epoch])]
+    else:
+        sources = [("best", *extract(best, val.images, **common))] if best.is_file() else []
+    sources.append(("last snapshot", *extracted[max(extracted)]))
     for what, feats, preds, ckpt in sources:
         points = PCA(n_components=2, random_state=SEED).fit_transform(feats)
         pca_panels.append((_title(ckpt, labels, preds, f"PCA ({what})"), points))
     pca_meta = plot_embeddings(pca_panels, labels, args.out / "p1_pca.png", num_classes=NUM_CLASSES,
                                suptitle=f"{arch}: PCA of the second-last layer on {len(labels)} validation images")
-    best_preds = sources[0][2]  # best.pth when the run has one, else the last snapshot
+    best_preds = sources[0][2]  # the best epoch when the run has it, else the last snapshot
     matrix = confusion_matrix(torch.from_numpy(best_preds), val.labels, NUM_CLASSES)
     print(f"wrote {tsne_meta['path']} and {pca_meta['path']}")
     return {"tsne": {**tsne_meta, "epochs": sorted(extracted)}, "pca": pca_meta,

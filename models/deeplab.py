@@ -9,8 +9,7 @@ from torch import nn
 from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
 
 from models.registry import register_model, weights_unavailable
-from utils.checkpoint import load_weights_file
-from utils.errors import UserError, brief
+from utils.checkpoint import load_weights_into
 
 _WEIGHTS = DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1
 _NORM = _WEIGHTS.transforms()
@@ -44,11 +43,7 @@ def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None):
     except (OSError, RuntimeError) as e:
         raise weights_unavailable("COCO DeepLabv3 weights", e) from None
     if pretrained_file is not None:
-        try:
-            net.load_state_dict(load_weights_file(pretrained_file))
-        except RuntimeError as e:
-            raise UserError(f"--pretrained-file {pretrained_file}: not DeepLabv3-ResNet50 weights "
-                            f"({brief(e)})") from None
+        load_weights_into(net, pretrained_file, "DeepLabv3-ResNet50 weights")
     net.classifier[4] = nn.Conv2d(256, num_classes, kernel_size=1)
     net.aux_classifier[4] = nn.Conv2d(256, num_classes, kernel_size=1)
     return DeepLabV3(net)

@@ -12,8 +12,7 @@ from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
 from models.registry import register_model, weights_unavailable
-from utils.checkpoint import load_weights_file
-from utils.errors import UserError, brief
+from utils.checkpoint import load_weights_into
 
 _WEIGHTS = VGG16_Weights.IMAGENET1K_V1
 _NORM = _WEIGHTS.transforms()
@@ -77,8 +76,5 @@ def fcn32s(*, num_classes, pretrained=False, pretrained_file=None, dropout=0.5):
     except (OSError, RuntimeError) as e:
         raise weights_unavailable("ImageNet VGG16 weights", e) from None
     if pretrained_file is not None:
-        try:
-            vgg.load_state_dict(load_weights_file(pretrained_file))
-        except RuntimeError as e:
-            raise UserError(f"--pretrained-file {pretrained_file}: not VGG16 weights ({brief(e)})") from None
+        load_weights_into(vgg, pretrained_file, "VGG16 weights")
     return FCN32s(vgg, num_classes, dropout=dropout)

@@ -45,10 +45,7 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for a non-checkpoint (zip, pickle, EOF)
-        raise UserError(f"{path}: not a readable checkpoint ({brief(e, 120)})") from None
+    ckpt = _load(path, map_location, f"{path}: not a readable checkpoint")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         raise UserError(f"{path}: not a checkpoint of this project (no model/arch/problem entries)")
     if problem is not None and ckpt["problem"] != problem:
@@ -59,24 +56,40 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
     return ckpt
 
 
-def load_weights_file(path, flag="--pretrained-file"):
-    """A state dict from a local weights file (``.pth``), for ``--pretrained-file``.
+def _load(path, map_location, what):
+    """``torch.load(weights_only=True)``, any failure becoming one line that starts with ``what``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not one (zip, pickle, EOF)
+        raise UserError(f"{what} ({brief(e, 120)})") from None
+
+
+def load_weights_into(module, path, what, flag="--pretrained-file"):
+    """Load a local weights file (``.pth``) into ``module``, for ``--pretrained-file``.
 
     Accepts a bare state dict or a dict holding one under ``state_dict`` or ``model``.
 
+    Args:
+        module: the network the weights are for.
+        path: the file.
+        what: the weights' name for messages ("VGG16 weights").
+        flag: the flag that named the file.
+
     Raises:
-        UserError: naming the file and the flag, when it is missing or holds no state dict.
+        UserError: naming the file and the flag, when it is missing, holds no state dict, or
+            holds weights of another network.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # as in load_checkpoint: many types for a file that is not one
-        raise UserError(f"{flag} {path}: not a readable weights file ({brief(e, 120)})") from None
+    state = _load(path, "cpu", f"{flag} {path}: not a readable weights file")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{flag} {path}: holds no state dict of tensors")
-    return state
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{flag} {path}: not {what} ({brief(e)})") from None
+    return module
