@@ -23,6 +23,7 @@ from datasets.loader import TensorBatches
 from datasets.p2 import NUM_CLASSES, SCORED_CLASSES, TILE_SIZE, UNKNOWN, load_pairs
 from datasets.presets import P2_AUGMENTS, p2_transforms
 from models import get_model_spec, list_models
+from utils import distributed
 from utils.args import REPO, args_to_dict, make_parser, training_parser
 from utils.errors import run_cli
 from utils.losses import SegmentationLoss
@@ -72,6 +73,8 @@ def main(args):
     resumed = ckpt is not None
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
+    ctx = distributed.init(device)
+    distributed.check_batch_share(args.batch_size, ctx)
     run = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if resumed else None, overwrite=args.overwrite)
     train_set = load_pairs(args.train_dir, size=args.tile_size, cache_dir=args.cache_dir)
     val_set = load_pairs(args.val_dir, size=args.tile_size, cache_dir=args.cache_dir)
@@ -86,16 +89,19 @@ def main(args):
 
     def train_batches(rng):  # rng None: the same batches unshuffled (to count them)
         return TensorBatches(train_set.images, train_set.masks, args.batch_size,
-                             generator=rng.cpu if rng else None, drop_singleton=True, device=device)
+                             generator=rng.cpu if rng else None, drop_small=True,
+                             rank=ctx.rank, world_size=ctx.world_size, device=device)
 
     optimizer, scheduler, scaler, start_epoch, best_metric, best_epoch = build_optimization(
         args, model, steps_per_epoch=len(train_batches(None)), amp_dtype=amp_dtype, device=device, ckpt=ckpt)
     if start_epoch >= args.epochs:
         return finished_run(args, ckpt, "miou")
 
-    run.start(args_to_dict(args))
-    print(f"training {args.model} on {len(train_set)} tiles ({args.train_dir}), validating on "
-          f"{len(val_set)} ({args.val_dir}); {device}, amp {args.amp}; output {args.output_dir}", flush=True)
+    if ctx.is_main:
+        run.start(args_to_dict(args))
+        print(f"training {args.model} on {len(train_set)} tiles ({args.train_dir}), validating on "
+              f"{len(val_set)} ({args.val_dir}); {ctx.world_size} x {device.type}, amp {args.amp}; "
+              f"output {args.output_dir}", flush=True)
     meta = {"problem": "p2", "arch": args.model, "model_kwargs": {"num_classes": NUM_CLASSES, **options},
             "num_classes": NUM_CLASSES, "mean": list(spec.mean), "std": list(spec.std),
             "args": args_to_dict(args)}
@@ -103,11 +109,13 @@ def main(args):
         model=model, criterion=criterion, eval_criterion=criterion, optimizer=optimizer,
         scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, device=device,
         make_train_batches=train_batches, train_transform=train_tf,
-        val_batches=TensorBatches(val_set.images, val_set.masks, args.eval_batch_size, device=device),
+        val_batches=TensorBatches(val_set.images, val_set.masks, args.eval_batch_size, device=device,
+                                 rank=ctx.rank, world_size=ctx.world_size),
         eval_transform=eval_tf, make_metric=lambda: MeanIoU(NUM_CLASSES, SCORED_CLASSES),
         metric_name="miou", run=run, start_epoch=start_epoch, epochs=args.epochs,
         best_metric=best_metric, best_epoch=best_epoch, seed=args.seed,
-        save_epochs=set(args.save_epochs), meta=meta, progress=args.progress)
+        save_epochs=set(args.save_epochs), meta=meta, ctx=ctx, compile=args.compile, tta=args.tta,
+        progress=args.progress)
 
 
 if __name__ == "__main__":

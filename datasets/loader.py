@@ -2,8 +2,18 @@
 
 Problem 1's tensors sit on the compute device already; Problem 2's tiles stay in host memory and
 each batch is gathered there, pinned, and copied to the device without blocking.
+
+With several processes (``rank`` of ``world_size``) a shuffled pass still draws one permutation
+from the shared generator; each global batch of ``batch_size`` is split into ``world_size``
+near-equal shares and a process yields its own. An ordered pass (evaluation) gives each process
+one contiguous share of the samples, every sample exactly once.
 """
 import torch
+
+
+def share(n, rank, world_size):
+    """The ``[start, stop)`` of ``rank``'s share when ``n`` items split into ``world_size`` parts."""
+    return rank * n // world_size, (rank + 1) * n // world_size
 
 
 class TensorBatches:
@@ -12,23 +22,32 @@ class TensorBatches:
     Args:
         inputs: tensor (N, ...), on the compute device.
         targets: tensor (N, ...) or ``None``.
-        batch_size: samples per batch.
+        batch_size: samples per batch (the global batch, over every process).
         generator: a CPU ``torch.Generator`` to shuffle with (a fresh permutation each
             ``__iter__``), or ``None`` to keep the order and every sample (evaluation).
-        drop_singleton: drop a last batch of one sample (BatchNorm cannot train on it).
+        drop_small: drop a last batch too small to give each process 2 samples (BatchNorm
+            cannot train on one).
         device: where batches go; ``None`` keeps them where the tensors are.
+        rank, world_size: this process's share (see the module docstring).
     """
 
-    def __init__(self, inputs, targets, batch_size, *, generator=None, drop_singleton=False, device=None):
+    def __init__(self, inputs, targets, batch_size, *, generator=None, drop_small=False, device=None,
+                 rank=0, world_size=1):
         self.inputs = inputs
         self.targets = targets
         self.batch_size = batch_size
         self.generator = generator
         self.device = inputs.device if device is None else torch.device(device)
+        self.rank, self.world_size = rank, world_size
         n = len(inputs)
-        self._len = -(-n // batch_size)
-        if drop_singleton and n % batch_size == 1 and n > 1:
-            self._len -= 1
+        if generator is None:
+            start, stop = share(n, rank, world_size)
+            self._range = (start, stop)
+            self._len = -(-(stop - start) // batch_size)
+        else:
+            self._len = -(-n // batch_size)
+            if drop_small and 0 < n % batch_size < 2 * world_size and self._len > 1:
+                self._len -= 1
 
     def __len__(self):
         return self._len
@@ -42,11 +61,15 @@ class TensorBatches:
 
     def _indices(self):
         if self.generator is None:
-            for i in range(self._len):
-                yield slice(i * self.batch_size, (i + 1) * self.batch_size)
+            start, stop = self._range
+            for i in range(start, stop, self.batch_size):
+                yield slice(i, min(i + self.batch_size, stop))
             return
+        # One copy of the permutation to the tensors' device per pass, none per batch.
         perm = torch.randperm(len(self.inputs), generator=self.generator).to(self.inputs.device)
-        yield from perm[: self._len * self.batch_size].split(self.batch_size)
+        for batch in perm[: self._len * self.batch_size].split(self.batch_size):
+            start, stop = share(len(batch), self.rank, self.world_size)
+            yield batch[start:stop]
 
     def __iter__(self):
         for idx in self._indices():

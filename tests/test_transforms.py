@@ -112,9 +112,32 @@ def test_batches_cover_every_sample_once():
 
 def test_batches_drop_a_single_sample_tail_in_training():
     x = torch.arange(9).view(9, 1)
-    train = TensorBatches(x, None, 4, generator=torch.Generator().manual_seed(0), drop_singleton=True)
+    train = TensorBatches(x, None, 4, generator=torch.Generator().manual_seed(0), drop_small=True)
     assert [len(xb) for xb, _ in train] == [4, 4]
     assert len(train) == 2
+
+
+def test_batches_shared_between_processes_cover_each_global_batch_once():
+    x = torch.arange(11).view(11, 1)
+
+    def passes(world_size, shuffle):
+        # Each process seeds its own generator alike, as EpochRNG does.
+        return [list(TensorBatches(x, None, 4, rank=r, world_size=world_size, drop_small=shuffle,
+                                   generator=torch.Generator().manual_seed(3) if shuffle else None))
+                for r in range(world_size)]
+
+    single, = passes(1, shuffle=True)
+    shares = passes(2, shuffle=True)
+    # The same permutation on every process; the last batch (3 samples) cannot give 2 each.
+    assert len(single) == 3 and [len(s) for s in shares] == [2, 2]
+    for step in range(2):
+        joined = torch.cat([shares[0][step][0], shares[1][step][0]])
+        assert joined.tolist() == single[step][0].tolist()
+        assert [len(s[step][0]) for s in shares] == [2, 2]
+    # Evaluation: contiguous shares, every sample exactly once, no padding.
+    ordered = passes(3, shuffle=False)
+    assert [torch.cat([b for b, _ in s]).flatten().tolist() for s in ordered] == \
+        [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9, 10]]
 
 
 def test_normalize_first_used_under_inference_mode_then_in_training():

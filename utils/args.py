@@ -47,14 +47,31 @@ def runtime_parser():
     return p
 
 
+def speed_parser():
+    """Flags for speed that every model takes, in training (its validation) and in inference."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("speed")
+    g.add_argument("--compile", default=False, action=argparse.BooleanOptionalAction,
+                   help="run the model through torch.compile (a one-off compilation, then faster steps)")
+    g.add_argument("--tta", default=False, action=argparse.BooleanOptionalAction,
+                   help="test-time augmentation: average the outputs of each image and its horizontal "
+                        "mirror (validation and inference; twice the compute)")
+    return p
+
+
 def training_parser():
-    """Flags every training script shares (Problem 1 and Problem 2)."""
-    p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser()])
+    """Flags every training script shares (Problem 1 and Problem 2).
+
+    Launched by ``torchrun --nproc_per_node=N``, a script trains on N processes; ``--batch-size``
+    stays the global batch.
+    """
+    p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser(), speed_parser()])
     g = p.add_argument_group("training (defaults marked 'recipe' come from the model's reference recipe)")
     g.add_argument("--output-dir", type=Path, default=None,
                    help="run folder for checkpoints and logs (default: runs/<problem>_<model>)")
     g.add_argument("--epochs", type=int, default=None, help="total number of epochs (recipe)")
-    g.add_argument("--batch-size", type=int, default=None, help="training batch size (recipe)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="training batch size over all processes, shared between them under torchrun (recipe)")
     g.add_argument("--lr", type=float, default=None, help="learning rate (recipe)")
     g.add_argument("--opt", default=None, choices=["sgd", "adamw"], help="optimiser (recipe)")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (recipe)")
@@ -82,11 +99,11 @@ def training_parser():
 
 def inference_parser(problem):
     """Flags every grading-inference script shares."""
-    p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser()])
+    p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser(), speed_parser()])
     p.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / f"{problem}_best.pth",
                    help="trained checkpoint (best.pth of a run)")
     p.add_argument("--batch-size", type=int, default={"p1": 256, "p2": 4}[problem],
-                   help="images per forward pass")
+                   help="images per forward pass (halved automatically when the GPU runs out of memory)")
     return p
 
 

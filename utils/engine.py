@@ -3,7 +3,8 @@
 The loops know nothing of problems, models or flags: they take a model, a criterion, an
 iterable of ``(inputs, targets)`` batches already on the device, a batch transform
 (augmentation and normalisation, run on the device), and an optimiser or a metric. The same
-loop body runs with mixed precision on or off.
+loop body runs with mixed precision on or off, and with one process or several (sums over
+samples are reduced over every process at the end, so the returned figures are global).
 """
 import contextlib
 import math
@@ -12,6 +13,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from utils.distributed import all_reduce_sum
 from utils.errors import UserError
 
 
@@ -20,6 +22,29 @@ def autocast(device, amp_dtype):
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def forward(model, x, tta=False):
+    """``model(x)``, or with ``tta`` the mean of it and of the horizontally flipped input.
+
+    Spatial outputs (a segmenter's dict of (B, C, H, W) maps) are flipped back before averaging;
+    a classifier's logits are averaged as they are.
+    """
+    out = model(x)
+    if not tta:
+        return out
+    flipped = model(x.flip(-1))
+    if isinstance(out, dict):
+        return {k: (v + flipped[k].flip(-1)) / 2 for k, v in out.items()}
+    return (out + flipped) / 2
+
+
+def _global_mean(total, count):
+    """``total / count`` summed over every process (``total`` a device tensor, ``count`` an int)."""
+    sums = all_reduce_sum(torch.stack([total.double(), torch.tensor(float(count), device=total.device,
+                                                                       dtype=torch.float64)]))
+    total, count = sums.tolist()
+    return total / max(count, 1), int(count)
 
 
 class _Throttle:
@@ -87,14 +112,15 @@ def train_one_epoch(model, criterion, optimizer, batches, *, transform, device, 
                                 "(lower --lr, or use --amp off)")
             if progress:
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    loss, seen = _global_mean(loss_sum, seen)
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum.item() / max(seen, 1), "lr": lr, "samples": seen, "seconds": seconds,
+    return {"loss": loss, "lr": lr, "samples": seen, "seconds": seconds,
             "images_per_second": seen / seconds if seconds > 0 else 0.0}
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=None, desc="eval",
-             progress=True):
+def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=None, tta=False,
+             desc="eval", progress=True):
     """Evaluate over every sample of ``batches`` (no dropping, no padding).
 
     Args:
@@ -105,11 +131,12 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
         transform: ``(x, y) -> (x, y)`` (normalisation only).
         device: the ``torch.device``.
         amp_dtype: the autocast dtype, or ``None``.
+        tta: average with the horizontally flipped input (see :func:`forward`).
         desc: the progress bar's label.
         progress: show a progress bar.
 
     Returns:
-        ``{"loss": mean loss over samples, **metric.compute()}``.
+        ``{"loss": mean loss over samples, **metric.compute()}``, over every process.
     """
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -118,16 +145,17 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
                      dynamic_ncols=True):
         x, y = transform(x, y)
         with autocast(device, amp_dtype):
-            output = model(x)
+            output = forward(model, x, tta)
             loss = criterion(output, y)
         loss_sum += loss.float() * x.shape[0]
         seen += x.shape[0]
         metric.update(output, y)
-    return {"loss": loss_sum.item() / max(seen, 1), **metric.compute()}
+    loss, _ = _global_mean(loss_sum, seen)
+    return {"loss": loss, **metric.compute()}
 
 
 @torch.inference_mode()
-def predict(model, batches, *, transform, device, amp_dtype=None, desc="predict", progress=True):
+def predict(model, batches, *, transform, device, amp_dtype=None, tta=False, desc="predict", progress=True):
     """Run the model over ``batches`` of inputs, moving each to ``device``.
 
     Args:
@@ -135,7 +163,7 @@ def predict(model, batches, *, transform, device, amp_dtype=None, desc="predict"
         batches: a sized iterable of ``(x, _)`` input batches, on any device (pinned memory for
             a non-blocking copy).
         transform: ``(x, None) -> (x, None)`` (normalisation).
-        device, amp_dtype, desc, progress: as in :func:`evaluate`.
+        device, amp_dtype, tta, desc, progress: as in :func:`evaluate`.
 
     Yields:
         The model's output for each batch, in order.
@@ -145,4 +173,4 @@ def predict(model, batches, *, transform, device, amp_dtype=None, desc="predict"
                      dynamic_ncols=True):
         x, _ = transform(x.to(device, non_blocking=True), None)
         with autocast(device, amp_dtype):
-            yield model(x)
+            yield forward(model, x, tta)

@@ -1,5 +1,11 @@
-"""Metrics accumulated over a whole evaluation set, exactly (never averaged per batch)."""
+"""Metrics accumulated over a whole evaluation set, exactly (never averaged per batch).
+
+With several processes each accumulates its share of the set and ``compute()`` sums the counts
+of all of them first, so the result is the one a single process would get.
+"""
 import torch
+
+from utils.distributed import all_reduce_sum
 
 
 def _logits(output):
@@ -24,10 +30,13 @@ class Accuracy:
         self.total += target.numel()
 
     def compute(self):
-        """``{"acc": correct / total}``."""
-        if not self.total:
+        """``{"acc": correct / total}`` over every process."""
+        correct = self.correct if self.correct is not None else torch.zeros((), dtype=torch.long)
+        counts = all_reduce_sum(torch.stack([correct.long(), torch.tensor(self.total, device=correct.device)]))
+        correct, total = counts.tolist()
+        if not total:
             raise ValueError("Accuracy.compute() called before any update()")
-        return {"acc": self.correct.item() / self.total}
+        return {"acc": correct / total}
 
 
 def confusion_matrix(pred, target, num_classes):
@@ -75,8 +84,11 @@ class MeanIoU:
         self.matrix = m if self.matrix is None else self.matrix + m
 
     def compute(self):
-        """``{"miou": ..., "iou_<i>": ...}`` (``None`` for a class absent from both sides)."""
-        if self.matrix is None:
+        """``{"miou": ..., "iou_<i>": ...}`` over every process (``None`` for a class absent from both sides)."""
+        matrix = self.matrix if self.matrix is not None else torch.zeros(
+            (self.num_classes,) * 2, dtype=torch.long)
+        matrix = all_reduce_sum(matrix)
+        if not matrix.sum():
             raise ValueError("MeanIoU.compute() called before any update()")
-        ious, miou = iou_from_confusion(self.matrix.cpu(), self.scored)
+        ious, miou = iou_from_confusion(matrix.cpu(), self.scored)
         return {"miou": miou, **{f"iou_{i}": v for i, v in enumerate(ious)}}

@@ -2,12 +2,14 @@
 import torch
 
 
-def build_optimizer(name, params, *, lr, weight_decay, momentum):
-    """``sgd`` or ``adamw`` over ``params``."""
+def build_optimizer(name, params, *, lr, weight_decay, momentum, fused=False):
+    """``sgd`` or ``adamw`` over ``params``; ``fused`` (CUDA) updates every tensor in one kernel."""
+    # fused=None lets PyTorch pick its default (foreach) where fused kernels do not apply.
+    fused = fused or None
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimiser {name!r}")
 
 

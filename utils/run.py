@@ -15,12 +15,13 @@ import torch
 
 from models import get_model, model_options
 from utils.args import REPO, check_positive, default_save_epochs, fill_recipe
+from utils import distributed
 from utils.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from utils.engine import evaluate, train_one_epoch
 from utils.errors import UserError
 from utils.io import append_jsonl, check_writable, write_json
 from utils.optim import build_optimizer, build_scheduler
-from utils.runtime import EpochRNG, place_model, rng_state, set_rng_state
+from utils.runtime import EpochRNG, mix_seed, place_model, rng_state, seed_everything, set_rng_state
 
 RUN_FILES = ("args.json", "metrics.jsonl", "best.pth", "last.pth")
 # Snapshots feed the report's figures, not a resume: they keep the weights, not the optimiser.
@@ -91,8 +92,8 @@ def build_optimization(args, model, *, steps_per_epoch, amp_dtype, device, ckpt=
     Returns:
         ``(optimizer, scheduler, scaler, start_epoch, best_metric, best_epoch)``.
     """
-    optimizer = build_optimizer(args.opt, model.parameters(), lr=args.lr,
-                                weight_decay=args.weight_decay, momentum=args.momentum)
+    optimizer = build_optimizer(args.opt, model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                momentum=args.momentum, fused=device.type == "cuda")
     scheduler = build_scheduler(args.sched, optimizer, total_steps=args.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     if ckpt is None:
@@ -186,21 +187,23 @@ def _cpu_state(state_dict):
 
 def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_dtype, device,
         make_train_batches, train_transform, val_batches, eval_transform, make_metric, metric_name,
-        run, start_epoch, epochs, best_metric, best_epoch, seed, save_epochs, meta, progress=True):
+        run, start_epoch, epochs, best_metric, best_epoch, seed, save_epochs, meta, ctx=distributed.Context(),
+        compile=False, tta=False, progress=True):
     """Train from ``start_epoch + 1`` to ``epochs``, validating and checkpointing every epoch.
 
     Args:
-        model, criterion, optimizer, scheduler, scaler, amp_dtype, device: as in
+        model: the bare network on ``device`` (compiled and wrapped for several processes here).
+        criterion, optimizer, scheduler, scaler, amp_dtype, device: as in
             :func:`utils.engine.train_one_epoch`; ``eval_criterion`` is the validation loss.
         make_train_batches: ``make_train_batches(rng) -> batches`` for one epoch, shuffled
-            from ``rng.cpu``.
+            from ``rng.cpu`` (this process's share of each batch).
         train_transform: ``train_transform(x, y, rng)``, the batched augmentation.
-        val_batches: the validation batches (every sample, in order).
+        val_batches: the validation batches (this process's share of every sample, in order).
         eval_transform: ``eval_transform(x, y)``, normalisation.
         make_metric: a fresh metric object each epoch.
         metric_name: the metric's key (``acc``, ``miou``); logged as ``val_<name>``, and the
             one that selects ``best.pth``.
-        run: the :class:`RunFolder`.
+        run: the :class:`RunFolder` (written by the main process only).
         start_epoch: epochs already done (0, or the resumed checkpoint's).
         epochs: the total to reach.
         best_metric, best_epoch: the best validation metric so far and its epoch
@@ -208,22 +211,32 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
         seed: the run's seed; epoch ``e`` reshuffles and augments from ``(seed, e)``.
         save_epochs: epochs whose checkpoints are kept as snapshots.
         meta: what every checkpoint carries to rebuild the model (arch, problem, args, ...).
-        progress: show progress bars.
+        ctx: this process's :class:`utils.distributed.Context`.
+        compile: run the model through ``torch.compile``.
+        tta: validate with horizontal-flip averaging.
+        progress: show progress bars (main process only).
 
     Returns:
         ``{"best_val_<name>": ..., "best_epoch": ..., "epochs": ..., "last": last record}``.
     """
     key = f"val_{metric_name}"
     record = None
+    runner = torch.compile(model) if compile else model
+    train_model = distributed.wrap(runner, device, ctx)
+    progress = progress and ctx.is_main
+    if ctx.rank:
+        # Dropout draws differ between processes; rank 0 keeps the (resumed) global RNG state.
+        seed_everything(mix_seed(seed, start_epoch, ctx.rank))
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
-        rng = EpochRNG(seed, epoch, device)
+        rng = EpochRNG(seed, epoch, device, ctx.rank)
         train = train_one_epoch(
-            model, criterion, optimizer, make_train_batches(rng),
+            train_model, criterion, optimizer, make_train_batches(rng),
             transform=lambda x, y: train_transform(x, y, rng), device=device, scheduler=scheduler,
             scaler=scaler, amp_dtype=amp_dtype, desc=f"epoch {epoch}/{epochs}", progress=progress)
-        val = evaluate(model, eval_criterion, val_batches, make_metric(), transform=eval_transform,
-                       device=device, amp_dtype=amp_dtype, desc="validate", progress=progress)
+        distributed.broadcast_buffers(model, ctx)
+        val = evaluate(runner, eval_criterion, val_batches, make_metric(), transform=eval_transform,
+                       device=device, amp_dtype=amp_dtype, tta=tta, desc="validate", progress=progress)
         is_best = val[metric_name] > best_metric
         if is_best:
             best_metric, best_epoch = val[metric_name], epoch
@@ -232,9 +245,11 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
                   **{f"val_{k}": v for k, v in val.items() if k not in ("loss", metric_name)},
                   "seconds": time.perf_counter() - start,
                   "images_per_second": train["images_per_second"]}
+        if not ctx.is_main:
+            continue
         checkpoint = {
             **meta,
-            "model": _cpu_state(unwrap(model).state_dict()),
+            "model": _cpu_state(model.state_dict()),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -248,5 +263,7 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
         print(f"epoch {epoch}/{epochs}  train_loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
               f"{key} {val[metric_name]:.4f}{'  (best)' if is_best else ''}  lr {train['lr']:.3g}  "
               f"{record['seconds']:.1f}s  {train['images_per_second']:.3g} img/s", flush=True)
-    print(f"best {key} {best_metric:.4f} at epoch {best_epoch}; checkpoints in {run.path}", flush=True)
+    distributed.barrier()
+    if ctx.is_main:
+        print(f"best {key} {best_metric:.4f} at epoch {best_epoch}; checkpoints in {run.path}", flush=True)
     return {f"best_{key}": best_metric, "best_epoch": best_epoch, "epochs": epochs, "last": record}

@@ -2,16 +2,23 @@
 import numpy as np
 import torch
 
+from utils.distributed import local_rank
 from utils.errors import UserError
 
 
 def resolve_device(name):
-    """Turn ``--device`` into a ``torch.device``; ``auto`` is CUDA when available."""
+    """Turn ``--device`` into a ``torch.device``; ``auto`` is CUDA when available.
+
+    Under ``torchrun`` each process takes the GPU of its ``LOCAL_RANK``.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: CUDA is not available on this machine (use --device cpu)")
-    device = torch.device(name)
+    device = torch.device("cuda", local_rank()) if name == "cuda" else torch.device(name)
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK {device.index}: this machine has {torch.cuda.device_count()} GPU(s) "
+                        "(lower torchrun's --nproc_per_node)")
     if device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest kernels once.
         torch.backends.cudnn.benchmark = True
@@ -49,14 +56,16 @@ class EpochRNG:
     replays exactly the same batches and augmentations.
 
     Attributes:
-        cpu: a CPU ``torch.Generator`` (the permutation: identical on every device).
-        device: a ``torch.Generator`` on the training device (per-sample augmentation draws).
-        np: a NumPy ``Generator`` (per-batch scalars such as the mixup ratio).
+        cpu: a CPU ``torch.Generator`` for the permutation: the same on every process (each
+            takes its share of every batch) and every device.
+        device: a ``torch.Generator`` on the training device (per-sample augmentation draws),
+            this process's own.
+        np: a NumPy ``Generator`` (per-batch scalars such as the mixup ratio), this process's own.
     """
 
     def __init__(self, seed, epoch, device, rank=0):
         base = mix_seed(seed, epoch, rank)
-        self.cpu = torch.Generator().manual_seed(base)
+        self.cpu = torch.Generator().manual_seed(mix_seed(seed, epoch, 0))
         self.device = torch.Generator(device=device).manual_seed(base ^ 0x5DEECE66D)
         self.np = np.random.default_rng(base)
 

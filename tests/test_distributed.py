@@ -1,0 +1,59 @@
+"""Training on several processes through torchrun (gloo on the CPU), as a user launches it."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+from tests.conftest import run_script
+from datasets.p1 import parse_label
+
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def accuracy_of(csv_path):
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return sum(parse_label(Path(r["filename"])) == int(r["label"]) for r in rows) / len(rows)
+
+
+def test_torchrun_two_processes_write_one_run_with_exact_validation(p1_data, tmp_path):
+    train, val = p1_data
+    out = tmp_path / "run"
+    proc = run_script(*TORCHRUN, "p1_train.py", "--train-dir", train, "--val-dir", val, "--output-dir", out,
+                      "--epochs", "3", "--batch-size", "16", "--device", "cpu", "--no-progress", env=ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Only rank 0 prints and writes: one line per epoch, one metrics line per epoch, one run.
+    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("epoch ")] == \
+        ["1/3", "2/3", "3/3"]
+    assert "2 x cpu" in proc.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "args.json", "best.pth", "epoch_001.pth", "epoch_003.pth", "last.pth", "metrics.jsonl"]
+
+    # Each process validated half of the set; the summed counts are the whole set's accuracy, the
+    # one a single process gets from the saved weights.
+    csv_path = tmp_path / "pred.csv"
+    proc = run_script("p1_inference.py", "--checkpoint", out / "last.pth", "--device", "cpu",
+                      "--no-progress", val, csv_path)
+    assert proc.returncode == 0, proc.stderr
+    assert accuracy_of(csv_path) == records[-1]["val_acc"]
+
+    # A two-process run resumes on one process (the permutations come from (seed, epoch) alone).
+    proc = run_script("p1_train.py", "--resume", out / "last.pth", "--epochs", "4", "--device", "cpu",
+                      "--no-progress", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_torchrun_refuses_a_batch_too_small_to_share(p1_data, tmp_path):
+    train, val = p1_data
+    proc = run_script(*TORCHRUN, "p1_train.py", "--train-dir", train, "--val-dir", val,
+                      "--output-dir", tmp_path / "run", "--epochs", "1", "--batch-size", "3",
+                      "--device", "cpu", "--no-progress", env=ENV)
+    assert proc.returncode != 0
+    # Each process prints the one line (torchrun then adds its own failure summary).
+    assert proc.stderr.startswith("p1_train.py: error: --batch-size 3 is the global batch"), proc.stderr
+    assert "p1_train.py\", line" not in proc.stderr and "utils/" not in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,126 @@
+"""Several processes through ``torchrun``: the process group, model wrapping and exact sums.
+
+One process is the default and costs nothing here: every helper is a no-op when the script was
+not started by ``torchrun`` (or was started with one process). Under ``torchrun`` each process
+joins the group (nccl on CUDA, gloo on the CPU), takes the GPU of its ``LOCAL_RANK``, and:
+
+- trains on its share of each global batch (``--batch-size`` stays the global batch, so the
+  recipes, the number of steps and a resume mean the same with any number of processes);
+- validates its contiguous share of the validation set, every sample exactly once, and sums the
+  counts of all processes, so metrics are exact over the whole set;
+- prints, logs and writes files only on rank 0.
+"""
+import atexit
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the group: ``rank`` of ``world_size`` (0 of 1 alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self):
+        """True on the one process that prints, logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+
+def launched_world_size():
+    """The number of processes ``torchrun`` started (1 when not started by it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init(device):
+    """Join ``torchrun``'s process group when there is one.
+
+    Args:
+        device: this process's ``torch.device`` (``cuda:<LOCAL_RANK>`` under torchrun on GPUs).
+
+    Returns:
+        The :class:`Context`.
+    """
+    if launched_world_size() <= 1:
+        return Context()
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        atexit.register(shutdown)
+    return Context(dist.get_rank(), dist.get_world_size())
+
+
+def local_rank():
+    """This process's GPU index under ``torchrun`` (0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def shutdown():
+    """Leave the process group (if one was joined)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_batch_share(batch_size, ctx, flag="--batch-size"):
+    """Refuse a global batch that leaves a process fewer than 2 samples (BatchNorm needs 2)."""
+    if ctx.distributed and batch_size < 2 * ctx.world_size:
+        raise UserError(f"{flag} {batch_size} is the global batch: it leaves each of the "
+                        f"{ctx.world_size} processes fewer than 2 samples (use {flag} "
+                        f">= {2 * ctx.world_size})")
+
+
+def wrap(model, device, ctx):
+    """``model`` inside DistributedDataParallel when there are several processes."""
+    if not ctx.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def local(model):
+    """The module each process runs by itself (evaluation must not enter DDP's collectives)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def broadcast_buffers(module, ctx):
+    """Give every process rank 0's buffers (BatchNorm statistics).
+
+    Each process updates its running statistics from its own samples; validation and the
+    checkpoint both use rank 0's, so the validated model is the saved one.
+    """
+    if not ctx.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def all_reduce_sum(tensor):
+    """The sum of ``tensor`` over every process (a copy; ``tensor`` itself when alone)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    # gloo reduces CPU tensors, nccl CUDA ones.
+    where = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = tensor.detach().to(where, copy=True)
+    dist.all_reduce(out)
+    return out.to(tensor.device)
+
+
+def barrier():
+    """Wait for every process (a no-op alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
