@@ -15,7 +15,6 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from torch import nn
 
-from datasets.loader import TensorBatches
 from datasets.p1 import NUM_CLASSES, load_folder
 from datasets.transforms import Compose, Normalize
 from p1_inference import load_model
@@ -61,11 +60,11 @@ def extract(checkpoint, images, *, batch_size, device, amp_dtype, progress=True)
     """
     model, ckpt = load_model(checkpoint, device)
     transform = Compose([Normalize(ckpt["mean"], ckpt["std"])])
-    batches = TensorBatches(images, None, batch_size, device=device)
-    outputs = [(f.float().cpu(), logits.argmax(1).cpu()) for f, logits in predict(
-        _FeaturesAndLogits(model), batches, transform=transform, device=device, amp_dtype=amp_dtype,
-        desc=f"features {Path(checkpoint).name}", progress=progress)]
-    return (torch.cat([f for f, _ in outputs]).numpy(), torch.cat([p for _, p in outputs]).numpy(), ckpt)
+    features, predictions = predict(
+        _FeaturesAndLogits(model), images.to(device), batch_size=batch_size, transform=transform,
+        device=device, amp_dtype=amp_dtype, keep=lambda out: (out[0].float(), out[1].argmax(1)),
+        desc=f"features {Path(checkpoint).name}", progress=progress)
+    return features.numpy(), predictions.numpy(), ckpt
 
 
 def tsne(features):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from datasets.loader import TensorBatches
 from datasets.p1 import load_folder
 from datasets.transforms import Compose, Normalize
 from models import get_model
@@ -31,15 +30,19 @@ def get_args_parser():
     return parser
 
 
-def load_model(path, device, problem="p1"):
-    """Rebuild a model of ``problem`` from its checkpoint alone; returns ``(model, checkpoint)``."""
+def load_model(path, device, problem="p1", compile=False):
+    """Rebuild a model of ``problem`` from its checkpoint alone; returns ``(model, checkpoint)``.
+
+    With ``compile`` the model comes back through ``torch.compile``.
+    """
     ckpt = load_checkpoint(path, problem=problem)
     try:
         model = get_model(ckpt["arch"], pretrained=False, **ckpt["model_kwargs"])
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, KeyError) as e:
         raise UserError(f"{path}: checkpoint does not match its model {ckpt['arch']!r} ({brief(e)})") from None
-    return place_model(model, device).eval(), ckpt
+    model = place_model(model, device).eval()
+    return (torch.compile(model) if compile else model), ckpt
 
 
 def write_predictions(path, names, labels):
@@ -59,13 +62,11 @@ def main(args):
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
     images = load_folder(args.img_dir, labeled=False)
-    model, ckpt = load_model(args.checkpoint, device)
+    model, ckpt = load_model(args.checkpoint, device, compile=args.compile)
     normalize = Compose([Normalize(ckpt["mean"], ckpt["std"])])
-    host = images.images.pin_memory() if device.type == "cuda" else images.images
-    batches = TensorBatches(host, None, args.batch_size)
-    labels = torch.cat([out.argmax(1).cpu() for out in predict(
-        model, batches, transform=normalize, device=device, amp_dtype=amp_dtype,
-        progress=args.progress)]).tolist()
+    labels = predict(model, images.images.to(device), batch_size=args.batch_size, transform=normalize,
+                     device=device, amp_dtype=amp_dtype, tta=args.tta, keep=lambda out: out.argmax(1),
+                     progress=args.progress).tolist()
     write_predictions(args.out_csv, images.names, labels)
     print(f"wrote {len(labels)} predictions to {args.out_csv}")
     return {"predictions": len(labels), "out_csv": str(args.out_csv)}

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datasets.loader import TensorBatches
 from datasets.p2 import encode_mask, load_tiles
 from datasets.transforms import Compose, Normalize
 from p1_inference import load_model
@@ -51,10 +50,10 @@ class PadTo:
         return x, y
 
 
-def segment(model, images, *, mean, std, batch_size, device, amp_dtype, progress=True):
-    """Class maps (H, W) uint8 for a list of uint8 images (3, H, W) of any sizes.
+def segment(model, images, *, mean, std, batch_size, device, amp_dtype, tta=False, progress=True):
+    """Class maps (H, W) uint8 numpy arrays for a list of uint8 images (3, H, W) of any sizes.
 
-    Tiles of the same size are batched together.
+    Tiles of the same size are batched together; see :func:`utils.engine.predict` for the rest.
     """
     transform = Compose([Normalize(mean, std), PadTo(STRIDE)])
     by_size = {}
@@ -62,11 +61,10 @@ def segment(model, images, *, mean, std, batch_size, device, amp_dtype, progress
         by_size.setdefault(tuple(image.shape[-2:]), []).append(i)
     results = [None] * len(images)
     for (h, w), indices in by_size.items():
-        stack = torch.stack([images[i] for i in indices])
-        batches = TensorBatches(stack, None, batch_size, device=device)
-        outputs = predict(model, batches, transform=transform, device=device, amp_dtype=amp_dtype,
-                          desc=f"segment {w}x{h}", progress=progress)
-        classes = torch.cat([out["out"][..., :h, :w].argmax(1).to(torch.uint8).cpu() for out in outputs])
+        stack = torch.stack([images[i] for i in indices]).to(device)
+        classes = predict(model, stack, batch_size=batch_size, transform=transform, device=device,
+                          amp_dtype=amp_dtype, tta=tta, desc=f"segment {w}x{h}", progress=progress,
+                          keep=lambda out: out["out"][..., :h, :w].argmax(1).to(torch.uint8))
         for i, c in zip(indices, classes):
             results[i] = c.numpy()
     return results
@@ -92,10 +90,10 @@ def main(args):
         raise UserError(f"OUT_DIR {args.out_dir}: is a file, not a folder")
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
-    names, images = load_tiles(args.img_dir)
-    model, ckpt = load_model(args.checkpoint, device, problem="p2")
+    names, images = load_tiles(args.img_dir, device)
+    model, ckpt = load_model(args.checkpoint, device, problem="p2", compile=args.compile)
     masks = segment(model, images, mean=ckpt["mean"], std=ckpt["std"], batch_size=args.batch_size,
-                    device=device, amp_dtype=amp_dtype, progress=args.progress)
+                    device=device, amp_dtype=amp_dtype, tta=args.tta, progress=args.progress)
     write_masks(args.out_dir, names, masks)
     print(f"wrote {len(masks)} masks to {args.out_dir}")
     return {"masks": len(masks), "out_dir": str(args.out_dir)}

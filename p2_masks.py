@@ -12,9 +12,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from datasets.folder import list_files, open_rgb
+from datasets.folder import list_files, read_jpeg
 from datasets.p2 import CLASS_NAMES, PALETTE, image_id, read_mask
 from p1_inference import load_model
 from p2_inference import segment
@@ -48,7 +47,7 @@ def load_examples(val_dir, ids):
         for path in (tile, mask):
             if not path.is_file():
                 raise UserError(f"--ids {i}: {path} does not exist")
-        images.append(torch.from_numpy(np.array(open_rgb(tile, "JPEG"))).permute(2, 0, 1).contiguous())
+        images.append(read_jpeg(tile))
         masks.append(read_mask(mask))
     return images, masks
 

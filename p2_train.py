@@ -11,15 +11,16 @@ Flags marked 'recipe' default to the chosen model's reference recipe (../shared/
   deeplabv3: SGD lr 0.1 momentum 0.9, weight decay 1e-5, OneCycle (lr only), batch 4, 100 epochs,
              per-pixel focal loss (alpha 0.2, gamma 2) on main + auxiliary outputs with Unknown
              ignored, horizontal and vertical flips
-Tiles are decoded once into uint8 tensors in host memory; each batch is gathered, pinned, copied
-to the device without blocking and flipped there. Validation mIoU is the course's: one confusion
+Tiles are decoded once into uint8 tensors, kept on the GPU when they take under a quarter of its
+free memory, else in host memory, where each batch is gathered, pinned and copied to the device
+without blocking; flips run on the device. Validation mIoU is the course's: one confusion
 matrix over every validation pixel, classes 0-5 averaged. The run folder is as in p1_train.py.
 """
 import argparse
 from pathlib import Path
 
 
-from datasets.loader import TensorBatches
+from datasets.loader import TensorBatches, fits_on
 from datasets.p2 import NUM_CLASSES, SCORED_CLASSES, TILE_SIZE, UNKNOWN, load_pairs
 from datasets.presets import P2_AUGMENTS, p2_transforms
 from models import get_model_spec, list_models
@@ -78,6 +79,9 @@ def main(args):
     run = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if resumed else None, overwrite=args.overwrite)
     train_set = load_pairs(args.train_dir, size=args.tile_size, cache_dir=args.cache_dir)
     val_set = load_pairs(args.val_dir, size=args.tile_size, cache_dir=args.cache_dir)
+    if fits_on(device, train_set.nbytes + val_set.nbytes):
+        # 2,257 tiles are about 2.3 GB: on a large GPU they live there, as Problem 1's images do.
+        train_set, val_set = train_set.to(device), val_set.to(device)
 
     seed_everything(args.seed)
     spec = get_model_spec(args.model)

@@ -11,6 +11,17 @@ one contiguous share of the samples, every sample exactly once.
 import torch
 
 
+def fits_on(device, nbytes, fraction=0.25):
+    """True when ``nbytes`` of data take at most ``fraction`` of ``device``'s free memory.
+
+    Always False off CUDA: host memory is where the data already is.
+    """
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= fraction * free
+
+
 def share(n, rank, world_size):
     """The ``[start, stop)`` of ``rank``'s share when ``n`` items split into ``world_size`` parts."""
     return rank * n // world_size, (rank + 1) * n // world_size

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.folder import decode_all, list_files, open_rgb
+from datasets.folder import decode_all, decode_jpegs, list_files, open_rgb, read_jpeg
 from utils.errors import UserError
 from utils.io import atomic_write
 
@@ -91,9 +91,18 @@ class TileSet:
     def __len__(self):
         return len(self.names)
 
+    def to(self, device):
+        """The same set with its tensors on ``device``."""
+        masks = None if self.masks is None else self.masks.to(device)
+        return TileSet(self.images.to(device), masks, self.names)
+
+    @property
+    def nbytes(self):
+        return self.images.nbytes + (0 if self.masks is None else self.masks.nbytes)
+
 
 def _decode_pair(tile, size):
-    image = np.asarray(open_rgb(tile, "JPEG"))
+    image = read_jpeg(tile).permute(1, 2, 0).numpy()
     mask_path = tile.with_name(f"{image_id(tile)}_mask.png")
     if not mask_path.is_file():
         raise UserError(f"{tile}: no mask beside it (expected {mask_path.name})")
@@ -153,11 +162,11 @@ def load_pairs(folder, *, size=TILE_SIZE, cache_dir=None, workers=None):
     return TileSet(torch.from_numpy(images), torch.from_numpy(masks), [t.name for t in tiles])
 
 
-def load_tiles(folder, workers=None):
+def load_tiles(folder, device=None, workers=None):
     """Decode every ``.jpg`` of ``folder`` for inference (any size); returns (names, images).
 
-    ``images`` is a list of uint8 tensors (3, H, W), since sizes may differ.
+    ``images`` is a list of uint8 tensors (3, H, W) on ``device`` (decoded on the GPU when it is
+    one), since sizes may differ.
     """
     tiles = list_files(folder, ".jpg")
-    arrays = decode_all(tiles, lambda t: np.array(open_rgb(t, "JPEG")), workers)
-    return [t.name for t in tiles], [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in arrays]
+    return [t.name for t in tiles], decode_jpegs(tiles, device, workers)

@@ -9,6 +9,7 @@ samples are reduced over every process at the end, so the returned figures are g
 import contextlib
 import math
 import time
+import warnings
 
 import torch
 from tqdm import tqdm
@@ -155,22 +156,50 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
 
 
 @torch.inference_mode()
-def predict(model, batches, *, transform, device, amp_dtype=None, tta=False, desc="predict", progress=True):
-    """Run the model over ``batches`` of inputs, moving each to ``device``.
+def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta=False, keep=None,
+            desc="predict", progress=True):
+    """Run the model over every sample of ``inputs``, ``batch_size`` at a time.
+
+    When the GPU runs out of memory the batch size halves (with a warning) and the batch is run
+    again, so grading inference fits a smaller GPU than the one it was tuned on.
 
     Args:
         model: the network, already on ``device``.
-        batches: a sized iterable of ``(x, _)`` input batches, on any device (pinned memory for
-            a non-blocking copy).
+        inputs: a tensor (N, ...) of raw inputs, on ``device`` or in (pinned) host memory.
+        batch_size: samples per forward pass to start with.
         transform: ``(x, None) -> (x, None)`` (normalisation).
+        keep: ``keep(output) -> tensor or tuple of tensors``, what to keep of each batch's output
+            (the class map rather than the logits, say); the output itself by default.
         device, amp_dtype, tta, desc, progress: as in :func:`evaluate`.
 
-    Yields:
-        The model's output for each batch, in order.
+    Returns:
+        What ``keep`` returns, concatenated over batches, on the CPU.
+
+    Raises:
+        UserError: the GPU runs out of memory even one sample at a time.
     """
     model.eval()
-    for x, _ in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False,
-                     dynamic_ncols=True):
-        x, _ = transform(x.to(device, non_blocking=True), None)
-        with autocast(device, amp_dtype):
-            yield forward(model, x, tta)
+    keep = keep or (lambda output: output)
+    parts, done = [], 0
+    with tqdm(total=len(inputs), desc=desc, unit="img", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
+        while done < len(inputs):
+            x = inputs[done: done + batch_size].to(device, non_blocking=True)
+            try:
+                with autocast(device, amp_dtype):
+                    kept = keep(forward(model, transform(x, None)[0], tta))
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise UserError(f"out of GPU memory on {device} even at --batch-size 1") from None
+                kept = None
+            if kept is None:  # outside the except block, so the failed batch's memory is free
+                batch_size //= 2
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                warnings.warn(f"out of GPU memory: retrying with --batch-size {batch_size}")
+                continue
+            parts.append(kept if isinstance(kept, tuple) else (kept,))
+            done += len(x)
+            bar.update(len(x))
+    out = tuple(torch.cat(p).cpu() for p in zip(*parts))
+    return out if len(out) > 1 else out[0]

@@ -1,0 +1,101 @@
+"""Speed options keep results: compile, mixed precision, test-time flips, out-of-memory fallback."""
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import p1_inference
+import p1_train
+from datasets.transforms import Compose
+from utils.engine import forward, predict
+from utils.errors import UserError
+
+
+def run_inference(checkpoint, images, out, *flags):
+    args = p1_inference.get_args_parser().parse_args(
+        ["--checkpoint", str(checkpoint), "--device", "cpu", "--no-progress", str(images), str(out), *flags])
+    p1_inference.main(args)
+    with open(out, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_compiled_inference_predicts_what_eager_does(p1_run, p1_data, tmp_path):
+    _, val = p1_data
+    eager = run_inference(p1_run / "best.pth", val, tmp_path / "eager.csv")
+    compiled = run_inference(p1_run / "best.pth", val, tmp_path / "compiled.csv", "--compile")
+    assert compiled == eager and len(eager) == 17
+
+
+def test_bf16_autocast_trains_within_noise_of_full_precision(p1_data, tmp_path):
+    train, val = p1_data
+
+    def first_epoch(amp):
+        args = p1_train.get_args_parser().parse_args([
+            "--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(tmp_path / amp),
+            "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--amp", amp, "--no-progress"])
+        p1_train.main(args)
+        return json.loads((tmp_path / amp / "metrics.jsonl").read_text())
+
+    full, bf16 = first_epoch("off"), first_epoch("bf16")
+    assert bf16["train_loss"] != full["train_loss"]  # autocast did run in bfloat16
+    assert bf16["train_loss"] == pytest.approx(full["train_loss"], rel=0.05)
+    assert bf16["val_loss"] == pytest.approx(full["val_loss"], rel=0.05)
+
+
+class _Classifier(nn.Module):
+    """Logits that depend on which side of the image is bright: not mirror-invariant."""
+
+    def forward(self, x):
+        left, right = x[..., : x.shape[-1] // 2].mean((1, 2, 3)), x[..., x.shape[-1] // 2:].mean((1, 2, 3))
+        return torch.stack([left, right, 2 * left - right], 1)
+
+
+class _Segmenter(nn.Module):
+    """Per-pixel logits from the pixel and its right-hand neighbour: not mirror-equivariant."""
+
+    def forward(self, x):
+        shifted = torch.roll(x, -1, dims=-1)
+        return {"out": torch.cat([x, shifted, x - shifted], 1)}
+
+
+def test_tta_averages_the_mirror_and_is_mirror_invariant():
+    x = torch.rand(3, 2, 4, 6)
+    model = _Classifier()
+    assert torch.allclose(forward(model, x, tta=True), (model(x) + model(x.flip(-1))) / 2)
+    assert not torch.allclose(model(x), model(x.flip(-1)))
+    assert torch.allclose(forward(model, x, tta=True), forward(model, x.flip(-1), tta=True))
+    seg = _Segmenter()
+    # A segmentation output is flipped back before averaging: the mirror's map, mirrored back.
+    out = forward(seg, x, tta=True)["out"]
+    assert torch.allclose(out, (seg(x)["out"] + seg(x.flip(-1))["out"].flip(-1)) / 2)
+    assert torch.allclose(forward(seg, x.flip(-1), tta=True)["out"].flip(-1), out)
+
+
+class _SmallGPU(nn.Module):
+    """Raises CUDA's out-of-memory error for batches above ``limit``; records the batch sizes."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.sizes = limit, []
+
+    def forward(self, x):
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.sizes.append(len(x))
+        return torch.stack([x[:, 0], x[:, 1], -x.sum(1)], 1)
+
+
+def test_predict_halves_the_batch_when_memory_runs_out():
+    inputs = torch.randn(11, 2, generator=torch.Generator().manual_seed(0))
+    expected = _SmallGPU(limit=11)(inputs).argmax(1)
+    model = _SmallGPU(limit=3)
+    with pytest.warns(UserWarning, match="out of GPU memory: retrying with --batch-size 2"):
+        out = predict(model, inputs, batch_size=8, transform=Compose([]), device=torch.device("cpu"),
+                      keep=lambda o: o.argmax(1), progress=False)
+    assert model.sizes == [2] * 5 + [1]  # 8 and 4 failed; 2 then kept to the end
+    assert out.tolist() == expected.tolist() and len(set(out.tolist())) == 3
+    with pytest.raises(UserError, match="out of GPU memory on cpu even at --batch-size 1"):
+        predict(_SmallGPU(limit=0), inputs, batch_size=4, transform=Compose([]),
+                device=torch.device("cpu"), progress=False)
