@@ -97,8 +97,9 @@ def main(args):
                                  world_size=ctx.world_size),
         eval_transform=eval_tf, make_metric=Accuracy, metric_name="acc", run=run,
         start_epoch=start_epoch, epochs=args.epochs, best_metric=best_metric, best_epoch=best_epoch,
-        seed=args.seed, save_epochs=set(args.save_epochs), meta=meta, ctx=ctx, compile=args.compile,
-        tta=args.tta, progress=args.progress)
+        seed=args.seed, save_epochs=set(args.save_epochs), meta=meta,
+        partial=ckpt.get("partial") if resumed else None, ctx=ctx, compile=args.compile, tta=args.tta,
+        progress=args.progress)
 
 
 if __name__ == "__main__":

@@ -118,8 +118,8 @@ def main(args):
         eval_transform=eval_tf, make_metric=lambda: MeanIoU(NUM_CLASSES, SCORED_CLASSES),
         metric_name="miou", run=run, start_epoch=start_epoch, epochs=args.epochs,
         best_metric=best_metric, best_epoch=best_epoch, seed=args.seed,
-        save_epochs=set(args.save_epochs), meta=meta, ctx=ctx, compile=args.compile, tta=args.tta,
-        progress=args.progress)
+        save_epochs=set(args.save_epochs), meta=meta, partial=ckpt.get("partial") if resumed else None,
+        ctx=ctx, compile=args.compile, tta=args.tta, progress=args.progress)
 
 
 if __name__ == "__main__":

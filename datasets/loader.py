@@ -8,6 +8,9 @@ from the shared generator; each global batch of ``batch_size`` is split into ``w
 near-equal shares and a process yields its own. An ordered pass (evaluation) gives each process
 one contiguous share of the samples, every sample exactly once.
 """
+import copy
+import itertools
+
 import torch
 
 
@@ -50,6 +53,7 @@ class TensorBatches:
         self.generator = generator
         self.device = inputs.device if device is None else torch.device(device)
         self.rank, self.world_size = rank, world_size
+        self.start = 0
         n = len(inputs)
         if generator is None:
             start, stop = share(n, rank, world_size)
@@ -61,7 +65,17 @@ class TensorBatches:
                 self._len -= 1
 
     def __len__(self):
+        """The number of batches of the whole pass (also when it starts after some)."""
         return self._len
+
+    def from_step(self, step):
+        """The same pass without its first ``step`` batches (an interrupted epoch, resumed).
+
+        The permutation is drawn as usual and the skipped batches are never gathered.
+        """
+        other = copy.copy(self)
+        other.start = step
+        return other
 
     def _move(self, t):
         if t is None or t.device == self.device:
@@ -83,6 +97,6 @@ class TensorBatches:
             yield batch[start:stop]
 
     def __iter__(self):
-        for idx in self._indices():
+        for idx in itertools.islice(self._indices(), self.start, None):
             targets = None if self.targets is None else self.targets[idx]
             yield self._move(self.inputs[idx]), self._move(targets)

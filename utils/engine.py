@@ -63,34 +63,43 @@ class _Throttle:
 
 
 def train_one_epoch(model, criterion, optimizer, batches, *, transform, device, scheduler=None,
-                    scaler=None, amp_dtype=None, desc="train", progress=True):
-    """Train for one pass over ``batches``.
+                    scaler=None, amp_dtype=None, should_stop=None, resume=None, desc="train", progress=True):
+    """Train for one pass over ``batches``, or for the part of it before a stop is requested.
 
     Args:
         model: the network, already on ``device``.
         criterion: ``loss = criterion(model(x), y)``; may take the model's raw output (a dict).
         optimizer: the optimiser.
-        batches: a sized iterable of ``(x, y)`` on ``device``.
+        batches: a sized iterable of ``(x, y)`` on ``device``; ``len`` counts the whole pass,
+            also when ``resume`` says its first batches were done before.
         transform: ``(x, y) -> (x, y)``, augmentation then normalisation, on the device.
         device: the ``torch.device``.
         scheduler: a learning-rate scheduler stepped after every optimiser step, or ``None``.
         scaler: a ``torch.amp.GradScaler`` (float16), or ``None``.
         amp_dtype: the autocast dtype, or ``None`` for full precision.
+        should_stop: called after every step; when it returns True the pass ends there.
+        resume: the ``"partial"`` record of a pass stopped earlier, whose remaining batches
+            ``batches`` yields: its sums carry on into this one.
         desc: the progress bar's label.
         progress: show a progress bar.
 
     Returns:
         ``{"loss": mean training loss over samples, "lr": the learning rate at the start,
-        "samples": n, "seconds": t, "images_per_second": n / t}``.
+        "samples": n, "seconds": t, "images_per_second": n / t, "partial": None}``, over every
+        process; ``"partial"`` is ``{"step", "lr", "loss_sum", "samples"}`` when the pass stopped
+        before its end (what ``resume`` takes).
     """
     model.train()
-    lr = optimizer.param_groups[0]["lr"]
-    loss_sum = torch.zeros((), device=device)
-    seen = 0
-    start = time.perf_counter()
-    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+    resume = resume or {"step": 0, "lr": optimizer.param_groups[0]["lr"], "loss_sum": 0.0, "samples": 0}
+    lr = resume["lr"]
+    loss_sum = torch.tensor(resume["loss_sum"], dtype=torch.float32, device=device)
+    seen = resume["samples"]
+    start, first = time.perf_counter(), resume["step"]
+    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True,
+               initial=first, total=len(batches))
     report_now = _Throttle(len(batches))
-    for step, (x, y) in enumerate(bar, 1):
+    step = first
+    for step, (x, y) in enumerate(bar, first + 1):
         x, y = transform(x, y)
         with autocast(device, amp_dtype):
             loss = criterion(model(x), y)
@@ -112,11 +121,19 @@ def train_one_epoch(model, criterion, optimizer, batches, *, transform, device, 
                 raise UserError(f"training diverged: loss is {mean} at step {step} of {desc} "
                                 "(lower --lr, or use --amp off)")
             if progress:
-                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-    loss, seen = _global_mean(loss_sum, seen)
+                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{(seen - resume['samples']) / (time.perf_counter() - start):.0f}")
+        if step < len(batches) and should_stop is not None and should_stop():
+            break
+    bar.close()
+    totals = all_reduce_sum(torch.stack([loss_sum.double(), *torch.tensor(
+        [seen, seen - resume["samples"]], dtype=torch.float64, device=device)]))
+    loss_total, seen, new = totals[0].item(), int(totals[1].item()), int(totals[2].item())
+    partial = None
+    if step < len(batches):
+        partial = {"step": step, "lr": lr, "loss_sum": loss_total, "samples": seen}
     seconds = time.perf_counter() - start
-    return {"loss": loss, "lr": lr, "samples": seen, "seconds": seconds,
-            "images_per_second": seen / seconds if seconds > 0 else 0.0}
+    return {"loss": loss_total / max(seen, 1), "lr": lr, "samples": seen, "seconds": seconds,
+            "images_per_second": new / seconds if seconds > 0 else 0.0, "partial": partial}
 
 
 @torch.inference_mode()

@@ -31,7 +31,8 @@ def run_cli(main, parser, argv=None):
         argv: arguments to parse (default: ``sys.argv[1:]``).
 
     Returns:
-        The process exit code: 0 on success, 2 on a user error, 130 on Ctrl-C.
+        The process exit code: 0 on success, 2 on a user error (or the error's own
+        ``exit_code``: 128 + the signal for a training run stopped by one), 130 on Ctrl-C.
     """
     args = parser.parse_args(argv)
     warnings.showwarning = _one_line_warning
@@ -39,7 +40,7 @@ def run_cli(main, parser, argv=None):
         main(args)
     except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr, flush=True)
         return 130

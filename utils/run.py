@@ -8,6 +8,7 @@ any moment leaves loadable checkpoints and a resume that drops the lines it will
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from utils import distributed
 from utils.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from utils.engine import evaluate, train_one_epoch
 from utils.errors import UserError
+from utils.interrupt import Interrupted, StopOnSignal
 from utils.io import append_jsonl, check_writable, write_json
 from utils.optim import build_optimizer, build_scheduler
 from utils.runtime import EpochRNG, mix_seed, place_model, rng_state, seed_everything, set_rng_state
@@ -137,8 +139,7 @@ class RunFolder:
         elif metrics.exists():
             # Lines after the checkpoint's epoch were written by a run that died before its
             # last.pth: those epochs run again, so their old lines go.
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["epoch"] <= self.resume_epoch]
+            kept = [line for line in metrics.read_text().splitlines() if _epoch_of(line) <= self.resume_epoch]
             metrics.write_text("".join(line + "\n" for line in kept))
         write_json(self.path / "args.json", args_dict)
 
@@ -158,6 +159,19 @@ class RunFolder:
         if is_best and _link_replace(self.path / "best.pth", self.path / "last.pth"):
             return
         save_checkpoint(checkpoint, self.path / "last.pth")
+
+    def save_partial(self, checkpoint):
+        """Write ``last.pth`` of an epoch stopped part-way (no metrics line, best or snapshot)."""
+        save_checkpoint(checkpoint, self.path / "last.pth")
+        return self.path / "last.pth"
+
+
+def _epoch_of(line):
+    """The epoch of a metrics line; infinity for a line torn by a kill during its write."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _link_replace(src, dst):
@@ -187,9 +201,12 @@ def _cpu_state(state_dict):
 
 def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_dtype, device,
         make_train_batches, train_transform, val_batches, eval_transform, make_metric, metric_name,
-        run, start_epoch, epochs, best_metric, best_epoch, seed, save_epochs, meta, ctx=distributed.Context(),
-        compile=False, tta=False, progress=True):
+        run, start_epoch, epochs, best_metric, best_epoch, seed, save_epochs, meta, partial=None,
+        ctx=distributed.Context(), compile=False, tta=False, progress=True):
     """Train from ``start_epoch + 1`` to ``epochs``, validating and checkpointing every epoch.
+
+    SIGINT or SIGTERM stops the run after the current step: ``last.pth`` then holds that step's
+    state (``step``, ``partial``), from which a resume continues exactly.
 
     Args:
         model: the bare network on ``device`` (compiled and wrapped for several processes here).
@@ -211,6 +228,8 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
         seed: the run's seed; epoch ``e`` reshuffles and augments from ``(seed, e)``.
         save_epochs: epochs whose checkpoints are kept as snapshots.
         meta: what every checkpoint carries to rebuild the model (arch, problem, args, ...).
+        partial: the resumed checkpoint's ``partial`` entry, when it was saved part-way
+            through epoch ``start_epoch + 1``.
         ctx: this process's :class:`utils.distributed.Context`.
         compile: run the model through ``torch.compile``.
         tta: validate with horizontal-flip averaging.
@@ -218,6 +237,9 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
 
     Returns:
         ``{"best_val_<name>": ..., "best_epoch": ..., "epochs": ..., "last": last record}``.
+
+    Raises:
+        Interrupted: after saving, when a signal stopped the run.
     """
     key = f"val_{metric_name}"
     record = None
@@ -227,42 +249,57 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
     if ctx.rank:
         # Dropout draws differ between processes; rank 0 keeps the (resumed) global RNG state.
         seed_everything(mix_seed(seed, start_epoch, ctx.rank))
-    for epoch in range(start_epoch + 1, epochs + 1):
-        start = time.perf_counter()
-        rng = EpochRNG(seed, epoch, device, ctx.rank)
-        train = train_one_epoch(
-            train_model, criterion, optimizer, make_train_batches(rng),
-            transform=lambda x, y: train_transform(x, y, rng), device=device, scheduler=scheduler,
-            scaler=scaler, amp_dtype=amp_dtype, desc=f"epoch {epoch}/{epochs}", progress=progress)
-        distributed.broadcast_buffers(model, ctx)
-        val = evaluate(runner, eval_criterion, val_batches, make_metric(), transform=eval_transform,
-                       device=device, amp_dtype=amp_dtype, tta=tta, desc="validate", progress=progress)
-        is_best = val[metric_name] > best_metric
-        if is_best:
-            best_metric, best_epoch = val[metric_name], epoch
-        record = {"epoch": epoch, "lr": train["lr"], "train_loss": train["loss"],
-                  "val_loss": val["loss"], key: val[metric_name],
-                  **{f"val_{k}": v for k, v in val.items() if k not in ("loss", metric_name)},
-                  "seconds": time.perf_counter() - start,
-                  "images_per_second": train["images_per_second"]}
-        if not ctx.is_main:
-            continue
-        checkpoint = {
-            **meta,
-            "model": _cpu_state(model.state_dict()),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch,
-            "best_metric": best_metric,
-            "best_epoch": best_epoch,
-            "metrics": record,
-            "rng": rng_state(),
-        }
-        run.end_epoch(record, checkpoint, is_best=is_best, snapshot=epoch in save_epochs)
-        print(f"epoch {epoch}/{epochs}  train_loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
-              f"{key} {val[metric_name]:.4f}{'  (best)' if is_best else ''}  lr {train['lr']:.3g}  "
-              f"{record['seconds']:.1f}s  {train['images_per_second']:.3g} img/s", flush=True)
+
+    def state(epoch, **extra):
+        return {**meta, "model": _cpu_state(model.state_dict()), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
+                "best_metric": best_metric, "best_epoch": best_epoch, "metrics": record,
+                "rng": rng_state(), **extra}
+
+    def stopped(stop, where):
+        resume = f"{Path(sys.argv[0]).name} --resume {run.path / 'last.pth'}"
+        return Interrupted(f"stopped by {stop.name} {where}; saved {run.path / 'last.pth'}; "
+                           f"continue with: python3 {resume}", stop.signum)
+
+    with StopOnSignal(ctx.distributed) as stop:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            start = time.perf_counter()
+            rng = EpochRNG(seed, epoch, device, ctx.rank)
+            batches, resume = make_train_batches(rng), None
+            if partial is not None and epoch == start_epoch + 1:
+                rng.load_state(partial["rng"])
+                batches = batches.from_step(partial["train"]["step"])
+                # The sums so far are over every process: one of them carries them on.
+                resume = partial["train"] if ctx.is_main else {**partial["train"], "loss_sum": 0.0, "samples": 0}
+            train = train_one_epoch(
+                train_model, criterion, optimizer, batches,
+                transform=lambda x, y: train_transform(x, y, rng), device=device, scheduler=scheduler,
+                scaler=scaler, amp_dtype=amp_dtype, should_stop=stop, resume=resume,
+                desc=f"epoch {epoch}/{epochs}", progress=progress)
+            if train["partial"] is not None:
+                if ctx.is_main:
+                    run.save_partial(state(epoch - 1, step=train["partial"]["step"],
+                                           partial={"train": train["partial"], "rng": rng.state()}))
+                raise stopped(stop, f"in epoch {epoch} after step {train['partial']['step']} of {len(batches)}")
+            distributed.broadcast_buffers(model, ctx)
+            val = evaluate(runner, eval_criterion, val_batches, make_metric(), transform=eval_transform,
+                           device=device, amp_dtype=amp_dtype, tta=tta, desc="validate", progress=progress)
+            is_best = val[metric_name] > best_metric
+            if is_best:
+                best_metric, best_epoch = val[metric_name], epoch
+            record = {"epoch": epoch, "lr": train["lr"], "train_loss": train["loss"],
+                      "val_loss": val["loss"], key: val[metric_name],
+                      **{f"val_{k}": v for k, v in val.items() if k not in ("loss", metric_name)},
+                      "seconds": time.perf_counter() - start,
+                      "images_per_second": train["images_per_second"]}
+            if ctx.is_main:
+                run.end_epoch(record, state(epoch), is_best=is_best, snapshot=epoch in save_epochs)
+                print(f"epoch {epoch}/{epochs}  train_loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
+                      f"{key} {val[metric_name]:.4f}{'  (best)' if is_best else ''}  lr {train['lr']:.3g}  "
+                      f"{record['seconds']:.1f}s  {train['images_per_second']:.3g} img/s", flush=True)
+            if epoch < epochs and stop():
+                raise stopped(stop, f"after epoch {epoch}")
     distributed.barrier()
     if ctx.is_main:
         print(f"best {key} {best_metric:.4f} at epoch {best_epoch}; checkpoints in {run.path}", flush=True)

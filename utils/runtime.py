@@ -69,6 +69,15 @@ class EpochRNG:
         self.device = torch.Generator(device=device).manual_seed(base ^ 0x5DEECE66D)
         self.np = np.random.default_rng(base)
 
+    def state(self):
+        """The augmentation streams' states (the permutation is redrawn from the seed)."""
+        return {"device": self.device.get_state(), "np": self.np.bit_generator.state}
+
+    def load_state(self, state):
+        """Continue the streams from :meth:`state` (an epoch resumed after some of its steps)."""
+        self.device.set_state(state["device"].cpu())
+        self.np.bit_generator.state = state["np"]
+
 
 def seed_everything(seed):
     """Seed the global RNGs (weight init, dropout)."""
