@@ -32,6 +32,7 @@ import http.client
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 import urllib.error
@@ -44,7 +45,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from utils.args import REPO, check_positive, make_parser
-from utils.errors import UserError, brief, run_cli
+from utils.errors import Interrupted, UserError, brief, run_cli
 from utils.io import atomic_write, check_writable
 
 DATA_NAME = "hw1_data.zip"
@@ -161,6 +162,13 @@ def check_name(name, where):
         raise UserError(f"{where}: {name!r} is not a plain file name")
 
 
+def check_folder(path, flag):
+    """Refuse an output folder that is an existing file, or cannot be created or written."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a folder")
+    check_writable(path, flag)
+
+
 def is_http(url):
     return urllib.parse.urlsplit(url).scheme in ("http", "https")
 
@@ -217,7 +225,8 @@ def transfer(url, part, *, name, timeout, progress):
         raise TransferError(brief(getattr(e, "reason", e)), True) from None
     with response:
         if have and response.status != 206:
-            have = 0  # the server ignored the Range: start over
+            print(f"{name}: the server ignored the request to resume at byte {have}; starting over", flush=True)
+            have = 0
         elif have and _content_range_start(response.headers.get("Content-Range")) != have:
             part.unlink()
             raise TransferError("the server resumed at another offset than asked", True)
@@ -268,7 +277,12 @@ def download(name, url, sha256, folder, policy):
     final, part = folder / name, folder / f".{name}.part"
     for _ in range(2):
         resumed = part.is_file() and part.stat().st_size > 0
-        transfer_with_retries(url, part, name, policy)
+        try:
+            transfer_with_retries(url, part, name, policy)
+        except KeyboardInterrupt:
+            kept = part.stat().st_size if part.is_file() else 0
+            raise Interrupted(f"{name}: interrupted; the {kept} bytes received are kept in {part}, and the "
+                              "next run resumes from there", signal.SIGINT) from None
         digest = sha256_of(part)
         if sha256 in (None, digest):
             break
@@ -442,7 +456,7 @@ def save_pretrained(folder, sources):
     """Save each source's state dict to ``folder/<file name>`` atomically; returns ``{model: path}``."""
     import torch
 
-    check_writable(folder, "--pretrained")
+    check_folder(folder, "--pretrained")
     folder.mkdir(parents=True, exist_ok=True)
     saved = {}
     for model, script, file_name, fetch in sources:
@@ -489,7 +503,7 @@ def main(args):
     policy = Policy(args.retries, args.retry_delay, args.timeout, args.progress)
     status = {}
     if args.data or DATA_NAME in wanted:
-        check_writable(args.data_root, "--data-root")
+        check_folder(args.data_root, "--data-root")
         args.data_root.mkdir(parents=True, exist_ok=True)
         status["hw1_data"] = fetch_data(entries[DATA_NAME], args.data_root, mirror, policy)
     todo = []
@@ -498,15 +512,17 @@ def main(args):
             status[name] = "present"
         else:
             todo.append(entries[name])
+    # Entries without a URL yet do not hold up the others: they are reported at the end.
     missing = [e.name for e in todo if source(e, mirror) is None]
-    if missing:
-        raise how_to_fill(args.manifest, missing, args.dest)
+    todo = [e for e in todo if e.name not in missing]
     if todo:
-        check_writable(args.dest, "--dest")
+        check_folder(args.dest, "--dest")
         args.dest.mkdir(parents=True, exist_ok=True)
     for entry in todo:
         download(entry.name, source(entry, mirror), entry.sha256, args.dest, policy)
         status[entry.name] = "downloaded"
+    if missing:
+        raise how_to_fill(args.manifest, missing, args.dest)
     return status
 
 

@@ -15,7 +15,7 @@ import torch
 from datasets.p1 import load_folder
 from datasets.transforms import Compose, Normalize
 from models import get_model
-from utils.args import check_positive, inference_parser, make_parser
+from utils.args import REPO, check_positive, inference_parser, make_parser
 from utils.checkpoint import load_checkpoint
 from utils.engine import predict
 from utils.errors import UserError, brief, run_cli
@@ -35,6 +35,10 @@ def load_model(path, device, problem="p1", compile=False):
 
     With ``compile`` the model comes back through ``torch.compile``.
     """
+    path = Path(path)
+    if not path.is_file() and path.parent == REPO / "checkpoints":
+        raise UserError(f"{path}: no such checkpoint file (bash hw1_download.sh fetches the trained "
+                        "checkpoints listed in checkpoints.txt)")
     ckpt = load_checkpoint(path, problem=problem)
     try:
         model = get_model(ckpt["arch"], pretrained=False, **ckpt["model_kwargs"])

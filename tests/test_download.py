@@ -351,3 +351,24 @@ def test_pretrained_weights_saved_with_their_command(tmp_path, capsys):
     with pytest.raises(UserError, match="could not fetch the fcn32s weights .*Network is unreachable"):
         hw1_download.save_pretrained(tmp_path / "weights", [("fcn32s", "p2_train.py", "vgg16.pth", offline)])
     assert sorted(os.listdir(tmp_path / "weights")) == ["beit.pth"]
+
+
+def test_entries_with_a_url_are_fetched_before_the_missing_ones_are_reported(server, tmp_path):
+    data = serve(server, "p1_best.pth", payload(11))
+    manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth {server.url}/p1_best.pth {sha256(data)}",
+                              "p2_best.pth - -")
+    proc = fetch(server, manifest, tmp_path / "ckpt", mirror=False)
+    assert_one_line_error(proc, "no URL for p2_best.pth")
+    assert os.listdir(tmp_path / "ckpt") == ["p1_best.pth"]
+    assert (tmp_path / "ckpt" / "p1_best.pth").read_bytes() == data
+
+
+def test_output_folders_that_are_files(server, tmp_path):
+    serve(server, "p1_best.pth", b"x")
+    manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(b'x')}", "hw1_data.zip - -")
+    (tmp_path / "file").write_text("")
+    proc = fetch(server, manifest, tmp_path / "file", "--only", "p1_best.pth")
+    assert_one_line_error(proc, f"--dest {tmp_path / 'file'}: is a file, not a folder")
+    proc = fetch(server, manifest, tmp_path / "ckpt", "--only", "hw1_data.zip", "--data-root", tmp_path / "file")
+    assert_one_line_error(proc, f"--data-root {tmp_path / 'file'}: is a file, not a folder")
+    assert server.seen == []

@@ -76,5 +76,14 @@ def test_arbitrary_objects_are_refused(tmp_path):
     path = tmp_path / "namespace.pth"
     torch.save({"model": {}, "arch": "vgg13", "problem": "p1", "model_kwargs": {},
                 "args": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match=r"not a readable checkpoint \(torch.load with weights_only=True "
+                                        r"refused it: Unsupported global: GLOBAL argparse.Namespace"):
         load_checkpoint(path)
+
+
+def test_a_missing_grading_checkpoint_points_to_the_download(tmp_path):
+    from p1_inference import load_model
+    from utils.args import REPO
+
+    with pytest.raises(UserError, match="no such checkpoint file .*bash hw1_download.sh"):
+        load_model(REPO / "checkpoints" / "absent_in_every_checkout.pth", torch.device("cpu"))

@@ -5,6 +5,9 @@ A checkpoint holds everything needed to rebuild the model with no other input (`
 exactly (``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_metric``, ``rng``, ``args``).
 Tensors are moved to the CPU before saving, so a checkpoint written on a GPU loads anywhere.
 """
+import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,7 +62,14 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
 def _load(path, map_location, what):
     """``torch.load(weights_only=True)``, any failure becoming one line that starts with ``what``."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message opens with advice about its weights_only default; the cause is one line.
+        cause = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        detail = cause.group(1) if cause else brief(e, 120)
+        raise UserError(f"{what} (torch.load with weights_only=True refused it: {brief(detail, 100)})") from None
     except Exception as e:  # torch raises many types for a file that is not one (zip, pickle, EOF)
         raise UserError(f"{what} ({brief(e, 120)})") from None
 

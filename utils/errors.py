@@ -12,6 +12,14 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line naming the culprit."""
 
 
+class Interrupted(UserError):
+    """Work stopped on a signal after saving what it could; the exit code is 128 + the signal's number."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def brief(error, limit=160):
     """An exception's message squeezed onto one line (for embedding in a one-line error)."""
     text = " ".join(str(error).split()) or type(error).__name__

@@ -1,8 +1,8 @@
 """Stopping a training run cleanly on SIGINT (Ctrl-C) or SIGTERM (a scheduler's pre-emption).
 
 Inside :class:`StopOnSignal` the first signal only raises a flag; the training loop looks at it
-after every step, saves ``last.pth`` there and raises :class:`Interrupted`, whose one-line message
-shows the resume command. A second signal stops at once, leaving the checkpoints of the last
+after every step, saves ``last.pth`` there and raises :class:`utils.errors.Interrupted`, whose
+one-line message shows the resume command. A second signal stops at once, leaving the checkpoints of the last
 finished epoch (every checkpoint is written atomically, so even SIGKILL leaves them loadable).
 A second signal within ``REPEAT_SECONDS`` of the first counts as the same request: under
 ``torchrun`` a Ctrl-C reaches each worker twice, from the terminal and forwarded by the launcher.
@@ -14,18 +14,9 @@ import time
 import torch
 
 from utils.distributed import all_reduce_sum
-from utils.errors import UserError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REPEAT_SECONDS = 2.0
-
-
-class Interrupted(UserError):
-    """Training stopped on a signal after saving; the exit code is 128 + the signal's number."""
-
-    def __init__(self, message, signum):
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 class StopOnSignal:

@@ -19,8 +19,8 @@ from utils.args import REPO, check_positive, default_save_epochs, fill_recipe
 from utils import distributed
 from utils.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from utils.engine import evaluate, train_one_epoch
-from utils.errors import UserError
-from utils.interrupt import Interrupted, StopOnSignal
+from utils.errors import Interrupted, UserError
+from utils.interrupt import StopOnSignal
 from utils.io import append_jsonl, check_writable, write_json
 from utils.optim import build_optimizer, build_scheduler
 from utils.runtime import EpochRNG, mix_seed, place_model, rng_state, seed_everything, set_rng_state
