@@ -4,6 +4,7 @@ Usage:
     python3 p1_train.py --model vgg13                       # the reference recipe, 300 epochs
     python3 p1_train.py --model beit --pretrained-file W    # BEiT from local weights, 6 epochs
     python3 p1_train.py --resume runs/p1_vgg13/last.pth     # continue an interrupted run
+    torchrun --nproc_per_node=4 p1_train.py --model vgg13   # 4 GPUs (--batch-size is global)
 
 Flags marked 'recipe' default to the chosen model's reference recipe (../shared/RECIPES.md):
   vgg13: AdamW lr 1e-3, no weight decay, constant lr, batch 128, 300 epochs, crop+flip
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from datasets.loader import TensorBatches
+from datasets.loader import TensorBatches, count_batches
 from datasets.p1 import MEAN, NUM_CLASSES, STD, load_folder
 from datasets.presets import P1_AUGMENTS, p1_transforms
 from models import get_model_spec, list_models
@@ -72,13 +73,14 @@ def main(args):
     mean, std = (spec.mean, spec.std) if spec.mean is not None else (MEAN, STD)
     train_tf, eval_tf = p1_transforms(args.augment, mean=mean, std=std, num_classes=NUM_CLASSES)
 
-    def train_batches(rng):  # rng None: the same batches unshuffled (to count them)
+    def train_batches(rng):
         return TensorBatches(train_set.images, train_set.labels, args.batch_size,
-                             generator=rng.cpu if rng else None, drop_small=True,
+                             generator=rng.cpu, drop_small=True,
                              rank=ctx.rank, world_size=ctx.world_size)
 
+    steps = count_batches(len(train_set), args.batch_size, ctx.world_size, drop_small=True)
     optimizer, scheduler, scaler, start_epoch, best_metric, best_epoch = build_optimization(
-        args, model, steps_per_epoch=len(train_batches(None)), amp_dtype=amp_dtype, device=device, ckpt=ckpt)
+        args, model, steps_per_epoch=steps, amp_dtype=amp_dtype, device=device, ckpt=ckpt)
     if start_epoch >= args.epochs:
         return finished_run(args, ckpt, "acc")
 

@@ -14,7 +14,9 @@ default) and checkpoints of random weights (vgg13 and --p2-model, as training wr
        straightforward: a DataLoader over a per-image PIL + torchvision.transforms Dataset, the
                         model under no_grad, and for Problem 2 masks coloured one class at a time
                         with numpy and saved as RGB PNGs.
-Prints images/s (tiles/s) for each, the ratio, and whether both predict alike (the same CSV;
+Ours runs as graded, with --amp auto (bf16 or fp16 autocast on CUDA, fp32 on the CPU); the
+straightforward way in fp32, so on a GPU the ratio includes mixed precision. Prints images/s
+(tiles/s) for each, the ratio, and whether both predict alike (the same CSV;
 the share of mask pixels that agree).
 """
 import argparse

@@ -14,7 +14,8 @@ option added alone and all together:
   channels_last   model and input in channels_last memory format (the default on CUDA);
   fused           the fused optimiser kernels (the default on CUDA);
   compile         torch.compile (opt in: --compile).
-Options that do not apply to the device print "n/a". Each line prints images/s and the ratio
+Options that do not apply to the device print "n/a". On CUDA every setting, "plain" included,
+runs with TF32 matrix multiplies allowed (as training does), so the amp ratio is against TF32. Each line prints images/s and the ratio
 against the plain step, measured in this run; on CUDA also the peak memory of that setting.
 """
 import argparse

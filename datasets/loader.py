@@ -14,7 +14,7 @@ import itertools
 import torch
 
 
-def fits_on(device, nbytes, fraction=0.25):
+def fits_on(device, nbytes, fraction=0.15):
     """True when ``nbytes`` of data take at most ``fraction`` of ``device``'s free memory.
 
     Always False off CUDA: host memory is where the data already is.
@@ -23,6 +23,17 @@ def fits_on(device, nbytes, fraction=0.25):
         return False
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes <= fraction * free
+
+
+def count_batches(n, batch_size, world_size=1, drop_small=False):
+    """Batches in a shuffled pass over ``n`` samples (the same on every process).
+
+    With ``drop_small`` a last batch that cannot give each process 2 samples is dropped.
+    """
+    count = -(-n // batch_size)
+    if drop_small and 0 < n % batch_size < 2 * world_size and count > 1:
+        count -= 1
+    return count
 
 
 def share(n, rank, world_size):
@@ -60,9 +71,7 @@ class TensorBatches:
             self._range = (start, stop)
             self._len = -(-(stop - start) // batch_size)
         else:
-            self._len = -(-n // batch_size)
-            if drop_small and 0 < n % batch_size < 2 * world_size and self._len > 1:
-                self._len -= 1
+            self._len = count_batches(n, batch_size, world_size, drop_small)
 
     def __len__(self):
         """The number of batches of the whole pass (also when it starts after some)."""

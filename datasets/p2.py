@@ -98,6 +98,7 @@ class TileSet:
 
     @property
     def nbytes(self):
+        """Bytes the tensors take."""
         return self.images.nbytes + (0 if self.masks is None else self.masks.nbytes)
 
 

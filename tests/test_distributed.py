@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tests.conftest import run_script
 from datasets.p1 import parse_label
+from utils.checkpoint import load_checkpoint
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -21,7 +22,8 @@ def test_torchrun_two_processes_write_one_run_with_exact_validation(p1_data, tmp
     train, val = p1_data
     out = tmp_path / "run"
     proc = run_script(*TORCHRUN, "p1_train.py", "--train-dir", train, "--val-dir", val, "--output-dir", out,
-                      "--epochs", "3", "--batch-size", "16", "--device", "cpu", "--no-progress", env=ENV)
+                      "--epochs", "3", "--batch-size", "16", "--sched", "cosine", "--device", "cpu", "--no-progress",
+                      env=ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Only rank 0 prints and writes: one line per epoch, one metrics line per epoch, one run.
     assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("epoch ")] == \
@@ -31,6 +33,10 @@ def test_torchrun_two_processes_write_one_run_with_exact_validation(p1_data, tmp
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert sorted(p.name for p in out.iterdir()) == [
         "args.json", "best.pth", "epoch_001.pth", "epoch_003.pth", "last.pth", "metrics.jsonl"]
+
+    # The schedule spans exactly the steps taken: 48 images in global batches of 16, 3 epochs.
+    schedule = load_checkpoint(out / "last.pth")["scheduler"]
+    assert schedule["T_max"] == schedule["last_epoch"] == 9
 
     # Each process validated half of the set; the summed counts are the whole set's accuracy, the
     # one a single process gets from the saved weights.

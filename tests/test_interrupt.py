@@ -76,6 +76,10 @@ def test_stop_mid_epoch_saves_the_step_and_resumes_exactly(data, reference, tmp_
     assert (ckpt["epoch"], ckpt["step"]) == (1, 5)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     monkeypatch.undo()
+    with pytest.raises(Exception, match="stopped part-way through epoch 2 with batch_size 8; it continues only "
+                                        "with the same batch_size"):
+        p1_train.main(p1_train.get_args_parser().parse_args(
+            ["--resume", str(out / "last.pth"), "--batch-size", "4", "--no-progress"]))
     resume(out)
     assert_same_run(out, reference)
 

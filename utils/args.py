@@ -41,7 +41,7 @@ def runtime_parser():
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to compute; auto picks CUDA when available")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="mixed precision; auto means bf16 on CUDA and off on the CPU")
+                   help="mixed precision; auto means bf16 on CUDA (fp16 on GPUs without native bf16, such as the course's RTX 2080 Ti) and off on the CPU")
     g.add_argument("--progress", default=True, action=argparse.BooleanOptionalAction,
                    help="show progress bars")
     return p

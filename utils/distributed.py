@@ -34,6 +34,7 @@ class Context:
 
     @property
     def distributed(self):
+        """True when several processes train together."""
         return self.world_size > 1
 
 
@@ -88,13 +89,6 @@ def wrap(model, device, ctx):
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def local(model):
-    """The module each process runs by itself (evaluation must not enter DDP's collectives)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def broadcast_buffers(module, ctx):

@@ -26,11 +26,13 @@ class StopOnSignal:
     so that all of them stop after the same step).
 
     Args:
-        distributed: several processes run together.
+        distributed: several processes run together; they compare notes every ``every``-th call
+            (an all-reduce waits for the GPU, so not every step), the same calls on each of them.
+        every: see ``distributed``.
     """
 
-    def __init__(self, distributed=False):
-        self.distributed = distributed
+    def __init__(self, distributed=False, every=16):
+        self.distributed, self.every, self.calls = distributed, every, 0
         self.signum = None
         self._first = None
         self._previous = {}
@@ -56,11 +58,15 @@ class StopOnSignal:
 
     @property
     def name(self):
+        """The signal's name, for messages (``SIGINT``, ``SIGTERM``)."""
         return signal.Signals(self.signum or signal.SIGTERM).name
 
     def __call__(self):
         asked = float(self.signum is not None)
         if self.distributed:
+            self.calls += 1
+            if self.calls % self.every:
+                return False
             asked = all_reduce_sum(torch.tensor(asked)).item()
         if asked and self.signum is None:
             self.signum = signal.SIGTERM  # another process was signalled

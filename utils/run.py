@@ -21,7 +21,7 @@ from utils.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from utils.engine import evaluate, train_one_epoch
 from utils.errors import Interrupted, UserError
 from utils.interrupt import StopOnSignal
-from utils.io import append_jsonl, check_writable, write_json
+from utils.io import append_jsonl, atomic_write, check_writable, write_json
 from utils.optim import build_optimizer, build_scheduler
 from utils.runtime import EpochRNG, mix_seed, place_model, rng_state, seed_everything, set_rng_state
 
@@ -101,7 +101,10 @@ def build_optimization(args, model, *, steps_per_epoch, amp_dtype, device, ckpt=
     if ckpt is None:
         return optimizer, scheduler, scaler, 0, -math.inf, None
     unwrap(model).load_state_dict(ckpt["model"])
+    fused = [group["fused"] for group in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group, flag in zip(optimizer.param_groups, fused):
+        group["fused"] = flag  # this machine's kernels, not those of the machine that saved it
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
@@ -140,7 +143,8 @@ class RunFolder:
             # Lines after the checkpoint's epoch were written by a run that died before its
             # last.pth: those epochs run again, so their old lines go.
             kept = [line for line in metrics.read_text().splitlines() if _epoch_of(line) <= self.resume_epoch]
-            metrics.write_text("".join(line + "\n" for line in kept))
+            with atomic_write(metrics) as f:
+                f.write("".join(line + "\n" for line in kept))
         write_json(self.path / "args.json", args_dict)
 
     def end_epoch(self, record, checkpoint, *, is_best, snapshot):
@@ -163,7 +167,6 @@ class RunFolder:
     def save_partial(self, checkpoint):
         """Write ``last.pth`` of an epoch stopped part-way (no metrics line, best or snapshot)."""
         save_checkpoint(checkpoint, self.path / "last.pth")
-        return self.path / "last.pth"
 
 
 def _epoch_of(line):
@@ -243,12 +246,12 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
     """
     key = f"val_{metric_name}"
     record = None
+    # DDP inside torch.compile (not the reverse) lets gradient all-reduces overlap the backward
+    # pass; validation runs the bare model, outside DDP's collectives.
+    train_model = distributed.wrap(model, device, ctx)
+    train_model = torch.compile(train_model) if compile else train_model
     runner = torch.compile(model) if compile else model
-    train_model = distributed.wrap(runner, device, ctx)
     progress = progress and ctx.is_main
-    if ctx.rank:
-        # Dropout draws differ between processes; rank 0 keeps the (resumed) global RNG state.
-        seed_everything(mix_seed(seed, start_epoch, ctx.rank))
 
     def state(epoch, **extra):
         return {**meta, "model": _cpu_state(model.state_dict()), "optimizer": optimizer.state_dict(),
@@ -256,6 +259,15 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
                 "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
                 "best_metric": best_metric, "best_epoch": best_epoch, "metrics": record,
                 "rng": rng_state(), **extra}
+
+    def check_partial():
+        expected = {"device": device.type, "batch_size": meta["args"]["batch_size"], "seed": seed}
+        found = {k: partial.get(k) for k in expected}
+        if found != expected:
+            bad = next(k for k in expected if found[k] != expected[k])
+            raise UserError(f"--resume: the checkpoint stopped part-way through epoch {start_epoch + 1} "
+                            f"with {bad} {found[bad]}; it continues only with the same {bad} "
+                            f"(this run has {expected[bad]})")
 
     def stopped(stop, where):
         resume = f"{Path(sys.argv[0]).name} --resume {run.path / 'last.pth'}"
@@ -265,11 +277,17 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
     with StopOnSignal(ctx.distributed) as stop:
         for epoch in range(start_epoch + 1, epochs + 1):
             start = time.perf_counter()
+            if ctx.rank:
+                # Rank 0 draws dropout from the global RNG state its checkpoints carry; the
+                # others from (seed, epoch, rank), so an epoch-boundary resume replays them too.
+                seed_everything(mix_seed(seed, epoch, ctx.rank))
             rng = EpochRNG(seed, epoch, device, ctx.rank)
             batches, resume = make_train_batches(rng), None
             if partial is not None and epoch == start_epoch + 1:
-                rng.load_state(partial["rng"])
+                check_partial()
                 batches = batches.from_step(partial["train"]["step"])
+                if ctx.is_main:
+                    rng.load_state(partial["rng"])  # only rank 0's streams were saved
                 # The sums so far are over every process: one of them carries them on.
                 resume = partial["train"] if ctx.is_main else {**partial["train"], "loss_sum": 0.0, "samples": 0}
             train = train_one_epoch(
@@ -279,8 +297,10 @@ def fit(*, model, criterion, eval_criterion, optimizer, scheduler, scaler, amp_d
                 desc=f"epoch {epoch}/{epochs}", progress=progress)
             if train["partial"] is not None:
                 if ctx.is_main:
-                    run.save_partial(state(epoch - 1, step=train["partial"]["step"],
-                                           partial={"train": train["partial"], "rng": rng.state()}))
+                    run.save_partial(state(epoch - 1, step=train["partial"]["step"], partial={
+                        "train": train["partial"], "rng": rng.state(), "device": device.type,
+                        "batch_size": meta["args"]["batch_size"], "seed": seed}))
+                distributed.barrier()  # torchrun ends every process once one exits: save first
                 raise stopped(stop, f"in epoch {epoch} after step {train['partial']['step']} of {len(batches)}")
             distributed.broadcast_buffers(model, ctx)
             val = evaluate(runner, eval_criterion, val_batches, make_metric(), transform=eval_transform,

@@ -38,7 +38,9 @@ def place_model(model, device):
 def resolve_amp(name, device):
     """Turn ``--amp`` into an autocast dtype, or ``None`` for full precision."""
     if name == "auto":
-        name = "bf16" if device.type == "cuda" else "off"
+        # GPUs before Ampere (the course's 11 GB card among them) only emulate bfloat16.
+        native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        name = "off" if device.type != "cuda" else "bf16" if native_bf16 else "fp16"
     if name == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16: float16 autocast needs CUDA (use --amp bf16 or off on the CPU)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[name]
