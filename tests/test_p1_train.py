@@ -187,3 +187,20 @@ def test_run_folder_checkpoint_files(tmp_path):
     assert load_checkpoint(best)["epoch"] == 3 == load_checkpoint(last)["epoch"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "args.json", "best.pth", "epoch_001.pth", "last.pth", "metrics.jsonl"]
+
+
+def test_a_onecycle_run_cannot_be_stretched_on_resume():
+    import argparse
+
+    from utils.run import build_optimization
+
+    model = torch.nn.Linear(2, 2)
+    args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, sched="onecycle", epochs=3)
+    optimizer, scheduler, *_ = build_optimization(args, model, steps_per_epoch=5, amp_dtype=None,
+                                                  device=torch.device("cpu"))
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": None, "rng": {"torch": torch.get_rng_state()}, "epoch": 1, "best_metric": 0.5}
+    build_optimization(args, model, steps_per_epoch=5, amp_dtype=None, device=torch.device("cpu"), ckpt=ckpt)
+    args.epochs = 4
+    with pytest.raises(UserError, match="--epochs 4: a onecycle schedule cannot be stretched on resume .*3 epochs"):
+        build_optimization(args, model, steps_per_epoch=5, amp_dtype=None, device=torch.device("cpu"), ckpt=ckpt)

@@ -106,6 +106,10 @@ def build_optimization(args, model, *, steps_per_epoch, amp_dtype, device, ckpt=
     for group, flag in zip(optimizer.param_groups, fused):
         group["fused"] = flag  # this machine's kernels, not those of the machine that saved it
     scheduler.load_state_dict(ckpt["scheduler"])
+    if args.sched == "onecycle" and scheduler.total_steps != args.epochs * steps_per_epoch:
+        # Its schedule was laid out for the original length and raises once past it.
+        raise UserError(f"--epochs {args.epochs}: a onecycle schedule cannot be stretched on resume (this "
+                        f"run's cycle is {scheduler.total_steps // steps_per_epoch} epochs); start a new run")
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
