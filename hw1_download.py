@@ -162,13 +162,6 @@ def check_name(name, where):
         raise UserError(f"{where}: {name!r} is not a plain file name")
 
 
-def check_folder(path, flag):
-    """Refuse an output folder that is an existing file, or cannot be created or written."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: is a file, not a folder")
-    check_writable(path, flag)
-
-
 def is_http(url):
     return urllib.parse.urlsplit(url).scheme in ("http", "https")
 
@@ -456,7 +449,7 @@ def save_pretrained(folder, sources):
     """Save each source's state dict to ``folder/<file name>`` atomically; returns ``{model: path}``."""
     import torch
 
-    check_folder(folder, "--pretrained")
+    check_writable(folder, "--pretrained", folder=True)
     folder.mkdir(parents=True, exist_ok=True)
     saved = {}
     for model, script, file_name, fetch in sources:
@@ -503,7 +496,7 @@ def main(args):
     policy = Policy(args.retries, args.retry_delay, args.timeout, args.progress)
     status = {}
     if args.data or DATA_NAME in wanted:
-        check_folder(args.data_root, "--data-root")
+        check_writable(args.data_root, "--data-root", folder=True)
         args.data_root.mkdir(parents=True, exist_ok=True)
         status["hw1_data"] = fetch_data(entries[DATA_NAME], args.data_root, mirror, policy)
     todo = []
@@ -516,7 +509,7 @@ def main(args):
     missing = [e.name for e in todo if source(e, mirror) is None]
     todo = [e for e in todo if e.name not in missing]
     if todo:
-        check_folder(args.dest, "--dest")
+        check_writable(args.dest, "--dest", folder=True)
         args.dest.mkdir(parents=True, exist_ok=True)
     for entry in todo:
         download(entry.name, source(entry, mirror), entry.sha256, args.dest, policy)

@@ -24,7 +24,7 @@ from datasets.p2 import CLASS_NAMES, SCORED_CLASSES
 from models import get_model, get_model_spec, list_models
 from utils.args import REPO, make_parser, runtime_parser
 from utils.errors import UserError, run_cli
-from utils.io import atomic_write
+from utils.io import atomic_write, check_writable
 from utils.plotting import (architecture_summary, plot_architecture, plot_class_iou, plot_confusion,
                             plot_curves, trace_blocks)
 from utils.report import check_run, command_line, read_metrics
@@ -86,6 +86,7 @@ def _run_section(lines, title, run, script, records, metric):
 def main(args):
     if args.p1_run is None and args.p2_run is None and set(args.only) - {"arch"}:
         raise UserError("give --p1-run and/or --p2-run (or --only arch)")
+    check_writable(args.out, "--out", folder=True)
     p1 = check_run(args.p1_run, "--p1-run") if args.p1_run else None
     p2 = check_run(args.p2_run, "--p2-run") if args.p2_run else None
     out = args.out

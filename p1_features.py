@@ -19,6 +19,7 @@ from datasets.p1 import NUM_CLASSES, load_folder
 from datasets.transforms import Compose, Normalize
 from p1_inference import load_model
 from utils.args import REPO, make_parser, runtime_parser
+from utils.io import check_writable
 from utils.engine import predict
 from utils.errors import run_cli
 from utils.metrics import confusion_matrix
@@ -79,6 +80,7 @@ def _title(ckpt, labels, preds, what):
 
 
 def main(args):
+    check_writable(args.out, "--out", folder=True)
     run = check_run(args.run, "--run")
     snaps = snapshots(run, "--run")
     device = resolve_device(args.device)

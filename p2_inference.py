@@ -22,7 +22,7 @@ from datasets.transforms import Compose, Normalize
 from p1_inference import load_model
 from utils.args import check_positive, inference_parser, make_parser
 from utils.engine import predict
-from utils.errors import UserError, run_cli
+from utils.errors import run_cli
 from utils.io import check_writable
 from utils.runtime import resolve_amp, resolve_device
 
@@ -85,9 +85,7 @@ def write_masks(out_dir, names, masks):
 
 def main(args):
     check_positive(args, "batch_size")
-    check_writable(args.out_dir, "OUT_DIR")
-    if args.out_dir.exists() and not args.out_dir.is_dir():
-        raise UserError(f"OUT_DIR {args.out_dir}: is a file, not a folder")
+    check_writable(args.out_dir, "OUT_DIR", folder=True)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
     names, images = load_tiles(args.img_dir, device)

@@ -18,6 +18,7 @@ from datasets.p2 import CLASS_NAMES, PALETTE, image_id, read_mask
 from p1_inference import load_model
 from p2_inference import segment
 from utils.args import REPO, make_parser, runtime_parser
+from utils.io import check_writable
 from utils.errors import UserError, run_cli
 from utils.plotting import mask_overlay, plot_image_grid
 from utils.report import check_run, first_middle_last, run_arg, snapshots
@@ -62,6 +63,7 @@ def default_ids(val_dir):
 
 
 def main(args):
+    check_writable(args.out, "--out", folder=True)
     run = check_run(args.run, "--run")
     snaps = snapshots(run, "--run")
     device = resolve_device(args.device)

@@ -160,6 +160,9 @@ def test_unwritable_output_dir(tmp_path, p1_data):
     proc = run_script("p1_train.py", "--train-dir", p1_data[0], "--val-dir", p1_data[1],
                       "--output-dir", blocker / "run", "--device", "cpu")
     assert_one_line_error(proc, "--output-dir", blocker / "run")
+    proc = run_script("p1_train.py", "--train-dir", p1_data[0], "--val-dir", p1_data[1],
+                      "--output-dir", blocker, "--device", "cpu")
+    assert_one_line_error(proc, f"--output-dir {blocker}: is a file, not a folder")
 
 
 def test_bad_numbers_and_resume_file(tmp_path):

@@ -129,6 +129,9 @@ def test_make_report_everything(p1_run, p1_data, p2_run, p2_data, tmp_path):
 
 def test_make_report_needs_a_run(tmp_path):
     assert_one_line_error(run_script("make_report.py", "--out", tmp_path / "r"), "--p1-run", "--p2-run")
+    (tmp_path / "file").write_text("")
+    assert_one_line_error(run_script("make_report.py", "--only", "arch", "--out", tmp_path / "file"),
+                          f"--out {tmp_path / 'file'}: is a file, not a folder")
 
 
 def test_confusion_draws_the_classes_present(tmp_path):

@@ -55,7 +55,7 @@ def append_jsonl(path, record):
         os.fsync(f.fileno())
 
 
-def check_writable(path, flag):
+def check_writable(path, flag, folder=False):
     """Fail early, creating nothing, if ``path`` (a file or folder to be made) cannot be written.
 
     Walks up to the nearest existing ancestor and checks it is a writable folder, so a bad output
@@ -64,8 +64,11 @@ def check_writable(path, flag):
     Args:
         path: the output file or folder.
         flag: the flag or argument that named it, for the message.
+        folder: ``path`` is to be a folder: an existing file there is refused too.
     """
     path = Path(path).absolute()
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a folder")
     parent = path
     while not parent.exists():
         parent = parent.parent

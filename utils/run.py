@@ -128,7 +128,7 @@ class RunFolder:
     def __init__(self, path, *, resume_epoch=None, overwrite=False):
         self.path = Path(path)
         self.resume_epoch = resume_epoch
-        check_writable(self.path, "--output-dir")
+        check_writable(self.path, "--output-dir", folder=True)
         if resume_epoch is None and not overwrite and (self.path / "last.pth").exists():
             raise UserError(f"--output-dir {self.path} already holds a run; pass --resume "
                             f"{self.path / 'last.pth'} to continue it, --overwrite to replace it, "
