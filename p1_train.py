@@ -21,12 +21,11 @@ from datasets.loader import TensorBatches, count_batches
 from datasets.p1 import MEAN, NUM_CLASSES, STD, load_folder
 from datasets.presets import P1_AUGMENTS, p1_transforms
 from models import get_model_spec, list_models
-from utils import distributed
 from utils.args import REPO, args_to_dict, make_parser, training_parser
 from utils.errors import run_cli
 from utils.metrics import Accuracy
-from utils.run import RunFolder, build_model, build_optimization, finished_run, fit, resolve_run_args
-from utils.runtime import resolve_amp, resolve_device, seed_everything
+from utils.run import build_model, build_optimization, finished_run, fit, prepare_run, resolve_run_args
+from utils.runtime import seed_everything
 
 RECIPES = {
     "vgg13": dict(epochs=300, batch_size=128, opt="adamw", lr=1e-3, momentum=0.0, weight_decay=0.0,
@@ -59,11 +58,7 @@ def get_args_parser():
 def main(args):
     ckpt = resolve_run_args(args, problem="p1", recipes=RECIPES, defaults=DEFAULTS)
     resumed = ckpt is not None
-    device = resolve_device(args.device)
-    amp_dtype = resolve_amp(args.amp, device)
-    ctx = distributed.init(device)
-    distributed.check_batch_share(args.batch_size, ctx)
-    run = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if resumed else None, overwrite=args.overwrite)
+    device, amp_dtype, ctx, run = prepare_run(args, ckpt)
     train_set = load_folder(args.train_dir, labeled=True).to(device)
     val_set = load_folder(args.val_dir, labeled=True).to(device)
 

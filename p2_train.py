@@ -25,13 +25,12 @@ from datasets.loader import TensorBatches, count_batches, fits_on
 from datasets.p2 import NUM_CLASSES, SCORED_CLASSES, TILE_SIZE, UNKNOWN, load_pairs
 from datasets.presets import P2_AUGMENTS, p2_transforms
 from models import get_model_spec, list_models
-from utils import distributed
 from utils.args import REPO, args_to_dict, make_parser, training_parser
 from utils.errors import run_cli
 from utils.losses import SegmentationLoss
 from utils.metrics import MeanIoU
-from utils.run import RunFolder, build_model, build_optimization, finished_run, fit, resolve_run_args
-from utils.runtime import resolve_amp, resolve_device, seed_everything
+from utils.run import build_model, build_optimization, finished_run, fit, prepare_run, resolve_run_args
+from utils.runtime import seed_everything
 
 RECIPES = {
     "fcn32s": dict(epochs=100, batch_size=8, opt="sgd", lr=0.003, momentum=0.9, weight_decay=0.0,
@@ -73,11 +72,7 @@ def get_args_parser():
 def main(args):
     ckpt = resolve_run_args(args, problem="p2", recipes=RECIPES, defaults=DEFAULTS)
     resumed = ckpt is not None
-    device = resolve_device(args.device)
-    amp_dtype = resolve_amp(args.amp, device)
-    ctx = distributed.init(device)
-    distributed.check_batch_share(args.batch_size, ctx)
-    run = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if resumed else None, overwrite=args.overwrite)
+    device, amp_dtype, ctx, run = prepare_run(args, ckpt)
     train_set = load_pairs(args.train_dir, size=args.tile_size, cache_dir=args.cache_dir)
     val_set = load_pairs(args.val_dir, size=args.tile_size, cache_dir=args.cache_dir)
     if fits_on(device, train_set.nbytes + val_set.nbytes):

@@ -23,7 +23,8 @@ from utils.errors import Interrupted, UserError
 from utils.interrupt import StopOnSignal
 from utils.io import append_jsonl, atomic_write, check_writable, write_json
 from utils.optim import build_optimizer, build_scheduler
-from utils.runtime import EpochRNG, mix_seed, place_model, rng_state, seed_everything, set_rng_state
+from utils.runtime import (EpochRNG, mix_seed, place_model, resolve_amp, resolve_device, rng_state,
+                           seed_everything, set_rng_state)
 
 RUN_FILES = ("args.json", "metrics.jsonl", "best.pth", "last.pth")
 # Snapshots feed the report's figures, not a resume: they keep the weights, not the optimiser.
@@ -70,6 +71,25 @@ def resolve_run_args(args, *, problem, recipes, defaults):
     if bad:
         raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {args.epochs})")
     return ckpt
+
+
+def prepare_run(args, ckpt):
+    """Where a training run computes and writes: device, autocast dtype, process group, run folder.
+
+    Args:
+        args: the resolved flags.
+        ckpt: the resumed checkpoint, or ``None``.
+
+    Returns:
+        ``(device, amp_dtype, ctx, run)``: the ``torch.device``, the autocast dtype (or ``None``),
+        this process's :class:`utils.distributed.Context` and the :class:`RunFolder`.
+    """
+    device = resolve_device(args.device)
+    amp_dtype = resolve_amp(args.amp, device)
+    ctx = distributed.init(device)
+    distributed.check_batch_share(args.batch_size, ctx)
+    run = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if ckpt else None, overwrite=args.overwrite)
+    return device, amp_dtype, ctx, run
 
 
 def build_model(args, *, num_classes, device, resumed):
