@@ -40,12 +40,10 @@ def forward(model, x, tta=False):
     return (out + flipped) / 2
 
 
-def _global_mean(total, count):
-    """``total / count`` summed over every process (``total`` a device tensor, ``count`` an int)."""
-    sums = all_reduce_sum(torch.stack([total.double(), torch.tensor(float(count), device=total.device,
-                                                                       dtype=torch.float64)]))
-    total, count = sums.tolist()
-    return total / max(count, 1), int(count)
+def _sums(*values, device):
+    """Each value (a device scalar or a number) summed over every process, in one all-reduce."""
+    return all_reduce_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device)
+                                       for v in values])).tolist()
 
 
 class _Throttle:
@@ -125,9 +123,8 @@ def train_one_epoch(model, criterion, optimizer, batches, *, transform, device, 
         if step < len(batches) and should_stop is not None and should_stop():
             break
     bar.close()
-    totals = all_reduce_sum(torch.stack([loss_sum.double(), *torch.tensor(
-        [seen, seen - resume["samples"]], dtype=torch.float64, device=device)]))
-    loss_total, seen, new = totals[0].item(), int(totals[1].item()), int(totals[2].item())
+    loss_total, seen, new = _sums(loss_sum, seen, seen - resume["samples"], device=device)
+    seen, new = int(seen), int(new)
     partial = None
     if step < len(batches):
         partial = {"step": step, "lr": lr, "loss_sum": loss_total, "samples": seen}
@@ -168,8 +165,8 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
         loss_sum += loss.float() * x.shape[0]
         seen += x.shape[0]
         metric.update(output, y)
-    loss, _ = _global_mean(loss_sum, seen)
-    return {"loss": loss, **metric.compute()}
+    loss_total, seen = _sums(loss_sum, seen, device=device)
+    return {"loss": loss_total / max(seen, 1), **metric.compute()}
 
 
 @torch.inference_mode()
