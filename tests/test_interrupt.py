@@ -55,18 +55,23 @@ def resume(out):
     p1_train.main(p1_train.get_args_parser().parse_args(["--resume", str(out / "last.pth"), "--no-progress"]))
 
 
-def test_stop_mid_epoch_saves_the_step_and_resumes_exactly(data, reference, tmp_path, monkeypatch):
-    # The loop asks after each of epoch 1's first 14 steps and after the epoch: the 20th
-    # question comes after step 5 of epoch 2. Answer it as a SIGTERM would.
+def signal_at_question(monkeypatch, number, signum):
+    """Make the training loop's ``number``-th "stop?" question find ``signum`` arrived."""
     calls = []
 
     def asked(self):
         calls.append(1)
-        if len(calls) == 20:
-            self.signum = signal.SIGTERM
+        if len(calls) == number:
+            self.signum = signum
         return self.signum is not None
 
     monkeypatch.setattr(StopOnSignal, "__call__", asked)
+
+
+def test_stop_mid_epoch_saves_the_step_and_resumes_exactly(data, reference, tmp_path, monkeypatch):
+    # The loop asks after each of epoch 1's first 14 steps and after the epoch: the 20th
+    # question comes after step 5 of epoch 2.
+    signal_at_question(monkeypatch, 20, signal.SIGTERM)
     out = tmp_path / "run"
     with pytest.raises(Exception, match=r"stopped by SIGTERM in epoch 2 after step 5 of 15; saved .*last.pth; "
                                         r"continue with: python3 .* --resume .*last.pth") as info:
@@ -149,15 +154,7 @@ def test_p2_train_stopped_mid_epoch_resumes_to_the_same_weights(p2_data, p2_run,
     import p2_train
 
     # p2_run's flags: 2 steps an epoch; the 3rd question comes after step 1 of epoch 2.
-    calls = []
-
-    def asked(self):
-        calls.append(1)
-        if len(calls) == 3:
-            self.signum = signal.SIGINT
-        return self.signum is not None
-
-    monkeypatch.setattr(StopOnSignal, "__call__", asked)
+    signal_at_question(monkeypatch, 3, signal.SIGINT)
     out = tmp_path / "run"
     args = p2_train.get_args_parser().parse_args([
         "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]), "--output-dir", str(out),
