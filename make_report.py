@@ -20,6 +20,7 @@ import torch
 
 import p1_features
 import p2_masks
+from datasets import p1 as p1_data, p2 as p2_data
 from datasets.p2 import CLASS_NAMES, SCORED_CLASSES
 from models import get_model, get_model_spec, list_models
 from utils.args import REPO, make_parser, runtime_parser
@@ -30,7 +31,7 @@ from utils.plotting import (architecture_summary, plot_architecture, plot_class_
 from utils.report import check_run, command_line, read_metrics
 
 FIGURES = ("features", "confusion", "masks", "iou", "curves", "arch")
-NUM_CLASSES = {"p1": 50, "p2": 7}
+NUM_CLASSES = {"p1": p1_data.NUM_CLASSES, "p2": p2_data.NUM_CLASSES}
 
 
 def get_args_parser():

@@ -17,26 +17,19 @@ from torch import nn
 
 from datasets.p1 import NUM_CLASSES, load_folder
 from datasets.transforms import Compose, Normalize
-from p1_inference import load_model
-from utils.args import REPO, make_parser, runtime_parser
-from utils.io import check_writable
+from models import load_trained
+from utils.args import make_parser, report_parser
 from utils.engine import predict
 from utils.errors import run_cli
 from utils.metrics import confusion_matrix
 from utils.plotting import plot_embeddings
-from utils.report import check_run, first_middle_last, read_metrics, run_arg, snapshots
-from utils.runtime import resolve_amp, resolve_device
+from utils.report import first_middle_last, read_metrics, report_inputs
 
 SEED = 0
-DEFAULT_VAL = REPO / "hw1_data" / "p1_data" / "val_50"
 
 
 def get_args_parser():
-    parser = make_parser(__doc__, [runtime_parser()])
-    parser.add_argument("--run", type=Path, required=True, help="a p1_train.py run folder")
-    parser.add_argument("--val-dir", type=Path, default=None,
-                        help="labelled validation folder (default: the run's own --val-dir)")
-    parser.add_argument("--out", type=Path, default=REPO / "report", help="folder for the PNGs")
+    parser = make_parser(__doc__, [report_parser("p1")])
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     return parser
 
@@ -59,7 +52,7 @@ def extract(checkpoint, images, *, batch_size, device, amp_dtype, progress=True)
     Returns:
         ``(features (N, D) float32 numpy, predictions (N,) numpy, checkpoint dict)``.
     """
-    model, ckpt = load_model(checkpoint, device)
+    model, ckpt = load_trained(checkpoint, device, problem="p1")
     transform = Compose([Normalize(ckpt["mean"], ckpt["std"])])
     features, predictions = predict(
         _FeaturesAndLogits(model), images.to(device), batch_size=batch_size, transform=transform,
@@ -80,14 +73,12 @@ def _title(ckpt, labels, preds, what):
 
 
 def main(args):
-    check_writable(args.out, "--out", folder=True)
-    run = check_run(args.run, "--run")
-    snaps = snapshots(run, "--run")
-    device = resolve_device(args.device)
-    amp_dtype = resolve_amp(args.amp, device)
-    val = load_folder(args.val_dir or run_arg(run, "val_dir") or DEFAULT_VAL, labeled=True)
+    inputs = report_inputs(args, "p1")
+    run, snaps = inputs.run, inputs.snapshots
+    val = load_folder(inputs.val_dir, labeled=True)
     labels = val.labels.numpy()
-    common = dict(batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, progress=args.progress)
+    common = dict(batch_size=args.batch_size, device=inputs.device, amp_dtype=inputs.amp_dtype,
+                  progress=args.progress)
     args.out.mkdir(parents=True, exist_ok=True)
 
     tsne_panels, extracted = [], {}

@@ -7,20 +7,16 @@ The model is rebuilt from the checkpoint alone (architecture, classes, normalisa
 has the header ``filename,label`` and one row per image, sorted by file name, with the file name
 only and an integer label; it appears atomically, and its folder is created if needed.
 """
-import csv
 from pathlib import Path
 
-import torch
-
-from datasets.p1 import load_folder
+from datasets.p1 import load_folder, write_predictions
 from datasets.transforms import Compose, Normalize
-from models import get_model
-from utils.args import REPO, check_positive, inference_parser, make_parser
-from utils.checkpoint import load_checkpoint
+from models import load_trained
+from utils.args import check_positive, inference_parser, make_parser
 from utils.engine import predict
-from utils.errors import UserError, brief, run_cli
-from utils.io import atomic_write, check_writable
-from utils.runtime import place_model, resolve_amp, resolve_device
+from utils.errors import UserError, run_cli
+from utils.io import check_writable
+from utils.runtime import resolve_amp, resolve_device
 
 
 def get_args_parser():
@@ -28,34 +24,6 @@ def get_args_parser():
     parser.add_argument("img_dir", type=Path, help="folder of .png images to classify")
     parser.add_argument("out_csv", type=Path, help="CSV file to write (its folder is created)")
     return parser
-
-
-def load_model(path, device, problem="p1", compile=False):
-    """Rebuild a model of ``problem`` from its checkpoint alone; returns ``(model, checkpoint)``.
-
-    With ``compile`` the model comes back through ``torch.compile``.
-    """
-    path = Path(path)
-    if not path.is_file() and path.parent == REPO / "checkpoints":
-        raise UserError(f"{path}: no such checkpoint file (bash hw1_download.sh fetches the trained "
-                        "checkpoints listed in checkpoints.txt)")
-    ckpt = load_checkpoint(path, problem=problem)
-    try:
-        model = get_model(ckpt["arch"], pretrained=False, **ckpt["model_kwargs"])
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, KeyError) as e:
-        raise UserError(f"{path}: checkpoint does not match its model {ckpt['arch']!r} ({brief(e)})") from None
-    model = place_model(model, device).eval()
-    return (torch.compile(model) if compile else model), ckpt
-
-
-def write_predictions(path, names, labels):
-    """Write ``filename,label`` rows atomically, creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["filename", "label"])
-        writer.writerows(zip(names, labels))
 
 
 def main(args):
@@ -66,7 +34,7 @@ def main(args):
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
     images = load_folder(args.img_dir, labeled=False)
-    model, ckpt = load_model(args.checkpoint, device, compile=args.compile)
+    model, ckpt = load_trained(args.checkpoint, device, problem="p1", compile=args.compile)
     normalize = Compose([Normalize(ckpt["mean"], ckpt["std"])])
     labels = predict(model, images.images.to(device), batch_size=args.batch_size, transform=normalize,
                      device=device, amp_dtype=amp_dtype, tta=args.tta, keep=lambda out: out.argmax(1),

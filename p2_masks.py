@@ -15,28 +15,22 @@ import numpy as np
 
 from datasets.folder import list_files, read_jpeg
 from datasets.p2 import CLASS_NAMES, PALETTE, image_id, read_mask
-from p1_inference import load_model
-from p2_inference import segment
-from utils.args import REPO, make_parser, runtime_parser
-from utils.io import check_writable
+from datasets.presets import p2_inference_transform
+from models import load_trained
+from utils.args import make_parser, report_parser
+from utils.engine import segment
 from utils.errors import UserError, run_cli
 from utils.plotting import mask_overlay, plot_image_grid
-from utils.report import check_run, first_middle_last, run_arg, snapshots
-from utils.runtime import resolve_amp, resolve_device
+from utils.report import first_middle_last, report_inputs
 
 DEFAULT_IDS = ("0013", "0062", "0104")
-DEFAULT_VAL = REPO / "hw1_data" / "p2_data" / "validation"
 
 
 def get_args_parser():
-    parser = make_parser(__doc__, [runtime_parser()])
-    parser.add_argument("--run", type=Path, required=True, help="a p2_train.py run folder")
-    parser.add_argument("--val-dir", type=Path, default=None,
-                        help="validation folder with xxxx_sat.jpg and xxxx_mask.png (default: the run's own --val-dir)")
+    parser = make_parser(__doc__, [report_parser("p2")])
     parser.add_argument("--ids", nargs="+", default=None,
                         help="tile ids to show (default: 0013 0062 0104, the report's, or else the "
                              "folder's first three)")
-    parser.add_argument("--out", type=Path, default=REPO / "report", help="folder for the PNGs")
     return parser
 
 
@@ -63,12 +57,8 @@ def default_ids(val_dir):
 
 
 def main(args):
-    check_writable(args.out, "--out", folder=True)
-    run = check_run(args.run, "--run")
-    snaps = snapshots(run, "--run")
-    device = resolve_device(args.device)
-    amp_dtype = resolve_amp(args.amp, device)
-    val_dir = args.val_dir or run_arg(run, "val_dir") or DEFAULT_VAL
+    inputs = report_inputs(args, "p2")
+    snaps, val_dir, device, amp_dtype = inputs.snapshots, inputs.val_dir, inputs.device, inputs.amp_dtype
     args.ids = args.ids or default_ids(val_dir)
     images, truths = load_examples(val_dir, args.ids)
     palette = np.array(PALETTE, dtype=np.uint8)
@@ -76,10 +66,10 @@ def main(args):
     predictions = {}
     arch = None
     for epoch in epochs:
-        model, ckpt = load_model(snaps[epoch], device, problem="p2")
+        model, ckpt = load_trained(snaps[epoch], device, problem="p2")
         arch = ckpt["arch"]
-        predictions[epoch] = segment(model, images, mean=ckpt["mean"], std=ckpt["std"], batch_size=4,
-                                     device=device, amp_dtype=amp_dtype, progress=args.progress)
+        predictions[epoch] = segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
+                                     batch_size=4, device=device, amp_dtype=amp_dtype, progress=args.progress)
     photos = [img.permute(1, 2, 0).numpy() for img in images]
     rows = [[photos[r], *[palette[predictions[e][r]] for e in epochs], palette[truths[r]]]
             for r in range(len(images))]

@@ -40,7 +40,7 @@ import p2_inference  # noqa: E402
 from datasets.p1 import MEAN, STD  # noqa: E402
 from datasets.p2 import PALETTE, read_mask  # noqa: E402
 from datasets.synthetic import write_tiles  # noqa: E402
-from models import get_model, get_model_spec  # noqa: E402
+from models import get_model, get_model_spec, load_trained  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 
@@ -158,7 +158,7 @@ def main():
         p1_args = p1_inference.get_args_parser().parse_args(["--checkpoint", str(p1_ckpt), *common,
                                                              str(p1_dir), str(tmp / "ours.csv")])
         _, ours = timed(lambda: p1_inference.main(p1_args))
-        model, ckpt = p1_inference.load_model(p1_ckpt, device)
+        model, ckpt = load_trained(p1_ckpt, device)
         labels, base = timed(lambda: p1_straightforward(model, p1_dir, device, p1_args.batch_size, args.workers,
                                                         tmp / "base.csv"))
         same = (tmp / "ours.csv").read_text() == (tmp / "base.csv").read_text()
@@ -168,7 +168,7 @@ def main():
         p2_args = p2_inference.get_args_parser().parse_args(["--checkpoint", str(p2_ckpt), *common,
                                                              str(p2_dir), str(tmp / "ours_masks")])
         _, ours = timed(lambda: p2_inference.main(p2_args))
-        model, ckpt = p1_inference.load_model(p2_ckpt, device, problem="p2")
+        model, ckpt = load_trained(p2_ckpt, device, problem="p2")
         _, base = timed(lambda: p2_straightforward(model, p2_dir, device, p2_args.batch_size, args.workers,
                                                    tmp / "base_masks", ckpt["mean"], ckpt["std"]))
         agree = np.mean([np.mean(read_mask(p) == read_mask(tmp / "base_masks" / p.name))

@@ -1,7 +1,8 @@
 """Batches drawn from in-memory tensors by index lookups, no DataLoader.
 
-Problem 1's tensors sit on the compute device already; Problem 2's tiles stay in host memory and
-each batch is gathered there, pinned, and copied to the device without blocking.
+Tensors on the compute device (Problem 1's images; Problem 2's tiles on a GPU with room for
+them) give batches there. Tensors in host memory (Problem 2's tiles otherwise) give batches
+gathered there, pinned, and copied to the device without blocking.
 
 With several processes (``rank`` of ``world_size``) a shuffled pass still draws one permutation
 from the shared generator; each global batch of ``batch_size`` is split into ``world_size``

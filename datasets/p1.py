@@ -3,6 +3,7 @@
 A folder is decoded once into one uint8 tensor (N, 3, 32, 32); 22,500 training images take 69 MB,
 so the whole set lives on the training device and batches are index lookups into it.
 """
+import csv
 import re
 import warnings
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from PIL import Image
 
 from datasets.folder import decode_all, list_files, open_rgb
 from utils.errors import UserError
+from utils.io import atomic_write
 
 NUM_CLASSES = 50
 IMAGE_SIZE = 32
@@ -87,3 +89,13 @@ def load_folder(folder, *, labeled, workers=None):
     ])
     tensor = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     return ImageSet(tensor, labels, [p.name for p in paths])
+
+
+def write_predictions(path, names, labels):
+    """Write the grading CSV: header ``filename,label``, one row per image, atomically (its
+    folder is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filename", "label"])
+        writer.writerows(zip(names, labels))

@@ -3,9 +3,13 @@
 One colour table (``PALETTE``) serves both directions: masks decode with the course's rule
 (threshold each channel at 128, code = 4R + 2G + B, one lookup table from code to class; pure red,
 code 4, is no class and becomes Unknown), and predictions encode as palette PNGs of those colours.
-Tiles decode once into uint8 tensors kept in host memory (or memory-mapped from ``--cache-dir``).
+Tiles decode once into uint8 tensors in host memory (or memory-mapped from ``--cache-dir``); a
+training run moves them to the GPU when they fit there (``p2_train.py``).
 """
 import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +175,20 @@ def load_tiles(folder, device=None, workers=None):
     """
     tiles = list_files(folder, ".jpg")
     return [t.name for t in tiles], decode_jpegs(tiles, device, workers)
+
+
+def write_masks(out_dir, names, masks):
+    """Write ``<stem>.png`` palette masks into ``out_dir`` all together or not at all.
+
+    The masks are written to a temporary folder inside ``out_dir`` and moved into place only when
+    every one is done, so a failure leaves no partial set behind.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".masks-", dir=out_dir))
+    try:
+        for name, mask in zip(names, masks):
+            encode_mask(mask).save(staging / f"{Path(name).stem}.png")
+        for name in names:
+            os.replace(staging / f"{Path(name).stem}.png", out_dir / f"{Path(name).stem}.png")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

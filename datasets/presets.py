@@ -1,5 +1,7 @@
-"""Augmentation presets of the reference recipes, as batched transforms (train, eval)."""
-from datasets.transforms import Compose, MixupCutmix, Normalize, RandomCrop, RandomFlip, Resize
+"""Augmentation presets of the recipes, as batched transforms (train, eval), and inference's."""
+from datasets.transforms import Compose, MixupCutmix, Normalize, PadTo, RandomCrop, RandomFlip, Resize
+
+P2_STRIDE = 32  # the segmenters' output stride (or a multiple of theirs): inputs are padded to it
 
 P1_AUGMENTS = ("crop-flip", "beit", "none")
 
@@ -47,3 +49,8 @@ def p2_transforms(augment, *, mean, std):
     else:
         raise ValueError(f"unknown augmentation preset {augment!r}")
     return train, Compose([normalize])
+
+
+def p2_inference_transform(*, mean, std):
+    """Normalisation, then padding to a multiple of :data:`P2_STRIDE` (tiles of any size)."""
+    return Compose([Normalize(mean, std), PadTo(P2_STRIDE)])

@@ -52,6 +52,26 @@ class Normalize:
         return f"Normalize(mean={self.mean}, std={self.std})"
 
 
+class PadTo:
+    """Pad (replicating the border) on the bottom and right to a multiple of ``multiple``.
+
+    For inference on tiles of any size: the prediction is cropped back to the image's size.
+    """
+
+    def __init__(self, multiple):
+        self.multiple = multiple
+
+    def __call__(self, x, y, rng=None):
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.multiple, -w % self.multiple
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x, y
+
+    def __repr__(self):
+        return f"PadTo({self.multiple})"
+
+
 class Resize:
     """Bilinear resize of float images to ``size`` x ``size``."""
 

@@ -1,9 +1,15 @@
 """The model registry: ``@register_model`` fills it, ``get_model(name, ...)`` builds from it."""
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+import torch
+
+from utils.args import REPO
+from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, brief
+from utils.runtime import place_model
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,36 @@ def get_model(name, *, num_classes, pretrained=False, pretrained_file=None, **kw
                         "(drop --pretrained / --pretrained-file)")
     return spec.builder(num_classes=num_classes, pretrained=pretrained,
                         pretrained_file=pretrained_file, **kwargs)
+
+
+def load_trained(path, device, *, problem=None, compile=False):
+    """Rebuild a trained model from its checkpoint alone (architecture, options, weights).
+
+    Args:
+        path: a checkpoint written by a training run (``best.pth``, ``last.pth``, a snapshot).
+        device: where the model goes (in eval mode).
+        problem: ``"p1"`` or ``"p2"`` to refuse the other problem's checkpoints.
+        compile: return the model through ``torch.compile``.
+
+    Returns:
+        ``(model, checkpoint dict)``.
+
+    Raises:
+        UserError: the file is missing (a grading checkpoint points to ``hw1_download.sh``), is
+            not a checkpoint of this project or of ``problem``, or does not fit its model.
+    """
+    path = Path(path)
+    if not path.is_file() and path.parent == REPO / "checkpoints":
+        raise UserError(f"{path}: no such checkpoint file (bash hw1_download.sh fetches the trained "
+                        "checkpoints listed in checkpoints.txt)")
+    ckpt = load_checkpoint(path, problem=problem)
+    try:
+        model = get_model(ckpt["arch"], pretrained=False, **ckpt["model_kwargs"])
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise UserError(f"{path}: checkpoint does not match its model {ckpt['arch']!r} ({brief(e)})") from None
+    model = place_model(model, device).eval()
+    return (torch.compile(model) if compile else model), ckpt
 
 
 def model_options(name, namespace):

@@ -170,3 +170,26 @@ def test_p2_train_stopped_mid_epoch_resumes_to_the_same_weights(p2_data, p2_run,
         assert torch.equal(ours["model"][name], tensor), name
     assert ours["metrics"]["train_loss"] == ref["metrics"]["train_loss"]
     assert ours["metrics"]["val_miou"] == ref["metrics"]["val_miou"]
+
+
+def test_a_bf16_run_resumed_with_only_resume_and_epochs_stays_bf16(data, tmp_path, monkeypatch):
+    """Flags left out on resume come from the checkpoint, --amp among them: the resumed run is
+    the uninterrupted one, bit for bit."""
+    straight = tmp_path / "straight"
+    p1_train.main(p1_train.get_args_parser().parse_args([*flags(data, straight, epochs=2), "--amp", "bf16"]))
+    signal_at_question(monkeypatch, 20, signal.SIGINT)  # after step 5 of epoch 2
+    out = tmp_path / "run"
+    with pytest.raises(Exception, match="stopped by SIGINT in epoch 2 after step 5"):
+        p1_train.main(p1_train.get_args_parser().parse_args([*flags(data, out, epochs=2), "--amp", "bf16"]))
+    monkeypatch.undo()
+    # Another precision would change the rest of the stopped epoch: refused, the run untouched.
+    with pytest.raises(Exception, match="stopped part-way through epoch 2 with amp bf16; it continues only "
+                                        "with the same amp"):
+        p1_train.main(p1_train.get_args_parser().parse_args(
+            ["--resume", str(out / "last.pth"), "--epochs", "2", "--amp", "off", "--no-progress"]))
+    p1_train.main(p1_train.get_args_parser().parse_args(["--resume", str(out / "last.pth"), "--epochs", "2"]))
+    ours, ref = load_checkpoint(out / "last.pth"), load_checkpoint(straight / "last.pth")
+    assert ours["args"]["amp"] == "bf16" and ours["epoch"] == 2
+    for name, tensor in ref["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name
+    assert ours["metrics"]["train_loss"] == ref["metrics"]["train_loss"]

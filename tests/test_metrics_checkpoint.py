@@ -82,8 +82,8 @@ def test_arbitrary_objects_are_refused(tmp_path):
 
 
 def test_a_missing_grading_checkpoint_points_to_the_download(tmp_path):
-    from p1_inference import load_model
+    from models import load_trained
     from utils.args import REPO
 
     with pytest.raises(UserError, match="no such checkpoint file .*bash hw1_download.sh"):
-        load_model(REPO / "checkpoints" / "absent_in_every_checkout.pth", torch.device("cpu"))
+        load_trained(REPO / "checkpoints" / "absent_in_every_checkout.pth", torch.device("cpu"))

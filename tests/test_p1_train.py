@@ -173,7 +173,7 @@ def test_bad_numbers_and_resume_file(tmp_path):
 
 
 def test_run_folder_checkpoint_files(tmp_path):
-    from utils.run import RunFolder
+    from utils.run_folder import RunFolder
 
     run = RunFolder(tmp_path / "run")
     run.start({"lr": 0.1})
@@ -195,15 +195,15 @@ def test_run_folder_checkpoint_files(tmp_path):
 def test_a_onecycle_run_cannot_be_stretched_on_resume():
     import argparse
 
-    from utils.run import build_optimization
+    from utils.optim import Updater
+
+    def updater(epochs):
+        args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, sched="onecycle", epochs=epochs)
+        return Updater.from_flags(args, model.parameters(), steps_per_epoch=5, device=torch.device("cpu"),
+                                  amp_dtype=None)
 
     model = torch.nn.Linear(2, 2)
-    args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, sched="onecycle", epochs=3)
-    optimizer, scheduler, *_ = build_optimization(args, model, steps_per_epoch=5, amp_dtype=None,
-                                                  device=torch.device("cpu"))
-    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": None, "rng": {"torch": torch.get_rng_state()}, "epoch": 1, "best_metric": 0.5}
-    build_optimization(args, model, steps_per_epoch=5, amp_dtype=None, device=torch.device("cpu"), ckpt=ckpt)
-    args.epochs = 4
+    ckpt = updater(3).state_dict()
+    updater(3).load_state_dict(ckpt)
     with pytest.raises(UserError, match="--epochs 4: a onecycle schedule cannot be stretched on resume .*3 epochs"):
-        build_optimization(args, model, steps_per_epoch=5, amp_dtype=None, device=torch.device("cpu"), ckpt=ckpt)
+        updater(4).load_state_dict(ckpt)

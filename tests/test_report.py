@@ -8,6 +8,7 @@ import make_report
 import p1_features
 import p2_masks
 from datasets.p1 import load_folder
+from models import load_trained
 from tests.conftest import assert_one_line_error, run_script
 from utils.errors import UserError
 from utils.plotting import class_boundaries, mask_overlay, plot_architecture, plot_confusion, trace_blocks
@@ -33,7 +34,7 @@ def test_extracted_features_are_the_second_last_layer(p1_run, p1_data):
     feats, preds, ckpt = p1_features.extract(p1_run / "best.pth", images, batch_size=5,
                                              device=torch.device("cpu"), amp_dtype=None, progress=False)
     assert feats.shape == (16, 512) and preds.shape == (16,)
-    model, _ = p1_features.load_model(p1_run / "best.pth", torch.device("cpu"))
+    model, _ = load_trained(p1_run / "best.pth", torch.device("cpu"))
     with torch.no_grad():
         logits = model.head(torch.from_numpy(feats))
     assert np.array_equal(logits.argmax(1).numpy(), preds)

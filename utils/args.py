@@ -29,20 +29,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def make_parser(doc, parents):
+def make_parser(doc, parents, epilog=None):
     """A script's parser: its module docstring as description, defaults shown in ``--help``."""
-    return ArgumentParser(description=doc, formatter_class=HelpFormatter, parents=parents)
+    return ArgumentParser(description=doc, epilog=epilog, formatter_class=HelpFormatter, parents=parents)
+
+
+# The defaults of the runtime and speed flags. A training run takes them from the run it resumes,
+# so there they default to None and are filled from here afterwards (see training_parser).
+RUNTIME_DEFAULTS = dict(device="auto", amp="auto", progress=True, compile=False, tta=False)
 
 
 def runtime_parser():
-    """Flags for where and how to compute: device, mixed precision, batch size."""
+    """Flags for where and how to compute: device, mixed precision, progress bars."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    g.add_argument("--device", default=RUNTIME_DEFAULTS["device"], choices=["auto", "cpu", "cuda"],
                    help="where to compute; auto picks CUDA when available")
-    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+    g.add_argument("--amp", default=RUNTIME_DEFAULTS["amp"], choices=["auto", "bf16", "fp16", "off"],
                    help="mixed precision; auto means bf16 on CUDA (fp16 on GPUs without native bf16, such as the course's RTX 2080 Ti) and off on the CPU")
-    g.add_argument("--progress", default=True, action=argparse.BooleanOptionalAction,
+    g.add_argument("--progress", default=RUNTIME_DEFAULTS["progress"], action=argparse.BooleanOptionalAction,
                    help="show progress bars")
     return p
 
@@ -51,9 +56,9 @@ def speed_parser():
     """Flags for speed that every model takes, in training (its validation) and in inference."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("speed")
-    g.add_argument("--compile", default=False, action=argparse.BooleanOptionalAction,
+    g.add_argument("--compile", default=RUNTIME_DEFAULTS["compile"], action=argparse.BooleanOptionalAction,
                    help="run the model through torch.compile (a one-off compilation, then faster steps)")
-    g.add_argument("--tta", default=False, action=argparse.BooleanOptionalAction,
+    g.add_argument("--tta", default=RUNTIME_DEFAULTS["tta"], action=argparse.BooleanOptionalAction,
                    help="test-time augmentation: average the outputs of each image and its horizontal "
                         "mirror (validation and inference; twice the compute)")
     return p
@@ -63,10 +68,16 @@ def training_parser():
     """Flags every training script shares (Problem 1 and Problem 2).
 
     Launched by ``torchrun --nproc_per_node=N``, a script trains on N processes; ``--batch-size``
-    stays the global batch.
+    stays the global batch. Every flag defaults to ``None`` here, so that a resumed run can tell
+    the flags the user gave from those it takes from the checkpoint (:mod:`utils.setup`).
     """
     p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser(), speed_parser()])
-    g = p.add_argument_group("training (defaults marked 'recipe' come from the model's reference recipe)")
+    for action in p._actions:
+        if action.dest in RUNTIME_DEFAULTS:
+            shown = {True: "on", False: "off"}.get(action.default, action.default)
+            action.help += f" (default: {shown}, or the resumed run's)"
+            action.default = None
+    g = p.add_argument_group("training (defaults marked 'recipe' come from the model's recipe, listed above)")
     g.add_argument("--output-dir", type=Path, default=None,
                    help="run folder for checkpoints and logs (default: runs/<problem>_<model>)")
     g.add_argument("--epochs", type=int, default=None, help="total number of epochs (recipe)")
@@ -107,12 +118,14 @@ def inference_parser(problem):
     return p
 
 
-def fill_recipe(args, recipe):
-    """Replace every ``None`` flag by the recipe's value for it (in place)."""
-    for key, value in recipe.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    return args
+def report_parser(problem):
+    """Flags every report-figure script shares: the run, its validation folder, the output."""
+    p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser()])
+    p.add_argument("--run", type=Path, required=True, help=f"a {problem}_train.py run folder")
+    p.add_argument("--val-dir", type=Path, default=None,
+                   help="labelled validation folder (default: the run's own --val-dir)")
+    p.add_argument("--out", type=Path, default=REPO / "report", help="folder for the PNGs")
+    return p
 
 
 def check_positive(args, *names):
@@ -121,11 +134,6 @@ def check_positive(args, *names):
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
-
-
-def default_save_epochs(epochs):
-    """The first, middle (n/2) and last epoch: the report's t-SNE and mask figures need these."""
-    return sorted({1, max(1, epochs // 2), epochs})
 
 
 def args_to_dict(args):

@@ -2,8 +2,10 @@
 
 A checkpoint holds everything needed to rebuild the model with no other input (``arch``,
 ``model_kwargs``, ``problem``, ``num_classes``, ``mean``/``std``) and everything needed to resume
-exactly (``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_metric``, ``rng``, ``args``).
-Tensors are moved to the CPU before saving, so a checkpoint written on a GPU loads anywhere.
+exactly (:mod:`utils.state` lists the entries). The weights are saved from the CPU; optimiser
+states keep their device, and every load maps all tensors to the CPU, so a checkpoint written on
+a GPU loads anywhere. ``format`` numbers the layout: 1 (no entry) and 2 are the same layout, 2
+naming it; a file of a later format is refused with its number.
 """
 import pickle
 import re
@@ -17,6 +19,7 @@ from utils.io import atomic_write
 
 PROBLEM_NAMES = {"p1": "Problem 1 (classification)", "p2": "Problem 2 (segmentation)"}
 REQUIRED_KEYS = ("model", "arch", "problem", "model_kwargs")
+FORMAT = 2
 
 
 def unwrap(model):
@@ -51,6 +54,9 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
     ckpt = _load(path, map_location, f"{path}: not a readable checkpoint")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         raise UserError(f"{path}: not a checkpoint of this project (no model/arch/problem entries)")
+    if ckpt.get("format", 1) > FORMAT:
+        raise UserError(f"{path}: checkpoint format {ckpt['format']} is newer than this code reads "
+                        f"(format {FORMAT} and earlier); update the repository")
     if problem is not None and ckpt["problem"] != problem:
         raise UserError(
             f"{path}: this is a {PROBLEM_NAMES.get(ckpt['problem'], ckpt['problem'])} checkpoint "

@@ -60,39 +60,56 @@ class _Throttle:
         return False
 
 
-def train_one_epoch(model, criterion, optimizer, batches, *, transform, device, scheduler=None,
-                    scaler=None, amp_dtype=None, should_stop=None, resume=None, desc="train", progress=True):
+class LossMeter:
+    """The running sum of a loss over samples, kept on the device (reading it syncs the device).
+
+    Args:
+        device: where the sum lives.
+        loss_sum, samples: what an earlier part of the same pass had summed (a resumed epoch).
+    """
+
+    def __init__(self, device, loss_sum=0.0, samples=0):
+        self.sum = torch.tensor(loss_sum, dtype=torch.float32, device=device)
+        self.samples = self.start_samples = samples
+
+    def add(self, loss, n):
+        """Add a batch's mean ``loss`` over its ``n`` samples."""
+        self.sum += loss.detach().float() * n
+        self.samples += n
+
+    def mean(self):
+        """The mean loss so far (this process's samples)."""
+        return self.sum.item() / max(self.samples, 1)
+
+
+def train_one_epoch(model, criterion, updater, batches, *, transform, device, amp_dtype=None, meter=None,
+                    should_stop=None, desc="train", progress=True):
     """Train for one pass over ``batches``, or for the part of it before a stop is requested.
 
     Args:
         model: the network, already on ``device``.
         criterion: ``loss = criterion(model(x), y)``; may take the model's raw output (a dict).
-        optimizer: the optimiser.
-        batches: a sized iterable of ``(x, y)`` on ``device``; ``len`` counts the whole pass,
-            also when ``resume`` says its first batches were done before.
+        updater: a :class:`utils.optim.Updater` (``step(loss)`` backpropagates and steps).
+        batches: a sized iterable of ``(x, y)`` on ``device``; ``len`` counts the whole pass.
+            A pass that continues an earlier one says how many batches were done before in
+            ``batches.start`` and yields the rest.
         transform: ``(x, y) -> (x, y)``, augmentation then normalisation, on the device.
         device: the ``torch.device``.
-        scheduler: a learning-rate scheduler stepped after every optimiser step, or ``None``.
-        scaler: a ``torch.amp.GradScaler`` (float16), or ``None``.
         amp_dtype: the autocast dtype, or ``None`` for full precision.
+        meter: a :class:`LossMeter` to add to (one holding an earlier part's sums), or ``None``.
         should_stop: called after every step; when it returns True the pass ends there.
-        resume: the ``"partial"`` record of a pass stopped earlier, whose remaining batches
-            ``batches`` yields: its sums carry on into this one.
         desc: the progress bar's label.
         progress: show a progress bar.
 
     Returns:
-        ``{"loss": mean training loss over samples, "lr": the learning rate at the start,
-        "samples": n, "seconds": t, "images_per_second": n / t, "partial": None}``, over every
-        process; ``"partial"`` is ``{"step", "lr", "loss_sum", "samples"}`` when the pass stopped
-        before its end (what ``resume`` takes).
+        ``{"loss": mean training loss over samples, "loss_sum": its sum, "samples": n,
+        "steps": batches done, "complete": whether the pass reached its end, "seconds": t,
+        "images_per_second"}``, every figure over every process (throughput counts this call's
+        samples only).
     """
     model.train()
-    resume = resume or {"step": 0, "lr": optimizer.param_groups[0]["lr"], "loss_sum": 0.0, "samples": 0}
-    lr = resume["lr"]
-    loss_sum = torch.tensor(resume["loss_sum"], dtype=torch.float32, device=device)
-    seen = resume["samples"]
-    start, first = time.perf_counter(), resume["step"]
+    meter = meter or LossMeter(device)
+    start, first = time.perf_counter(), getattr(batches, "start", 0)
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True,
                initial=first, total=len(batches))
     report_now = _Throttle(len(batches))
@@ -101,36 +118,24 @@ def train_one_epoch(model, criterion, optimizer, batches, *, transform, device, 
         x, y = transform(x, y)
         with autocast(device, amp_dtype):
             loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum += loss.detach().float() * x.shape[0]
-        seen += x.shape[0]
+        updater.step(loss)
+        meter.add(loss, x.shape[0])
         if report_now(step):
-            mean = loss_sum.item() / seen
+            mean = meter.mean()
             if not math.isfinite(mean):
                 raise UserError(f"training diverged: loss is {mean} at step {step} of {desc} "
                                 "(lower --lr, or use --amp off)")
             if progress:
-                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{(seen - resume['samples']) / (time.perf_counter() - start):.0f}")
+                rate = (meter.samples - meter.start_samples) / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
         if step < len(batches) and should_stop is not None and should_stop():
             break
     bar.close()
-    loss_total, seen, new = _sums(loss_sum, seen, seen - resume["samples"], device=device)
-    seen, new = int(seen), int(new)
-    partial = None
-    if step < len(batches):
-        partial = {"step": step, "lr": lr, "loss_sum": loss_total, "samples": seen}
+    loss_sum, seen, new = _sums(meter.sum, meter.samples, meter.samples - meter.start_samples, device=device)
     seconds = time.perf_counter() - start
-    return {"loss": loss_total / max(seen, 1), "lr": lr, "samples": seen, "seconds": seconds,
-            "images_per_second": new / seconds if seconds > 0 else 0.0, "partial": partial}
+    return {"loss": loss_sum / max(seen, 1), "loss_sum": loss_sum, "samples": int(seen), "steps": step,
+            "complete": step >= len(batches), "seconds": seconds,
+            "images_per_second": int(new) / seconds if seconds > 0 else 0.0}
 
 
 @torch.inference_mode()
@@ -217,3 +222,28 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
             bar.update(len(x))
     out = tuple(torch.cat(p).cpu() for p in zip(*parts))
     return out if len(out) > 1 else out[0]
+
+
+def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta=False, progress=True):
+    """Class maps for a list of images of any sizes: (H, W) uint8 arrays, one per image.
+
+    Images of the same size are predicted together by :func:`predict`; ``transform`` may pad
+    them (to the model's output stride, say), and each map is cropped back to its image's size.
+
+    Args:
+        model: a segmenter returning ``{"out": logits (B, C, H, W), ...}``.
+        images: uint8 tensors (3, H, W).
+        transform, batch_size, device, amp_dtype, tta, progress: as in :func:`predict`.
+    """
+    by_size = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape[-2:]), []).append(i)
+    results = [None] * len(images)
+    for (h, w), indices in by_size.items():
+        stack = torch.stack([images[i] for i in indices]).to(device)
+        classes = predict(model, stack, batch_size=batch_size, transform=transform, device=device,
+                          amp_dtype=amp_dtype, tta=tta, desc=f"segment {w}x{h}", progress=progress,
+                          keep=lambda out: out["out"][..., :h, :w].argmax(1).to(torch.uint8))
+        for i, c in zip(indices, classes):
+            results[i] = c.numpy()
+    return results

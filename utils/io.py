@@ -1,5 +1,6 @@
 """Atomic file output: a file either appears complete or not at all."""
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -7,10 +8,13 @@ from pathlib import Path
 
 from utils.errors import UserError
 
-# mkstemp creates files readable by their owner only; a finished output file gets the
-# permissions an ordinary open() would have given it.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+@functools.cache
+def _umask():
+    """The process's umask (read once, at the first file written: reading it means setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -32,7 +36,9 @@ def atomic_write(path, mode="w", **open_kwargs):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        # mkstemp creates files readable by their owner only; a finished output file gets the
+        # permissions an ordinary open() would have given it.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

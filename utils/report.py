@@ -1,9 +1,15 @@
 """Reading training runs for the report: snapshots, metrics, and the command that made them."""
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from utils.errors import UserError
+from utils.io import check_writable
+from utils.recipes import DEFAULTS
+from utils.runtime import resolve_amp, resolve_device
 
 _SNAPSHOT = re.compile(r"^epoch_(\d+)\.pth$")
 
@@ -66,3 +72,26 @@ def command_line(folder, script):
         else:
             parts.append(f"{flag} {value}")
     return " ".join(parts)
+
+
+@dataclass
+class ReportInputs:
+    """What a report-figure script reads: the run folder, its snapshots, the validation folder,
+    and where to compute."""
+
+    run: Path
+    snapshots: dict
+    val_dir: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+
+def report_inputs(args, problem):
+    """Check a figure script's ``--out``, ``--run`` and ``--val-dir`` (default: the run's own,
+    else the course's layout) before any work, and resolve its device."""
+    check_writable(args.out, "--out", folder=True)
+    run = check_run(args.run, "--run")
+    snaps = snapshots(run, "--run")
+    device = resolve_device(args.device)
+    val_dir = Path(args.val_dir or run_arg(run, "val_dir") or DEFAULTS[problem]["val_dir"])
+    return ReportInputs(run, snaps, val_dir, device, resolve_amp(args.amp, device))

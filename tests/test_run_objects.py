@@ -1,0 +1,136 @@
+"""The objects a training run is made of: its state, its updater, its flags, and the house rules
+that keep the code one design (no script imports another; no function with two dozen parameters)."""
+import argparse
+import ast
+import math
+
+import pytest
+import torch
+
+import p1_train
+from tests.conftest import REPO, assert_one_line_error, run_script
+from utils.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from utils.errors import UserError
+from utils.optim import Updater
+from utils.state import TrainState
+
+
+def make_updater(model, sched="cosine", epochs=2, steps=3, opt="sgd"):
+    args = argparse.Namespace(opt=opt, lr=0.1, weight_decay=0.0, momentum=0.9, sched=sched, epochs=epochs)
+    return Updater.from_flags(args, model.parameters(), steps_per_epoch=steps, device=torch.device("cpu"),
+                              amp_dtype=None)
+
+
+def test_train_state_keeps_the_first_best_epoch():
+    state = TrainState()
+    assert state.epoch == 0 and state.best_metric == -math.inf
+    assert state.end_epoch({"epoch": 1, "val_acc": 0.5}, "val_acc")
+    assert not state.end_epoch({"epoch": 2, "val_acc": 0.5}, "val_acc")  # equal is not better
+    assert state.end_epoch({"epoch": 3, "val_acc": 0.75}, "val_acc")
+    assert not state.end_epoch({"epoch": 4, "val_acc": 0.25}, "val_acc")
+    assert (state.epoch, state.best_metric, state.best_epoch, state.record["epoch"]) == (4, 0.75, 3, 4)
+
+
+def test_a_checkpoint_restores_weights_optimiser_schedule_rng_and_state(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    updater = make_updater(model)
+    for _ in range(2):
+        updater.step(model(torch.randn(4, 3)).pow(2).mean())
+    state = TrainState(epoch=1, best_metric=0.5, best_epoch=1, record={"epoch": 1, "val_acc": 0.5})
+    state.partial = {"train": {"step": 2, "lr": 0.1, "loss_sum": 1.5, "samples": 8}, "rng": {}, "device": "cpu",
+                     "batch_size": 4, "seed": 0}
+    meta = {"problem": "p1", "arch": "vgg13", "model_kwargs": {}, "args": {}}
+    save_checkpoint(state.checkpoint(model, updater, meta), tmp_path / "c.pth")
+    expected_draw = torch.rand(3)  # the global RNG continues from the saved state on resume
+
+    ckpt = load_checkpoint(tmp_path / "c.pth")
+    assert ckpt["format"] == FORMAT and ckpt["step"] == 2 and ckpt["arch"] == "vgg13"
+    other = torch.nn.Linear(3, 2)
+    other_updater = make_updater(other)
+    resumed = TrainState.resume(ckpt, other, other_updater)
+    assert resumed == state
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert other_updater.lr == updater.lr and other_updater.scheduler.last_epoch == 2
+    assert torch.equal(torch.rand(3), expected_draw)
+    # Both take the same next step.
+    x = torch.randn(4, 3)
+    updater.step(model(x).pow(2).mean())
+    other_updater.step(other(x).pow(2).mean())
+    assert torch.equal(model.weight, other.weight)
+
+
+def test_updater_steps_the_optimiser_then_the_schedule():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(model.weight)
+    updater = make_updater(model, sched="cosine", epochs=1, steps=2)
+    updater.step(model(torch.ones(1, 1)).sum())  # d/dw (w * 1) = 1: w = 1 - 0.1 * 1
+    assert model.weight.item() == pytest.approx(0.9)
+    assert updater.lr == pytest.approx(0.05)  # cosine over 2 steps: half-way after one
+
+
+def test_a_checkpoint_of_a_later_format_is_refused_naming_it(tmp_path, p1_run):
+    ckpt = load_checkpoint(p1_run / "last.pth")
+    save_checkpoint({**ckpt, "format": FORMAT + 1}, tmp_path / "future.pth")
+    with pytest.raises(UserError, match=f"checkpoint format {FORMAT + 1} is newer than this code reads "
+                                        f"\\(format {FORMAT} and earlier\\)"):
+        load_checkpoint(tmp_path / "future.pth")
+
+
+def test_a_checkpoint_written_before_the_format_entry_still_resumes(p1_run, tmp_path):
+    old = load_checkpoint(p1_run / "last.pth")
+    del old["format"]
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("metrics.jsonl", "args.json"):
+        (run / name).write_text((p1_run / name).read_text())
+    save_checkpoint({**old, "args": {**old["args"], "output_dir": str(run)}}, run / "last.pth")
+    result = p1_train.main(p1_train.get_args_parser().parse_args(
+        ["--resume", str(run / "last.pth"), "--epochs", "5", "--no-progress"]))
+    assert result["epochs"] == 5 and load_checkpoint(run / "last.pth")["format"] == FORMAT
+
+
+def test_mid_epoch_resume_refuses_a_flag_that_changes_the_numbers(p1_run, tmp_path):
+    ckpt = load_checkpoint(p1_run / "last.pth")
+    ckpt["partial"] = {"train": {"step": 1, "lr": 1e-3, "loss_sum": 1.0, "samples": 16}, "rng": {},
+                       "device": "cpu", "batch_size": 16, "seed": 0}
+    save_checkpoint({**ckpt, "epoch": 3, "args": {**ckpt["args"], "output_dir": str(tmp_path)}},
+                    tmp_path / "last.pth")
+    proc = run_script("p1_train.py", "--resume", tmp_path / "last.pth", "--lr", "0.01")
+    assert_one_line_error(proc, "stopped part-way through epoch 4 with lr 0.001; it continues only with the "
+                                "same lr (this run has 0.01)")
+
+
+def test_help_lists_every_recipe():
+    text = p1_train.get_args_parser().format_help()
+    assert "vgg13: epochs 300, batch-size 128, opt adamw, lr 0.001" in text
+    assert "beit: epochs 6, batch-size 32, opt sgd, lr 0.003" in text
+    assert "--amp {auto,bf16,fp16,off}" in text and "(default: auto, or the resumed run's)" in text
+
+
+ENTRY_SCRIPTS = ("p1_train", "p2_train", "p1_inference", "p2_inference", "p1_features", "p2_masks",
+                 "mean_iou_evaluate", "hw1_download")
+
+
+def _python_files(*folders):
+    return [p for folder in folders for p in sorted((REPO / folder).glob("*.py"))]
+
+
+def test_no_entry_script_imports_another():
+    for script in ENTRY_SCRIPTS:
+        tree = ast.parse((REPO / f"{script}.py").read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert not imported & set(ENTRY_SCRIPTS), (script, imported & set(ENTRY_SCRIPTS))
+
+
+def test_library_functions_take_at_most_twelve_parameters():
+    for path in _python_files("models", "datasets", "utils"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                count = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                count -= bool(a.args and a.args[0].arg in ("self", "cls"))
+                assert count <= 12, f"{path.name}:{node.lineno} {node.name} takes {count} parameters"

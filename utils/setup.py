@@ -1,0 +1,152 @@
+"""A training run's set-up: its flags resolved, where it computes, its folder and its model.
+
+Every flag the user leaves out is taken from the resumed checkpoint's run first, then from the
+defaults and the model's recipe (:mod:`utils.recipes`), so ``--resume last.pth`` alone continues
+the same run. A run stopped part-way through an epoch continues only with the numbers it started
+with: a flag given on resume that would change them is refused in one line.
+"""
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models import get_model, get_model_spec, model_options
+from utils import distributed
+from utils.args import REPO, RUNTIME_DEFAULTS, args_to_dict, check_positive
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+from utils.recipes import DEFAULTS, RECIPES
+from utils.run_folder import RunFolder
+from utils.state import mid_epoch_refusal
+from utils.runtime import place_model, resolve_amp, resolve_device, seed_everything
+
+# Flags a resume may always give anew: none changes what the run computes.
+FREE_ON_RESUME = frozenset({"resume", "overwrite", "output_dir", "progress", "save_epochs", "eval_batch_size"})
+
+
+def resolve_flags(args, problem):
+    """Complete a training script's flags: the user's, then the resumed run's, then the recipe's.
+
+    Loads ``--resume`` (refusing another problem's or another model's checkpoint, and flags that
+    would change an epoch stopped part-way), fills every flag left at ``None``, and checks the
+    numbers.
+
+    Args:
+        args: the parsed flags (changed in place).
+        problem: ``"p1"`` or ``"p2"``.
+
+    Returns:
+        The resumed checkpoint, or ``None``.
+    """
+    given = {key for key, value in vars(args).items() if value is not None}
+    ckpt = None
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, problem=problem)
+        if args.model is not None and args.model != ckpt["arch"]:
+            raise UserError(f"--resume {args.resume}: a checkpoint of {ckpt['arch']}, "
+                            f"not of --model {args.model}")
+        if ckpt.get("partial") is not None:
+            _check_mid_epoch(args, given, ckpt)
+        # A new --epochs means new default snapshots, not the old run's.
+        skip = {"resume", "overwrite"} | ({"save_epochs"} if args.epochs is not None else set())
+        for key, value in ckpt["args"].items():
+            if key in skip or getattr(args, key, None) is not None:
+                continue
+            is_path = isinstance(value, str) and key.endswith(("_dir", "_file"))
+            setattr(args, key, Path(value) if is_path else value)
+    _fill(args, RUNTIME_DEFAULTS)
+    _fill(args, DEFAULTS[problem])
+    _fill(args, RECIPES[problem][args.model])
+    if args.output_dir is None:
+        args.output_dir = REPO / "runs" / f"{problem}_{args.model}"
+    check_positive(args, "epochs", "batch_size", "eval_batch_size", "lr")
+    if args.save_epochs is None:
+        args.save_epochs = default_save_epochs(args.epochs)
+    bad = [e for e in args.save_epochs if not 1 <= e <= args.epochs]
+    if bad:
+        raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {args.epochs})")
+    return ckpt
+
+
+def _check_mid_epoch(args, given, ckpt):
+    """Refuse a flag given anew that changes the numbers of an epoch stopped part-way."""
+    saved = ckpt["args"]
+    for key in sorted(given - FREE_ON_RESUME):
+        if key == "epochs" and saved.get("sched") == "constant":
+            continue  # a constant learning rate does not depend on the run's length
+        new = args_to_dict(argparse.Namespace(**{key: getattr(args, key)}))[key]
+        if key in saved and new != saved[key]:
+            raise mid_epoch_refusal(ckpt["epoch"] + 1, key, saved[key], new)
+
+
+def _fill(args, values):
+    """Replace every ``None`` flag by its value in ``values`` (in place)."""
+    for key, value in values.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def default_save_epochs(epochs):
+    """The first, middle (n/2) and last epoch: the report's t-SNE and mask figures need these."""
+    return sorted({1, max(1, epochs // 2), epochs})
+
+
+@dataclass
+class RunSetup:
+    """Where and how a training run computes, built once from its flags.
+
+    Attributes:
+        args: the resolved flags.
+        problem: ``"p1"`` or ``"p2"``.
+        ckpt: the resumed checkpoint, or ``None`` for a fresh run.
+        device: the ``torch.device``.
+        amp_dtype: the autocast dtype, or ``None``.
+        ctx: this process's :class:`utils.distributed.Context`.
+        folder: the :class:`utils.run_folder.RunFolder` (written by the main process only).
+    """
+
+    args: argparse.Namespace
+    problem: str
+    ckpt: dict | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    ctx: distributed.Context
+    folder: RunFolder
+
+    @classmethod
+    def prepare(cls, args, problem):
+        """Resolve the flags (:func:`resolve_flags`), pick the device, join the process group
+        under torchrun and check the run folder, before any data is read."""
+        ckpt = resolve_flags(args, problem)
+        device = resolve_device(args.device)
+        amp_dtype = resolve_amp(args.amp, device)
+        ctx = distributed.init(device)
+        distributed.check_batch_share(args.batch_size, ctx)
+        folder = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if ckpt else None, overwrite=args.overwrite)
+        return cls(args, problem, ckpt, device, amp_dtype, ctx, folder)
+
+    def build_model(self, *, num_classes, mean=None, std=None):
+        """The run's ``--model`` on the device, its weights initialised from ``--seed``.
+
+        Pretrained weights are fetched only for a fresh run: a resumed one loads its own.
+
+        Args:
+            num_classes: outputs of the head.
+            mean, std: the data's normalisation, for a model whose weights bring none of their own.
+
+        Returns:
+            ``(model, meta)``: ``meta`` is what every checkpoint carries to rebuild the model
+            (problem, arch, model_kwargs, num_classes, mean, std, args).
+        """
+        args, resumed = self.args, self.ckpt is not None
+        spec = get_model_spec(args.model)
+        options = model_options(args.model, args)
+        seed_everything(args.seed)
+        model = get_model(args.model, num_classes=num_classes, pretrained=args.pretrained and not resumed,
+                          pretrained_file=None if resumed else args.pretrained_file, **options)
+        if spec.mean is not None:
+            mean, std = spec.mean, spec.std
+        meta = {"problem": self.problem, "arch": args.model, "model_kwargs": {"num_classes": num_classes, **options},
+                "num_classes": num_classes, "mean": list(mean), "std": list(std), "args": args_to_dict(args)}
+        return place_model(model, self.device), meta

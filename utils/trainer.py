@@ -1,0 +1,196 @@
+"""The epoch loop of every training run: train, validate, log and checkpoint, stop on a signal.
+
+A training script builds two values and hands them to :class:`Trainer`: a
+:class:`utils.setup.RunSetup` (flags, device, process group, run folder, resumed checkpoint)
+and a :class:`Task` (what differs between the problems: data, model, losses, transforms,
+metric). The per-batch loops are :mod:`utils.engine`'s; what a checkpoint holds is
+:mod:`utils.state`'s; the run folder's files are :mod:`utils.run_folder`'s.
+"""
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from datasets.loader import TensorBatches, count_batches
+from utils import distributed
+from utils.args import args_to_dict
+from utils.engine import LossMeter, evaluate, train_one_epoch
+from utils.errors import Interrupted
+from utils.interrupt import StopOnSignal
+from utils.optim import Updater
+from utils.runtime import EpochRNG, mix_seed, seed_everything
+from utils.state import TrainState, mid_epoch_refusal
+
+
+@dataclass
+class Task:
+    """What a problem trains: everything the loop needs that is not a flag.
+
+    Attributes:
+        model: the bare network on the run's device (compiled and wrapped for several
+            processes by the trainer).
+        train_data, val_data: ``(inputs, targets)`` tensors, on the device or in host memory
+            (batches are copied to the device).
+        criterion: the training loss; ``eval_criterion`` the validation loss.
+        train_transform: ``(x, y, rng) -> (x, y)``, batched augmentation and normalisation.
+        eval_transform: ``(x, y) -> (x, y)``, normalisation.
+        make_metric: a fresh metric object (``update``/``compute``) for each validation.
+        metric_name: the metric's key (``acc``, ``miou``): logged as ``val_<name>``, and the one
+            that selects ``best.pth``.
+        meta: what every checkpoint carries to rebuild the model
+            (:meth:`utils.setup.RunSetup.build_model`).
+        unit: what a sample is called in messages.
+    """
+
+    model: nn.Module
+    train_data: tuple
+    val_data: tuple
+    criterion: nn.Module
+    eval_criterion: nn.Module
+    train_transform: Callable
+    eval_transform: Callable
+    make_metric: Callable
+    metric_name: str
+    meta: dict
+    unit: str = "images"
+
+
+class Trainer:
+    """Train ``task`` as ``setup`` says, from the resumed state or from scratch.
+
+    The optimiser, schedule and state are restored from ``setup.ckpt`` here, before any file
+    is written, so a resume that cannot continue is refused with the run folder untouched.
+    """
+
+    def __init__(self, setup, task):
+        self.setup, self.task = setup, task
+        args, ctx = setup.args, setup.ctx
+        self.steps_per_epoch = count_batches(len(task.train_data[0]), args.batch_size, ctx.world_size,
+                                             drop_small=True)
+        self.updater = Updater.from_flags(args, task.model.parameters(), steps_per_epoch=self.steps_per_epoch,
+                                          device=setup.device, amp_dtype=setup.amp_dtype)
+        self.state = TrainState.resume(setup.ckpt, task.model, self.updater) if setup.ckpt else TrainState()
+        self.val_batches = TensorBatches(*task.val_data, args.eval_batch_size, device=setup.device,
+                                         rank=ctx.rank, world_size=ctx.world_size)
+        self.key = f"val_{task.metric_name}"
+
+    def fit(self):
+        """Train from the state's epoch to ``--epochs``, validating and checkpointing each epoch.
+
+        SIGINT or SIGTERM stops the run after the current step: ``last.pth`` then holds that
+        step's state, from which a resume continues exactly.
+
+        Returns:
+            ``{"best_val_<name>": ..., "best_epoch": ..., "epochs": ..., "last": last record}``.
+
+        Raises:
+            Interrupted: after saving, when a signal stopped the run.
+        """
+        setup, task, state, args = self.setup, self.task, self.state, self.setup.args
+        if state.epoch >= args.epochs:
+            print(f"{args.resume} has already trained {state.epoch} of --epochs {args.epochs}: "
+                  "nothing to do (raise --epochs to train further)")
+            return self._result()
+        if setup.ctx.is_main:
+            setup.folder.start(args_to_dict(args))
+            print(f"training {args.model} on {len(task.train_data[0])} {task.unit} ({args.train_dir}), validating "
+                  f"on {len(task.val_data[0])} ({args.val_dir}); {setup.ctx.world_size} x {setup.device.type}, "
+                  f"amp {args.amp}; output {args.output_dir}", flush=True)
+        # DDP inside torch.compile (not the reverse) lets gradient all-reduces overlap the backward
+        # pass; validation runs the bare model, outside DDP's collectives.
+        train_model = distributed.wrap(task.model, setup.device, setup.ctx)
+        train_model = torch.compile(train_model) if args.compile else train_model
+        val_model = torch.compile(task.model) if args.compile else task.model
+        with StopOnSignal(setup.ctx.distributed) as stop:
+            for epoch in range(state.epoch + 1, args.epochs + 1):
+                start = time.perf_counter()
+                train = self._train_epoch(train_model, epoch, stop)
+                distributed.broadcast_buffers(task.model, setup.ctx)
+                val = evaluate(val_model, task.eval_criterion, self.val_batches, task.make_metric(),
+                               transform=task.eval_transform, device=setup.device, amp_dtype=setup.amp_dtype,
+                               tta=args.tta, desc="validate", progress=self._progress)
+                self._end_epoch(epoch, train, val, time.perf_counter() - start)
+                if epoch < args.epochs and stop():
+                    raise self._stopped(stop, f"after epoch {epoch}")
+        distributed.barrier()
+        if setup.ctx.is_main:
+            print(f"best {self.key} {state.best_metric:.4f} at epoch {state.best_epoch}; checkpoints in "
+                  f"{setup.folder.path}", flush=True)
+        return self._result()
+
+    @property
+    def _progress(self):
+        return self.setup.args.progress and self.setup.ctx.is_main
+
+    def _train_epoch(self, model, epoch, stop):
+        """One training pass (the rest of one, after a stop part-way); saves and raises on a stop."""
+        setup, args, ctx, partial = self.setup, self.setup.args, self.setup.ctx, self.state.partial
+        if ctx.rank:
+            # Rank 0 draws dropout from the global RNG state its checkpoints carry; the others
+            # from (seed, epoch, rank), so an epoch-boundary resume replays them too.
+            seed_everything(mix_seed(args.seed, epoch, ctx.rank))
+        rng = EpochRNG(args.seed, epoch, setup.device, ctx.rank)
+        batches = TensorBatches(*self.task.train_data, args.batch_size, generator=rng.cpu, drop_small=True,
+                                device=setup.device, rank=ctx.rank, world_size=ctx.world_size)
+        lr, meter = self.updater.lr, LossMeter(setup.device)
+        if partial is not None:
+            self._check_partial(partial, epoch)
+            batches = batches.from_step(partial["train"]["step"])
+            lr = partial["train"]["lr"]
+            if ctx.is_main:
+                # Only rank 0's streams were saved; the sums so far are over every process, and
+                # one of them carries them on.
+                rng.load_state(partial["rng"])
+                meter = LossMeter(setup.device, partial["train"]["loss_sum"], partial["train"]["samples"])
+        train = train_one_epoch(model, self.task.criterion, self.updater, batches,
+                                transform=lambda x, y: self.task.train_transform(x, y, rng), device=setup.device,
+                                amp_dtype=setup.amp_dtype, meter=meter, should_stop=stop,
+                                desc=f"epoch {epoch}/{args.epochs}", progress=self._progress)
+        train["lr"] = lr
+        if not train["complete"]:
+            self.state.partial = {
+                "train": {"step": train["steps"], "lr": lr, "loss_sum": train["loss_sum"], "samples": train["samples"]},
+                "rng": rng.state(), "device": setup.device.type, "batch_size": args.batch_size, "seed": args.seed}
+            if ctx.is_main:
+                setup.folder.save_partial(self._checkpoint())
+            distributed.barrier()  # torchrun ends every process once one exits: save first
+            raise self._stopped(stop, f"in epoch {epoch} after step {train['steps']} of {len(batches)}")
+        return train
+
+    def _check_partial(self, partial, epoch):
+        """The stopped epoch continues only on the device, batch size and seed it started with."""
+        args = self.setup.args
+        now = {"device": self.setup.device.type, "batch_size": args.batch_size, "seed": args.seed}
+        for key, value in now.items():
+            if partial.get(key) != value:
+                raise mid_epoch_refusal(epoch, key, partial.get(key), value)
+
+    def _end_epoch(self, epoch, train, val, seconds):
+        """Log the epoch (metrics line, progress line) and write its checkpoints."""
+        metric = self.task.metric_name
+        record = {"epoch": epoch, "lr": train["lr"], "train_loss": train["loss"], "val_loss": val["loss"],
+                  self.key: val[metric], **{f"val_{k}": v for k, v in val.items() if k not in ("loss", metric)},
+                  "seconds": seconds, "images_per_second": train["images_per_second"]}
+        is_best = self.state.end_epoch(record, self.key)
+        if self.setup.ctx.is_main:
+            self.setup.folder.end_epoch(record, self._checkpoint(), is_best=is_best,
+                                        snapshot=epoch in self.setup.args.save_epochs)
+            print(f"epoch {epoch}/{self.setup.args.epochs}  train_loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
+                  f"{self.key} {val[metric]:.4f}{'  (best)' if is_best else ''}  lr {train['lr']:.3g}  "
+                  f"{seconds:.1f}s  {train['images_per_second']:.3g} img/s", flush=True)
+
+    def _checkpoint(self):
+        return self.state.checkpoint(self.task.model, self.updater, self.task.meta)
+
+    def _stopped(self, stop, where):
+        last = self.setup.folder.path / "last.pth"
+        return Interrupted(f"stopped by {stop.name} {where}; saved {last}; continue with: python3 "
+                           f"{Path(sys.argv[0]).name} --resume {last}", stop.signum)
+
+    def _result(self):
+        return {f"best_{self.key}": self.state.best_metric, "best_epoch": self.state.best_epoch,
+                "epochs": self.state.epoch, "last": self.state.record}
