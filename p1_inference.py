@@ -3,7 +3,8 @@
 Usage:
     python3 p1_inference.py --checkpoint runs/p1_vgg13/best.pth IMG_DIR OUT_CSV
 
-The model is rebuilt from the checkpoint alone (architecture, classes, normalisation). The CSV
+The model is rebuilt from the checkpoint alone (architecture, classes, normalisation), and
+predicts with the test-time augmentation its run validated with (``--tta`` overrides). The CSV
 has the header ``filename,label`` and one row per image, sorted by file name, with the file name
 only and an integer label; it appears atomically, and its folder is created if needed.
 """
@@ -13,7 +14,7 @@ from datasets.p1 import load_folder, write_predictions
 from datasets.transforms import Compose, Normalize
 from models import load_trained
 from utils.args import check_positive, inference_parser, make_parser
-from utils.engine import predict
+from utils.engine import predict, tta_mode
 from utils.errors import UserError, run_cli
 from utils.io import check_writable
 from utils.runtime import resolve_amp, resolve_device
@@ -36,12 +37,13 @@ def main(args):
     images = load_folder(args.img_dir, labeled=False)
     model, ckpt = load_trained(args.checkpoint, device, problem="p1", compile=args.compile)
     normalize = Compose([Normalize(ckpt["mean"], ckpt["std"])])
+    tta = args.tta or tta_mode(ckpt["args"].get("tta"))  # as the run validated, unless --tta says
     labels = predict(model, images.images.to(device), batch_size=args.batch_size, transform=normalize,
-                     device=device, amp_dtype=amp_dtype, tta=args.tta, keep=lambda out: out.argmax(1),
+                     device=device, amp_dtype=amp_dtype, tta=tta, keep=lambda out: out.argmax(1),
                      progress=args.progress).tolist()
     write_predictions(args.out_csv, images.names, labels)
     print(f"wrote {len(labels)} predictions to {args.out_csv}")
-    return {"predictions": len(labels), "out_csv": str(args.out_csv)}
+    return {"predictions": len(labels), "out_csv": str(args.out_csv), "tta": tta}
 
 
 if __name__ == "__main__":

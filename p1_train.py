@@ -34,6 +34,13 @@ def get_args_parser():
     g.add_argument("--val-dir", type=Path, default=None,
                    help="folder of {label}_{id}.png validation images (default: hw1_data/p1_data/val_50)")
     g.add_argument("--augment", default=None, choices=P1_AUGMENTS, help="augmentation preset (recipe)")
+    g.add_argument("--label-smoothing", type=float, default=None,
+                   help="label smoothing of the cross-entropy (the beit presets smooth inside mixup) (recipe)")
+    g.add_argument("--random-erasing", type=float, default=None,
+                   help="probability of erasing a random rectangle of each training image (recipe)")
+    g.add_argument("--layer-decay", type=float, default=None,
+                   help="beit: layer-wise lr decay, each block's lr this factor times the next one's (recipe)")
+    g.add_argument("--drop-path", type=float, default=None, help="beit: stochastic depth rate (recipe)")
     g.add_argument("--global-pool", default=None, choices=["avg", "token"],
                    help="beit: pool the patch tokens (avg, as the reference ran) or take [CLS] "
                         "(default: avg)")
@@ -47,9 +54,11 @@ def main(args):
     train_set = load_folder(args.train_dir, labeled=True).to(setup.device)
     val_set = load_folder(args.val_dir, labeled=True).to(setup.device)
     model, meta = setup.build_model(num_classes=NUM_CLASSES, mean=MEAN, std=STD)
-    train_tf, eval_tf = p1_transforms(args.augment, mean=meta["mean"], std=meta["std"], num_classes=NUM_CLASSES)
+    train_tf, eval_tf = p1_transforms(args.augment, mean=meta["mean"], std=meta["std"], num_classes=NUM_CLASSES,
+                                      random_erasing=args.random_erasing)
     task = Task(model=model, train_data=(train_set.images, train_set.labels),
-                val_data=(val_set.images, val_set.labels), criterion=nn.CrossEntropyLoss(),
+                val_data=(val_set.images, val_set.labels),
+                criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
                 eval_criterion=nn.CrossEntropyLoss(), train_transform=train_tf, eval_transform=eval_tf,
                 make_metric=Accuracy, metric_name="acc", meta=meta)
     return Trainer(setup, task).fit()

@@ -5,8 +5,9 @@ Usage:
 
 Every ``xxxx.jpg`` of IMG_DIR (other files, such as the validation folder's ``_mask.png``, are
 ignored) gets ``OUT_DIR/xxxx.png`` (so ``0013_sat.jpg`` -> ``0013_sat.png``): a palette PNG of
-the input's size in the course's seven colours. Tiles of any size are padded to a multiple of 32
-and the prediction cropped back. Masks are written to a temporary folder and moved into OUT_DIR
+the input's size in the course's seven colours, predicted with the test-time augmentation the
+checkpoint's run validated with (``--tta`` overrides). Tiles of any size are padded to a
+multiple of 32 and the prediction cropped back. Masks are written to a temporary folder and moved into OUT_DIR
 only when all of them are done, so a failure leaves nothing behind.
 """
 from pathlib import Path
@@ -15,7 +16,7 @@ from datasets.p2 import load_tiles, write_masks
 from datasets.presets import p2_inference_transform
 from models import load_trained
 from utils.args import check_positive, inference_parser, make_parser
-from utils.engine import segment
+from utils.engine import segment, tta_mode
 from utils.errors import run_cli
 from utils.io import check_writable
 from utils.runtime import resolve_amp, resolve_device
@@ -35,12 +36,12 @@ def main(args):
     amp_dtype = resolve_amp(args.amp, device)
     names, images = load_tiles(args.img_dir, device)
     model, ckpt = load_trained(args.checkpoint, device, problem="p2", compile=args.compile)
+    tta = args.tta or tta_mode(ckpt["args"].get("tta"))  # as the run validated, unless --tta says
     masks = segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
-                    batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, tta=args.tta,
-                    progress=args.progress)
+                    batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, tta=tta, progress=args.progress)
     write_masks(args.out_dir, names, masks)
     print(f"wrote {len(masks)} masks to {args.out_dir}")
-    return {"masks": len(masks), "out_dir": str(args.out_dir)}
+    return {"masks": len(masks), "out_dir": str(args.out_dir), "tta": tta}
 
 
 if __name__ == "__main__":

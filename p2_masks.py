@@ -18,7 +18,7 @@ from datasets.p2 import CLASS_NAMES, PALETTE, image_id, read_mask
 from datasets.presets import p2_inference_transform
 from models import load_trained
 from utils.args import make_parser, report_parser
-from utils.engine import segment
+from utils.engine import segment, tta_mode
 from utils.errors import UserError, run_cli
 from utils.plotting import mask_overlay, plot_image_grid
 from utils.report import first_middle_last, report_inputs
@@ -69,7 +69,8 @@ def main(args):
         model, ckpt = load_trained(snaps[epoch], device, problem="p2")
         arch = ckpt["arch"]
         predictions[epoch] = segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
-                                     batch_size=4, device=device, amp_dtype=amp_dtype, progress=args.progress)
+                                     batch_size=4, device=device, amp_dtype=amp_dtype,
+                                     tta=tta_mode(ckpt["args"].get("tta")), progress=args.progress)
     photos = [img.permute(1, 2, 0).numpy() for img in images]
     rows = [[photos[r], *[palette[predictions[e][r]] for e in epochs], palette[truths[r]]]
             for r in range(len(images))]

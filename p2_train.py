@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from datasets.loader import fits_on
-from datasets.p2 import NUM_CLASSES, SCORED_CLASSES, UNKNOWN, load_pairs
+from datasets.p2 import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES, UNKNOWN, class_weights, load_pairs
 from datasets.presets import P2_AUGMENTS, p2_transforms
 from models import list_models
 from utils.args import make_parser, training_parser
@@ -44,6 +44,14 @@ def get_args_parser():
     g.add_argument("--ignore-unknown", default=None, action=argparse.BooleanOptionalAction,
                    help="leave Unknown pixels out of the loss (recipe)")
     g.add_argument("--augment", default=None, choices=P2_AUGMENTS, help="augmentation preset (recipe)")
+    g.add_argument("--color-jitter", type=float, default=None,
+                   help="strength of the random brightness, contrast and saturation change of each "
+                        "training tile, 0 for none (recipe)")
+    g.add_argument("--class-weights", default=None, choices=["none", "median-freq"],
+                   help="weigh each class's pixels in the loss: median-freq is the median class frequency "
+                        "over the class's own, counted once on the training masks (recipe)")
+    g.add_argument("--backbone", default=None, choices=["resnet50", "resnet101"],
+                   help="deeplabv3: its ResNet (torchvision's COCO weights for both) (recipe)")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="keep the decoded tiles here as .npy and memory-map them on later runs")
     g.add_argument("--tile-size", type=int, default=None,
@@ -61,9 +69,16 @@ def main(args):
         # on an 11 GB card that would leave too little for DeepLabv3's activations.
         train_set, val_set = train_set.to(setup.device), val_set.to(setup.device)
     model, meta = setup.build_model(num_classes=NUM_CLASSES)
-    train_tf, eval_tf = p2_transforms(args.augment, mean=meta["mean"], std=meta["std"])
+    train_tf, eval_tf = p2_transforms(args.augment, mean=meta["mean"], std=meta["std"], color_jitter=args.color_jitter)
+    weights = None
+    if args.class_weights == "median-freq":
+        # Counted once from the training masks; the checkpoints record them.
+        weights = meta["class_weights"] = class_weights(train_set.masks)
+        if setup.ctx.is_main:
+            print("class weights " + ", ".join(f"{name} {w:.3f}" for name, w in zip(CLASS_NAMES, weights)), flush=True)
     criterion = SegmentationLoss(args.loss, alpha=args.focal_alpha, gamma=args.focal_gamma,
-                                 ignore_index=UNKNOWN if args.ignore_unknown else None, aux_weight=args.aux_weight)
+                                 ignore_index=UNKNOWN if args.ignore_unknown else None, aux_weight=args.aux_weight,
+                                 class_weights=weights).to(setup.device)
     task = Task(model=model, train_data=(train_set.images, train_set.masks),
                 val_data=(val_set.images, val_set.masks), criterion=criterion, eval_criterion=criterion,
                 train_transform=train_tf, eval_transform=eval_tf,

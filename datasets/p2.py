@@ -9,6 +9,7 @@ training run moves them to the GPU when they fit there (``p2_train.py``).
 import hashlib
 import os
 import shutil
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,3 +193,33 @@ def write_masks(out_dir, names, masks):
             os.replace(staging / f"{Path(name).stem}.png", out_dir / f"{Path(name).stem}.png")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def class_weights(masks, *, num_classes=NUM_CLASSES, scored=SCORED_CLASSES, chunk=64):
+    """Median-frequency class weights (Eigen & Fergus, ICCV 2015) from training masks.
+
+    ``w_c = median(f) / f_c`` with ``f_c`` the share of class ``c`` among the pixels of the
+    scored classes, the median over the classes present: a class half as frequent as the median
+    one weighs twice as much. A scored class absent from the masks, and Unknown, weigh 1.
+
+    Args:
+        masks: uint8 tensor (N, H, W) of classes (in host memory or on a device).
+        num_classes, scored: the classes in the masks, and how many of them are scored.
+        chunk: masks counted at once (the count is int64 per pixel).
+
+    Returns:
+        A list of ``num_classes`` floats.
+    """
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for start in range(0, len(masks), chunk):
+        part = masks[start: start + chunk].reshape(-1).long()
+        counts += torch.bincount(part, minlength=num_classes)[:num_classes].double().cpu()
+    scored_counts = counts[:scored].tolist()
+    total = sum(scored_counts)
+    freq = {c: n / total for c, n in enumerate(scored_counts) if n > 0}
+    weights = [1.0] * num_classes
+    if freq:
+        median = statistics.median(freq.values())
+        for c, f in freq.items():
+            weights[c] = median / f
+    return weights

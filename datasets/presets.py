@@ -1,54 +1,69 @@
 """Augmentation presets of the recipes, as batched transforms (train, eval), and inference's."""
-from datasets.transforms import Compose, MixupCutmix, Normalize, PadTo, RandomCrop, RandomFlip, Resize
+from datasets.transforms import (ColorJitter, Compose, MixupCutmix, Normalize, PadTo, RandomCrop, RandomErasing,
+                                 RandomFlip, RandomTranspose, Resize)
 
 P2_STRIDE = 32  # the segmenters' output stride (or a multiple of theirs): inputs are padded to it
 
-P1_AUGMENTS = ("crop-flip", "beit", "none")
+P1_AUGMENTS = ("crop-flip", "beit", "beit-224", "none")
 
 
-def p1_transforms(augment, *, mean, std, num_classes):
+def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0):
     """The (train, eval) batch transforms of a Problem 1 recipe.
 
     Args:
         augment: ``crop-flip`` (VGG: random crop 32 with padding 4, horizontal flip), ``beit``
-            (resize to 256, random crop 224, horizontal flip, then mixup alpha 0.1 or cutmix
-            alpha 1.0 with equal probability and label smoothing 0.1), or ``none``.
+            (the reference's: resize to 256, random crop 224, horizontal flip, then mixup alpha
+            0.1 or cutmix alpha 1.0 with equal probability and label smoothing 0.1), ``beit-224``
+            (the same scale as evaluation, which resizes to 224: resize to 224, random crop 224
+            with padding 28 (the 4 of 32, scaled), flip, then the BEiT paper's mixup alpha 0.8 or
+            cutmix 1.0, smoothing 0.1), or ``none``.
         mean, std: the normalisation of the model.
         num_classes: for the soft targets of mixup/cutmix.
+        random_erasing: the probability of :class:`RandomErasing` per image (0: none).
     """
     normalize = Normalize(mean, std)
+    erase = [RandomErasing(random_erasing)] if random_erasing else []
     if augment == "crop-flip":
-        train = Compose([RandomCrop(32, padding=4), RandomFlip(), normalize])
+        train = Compose([RandomCrop(32, padding=4), RandomFlip(), normalize, *erase])
     elif augment == "beit":
-        train = Compose([normalize, Resize(256), RandomCrop(224), RandomFlip(),
+        train = Compose([normalize, Resize(256), RandomCrop(224), RandomFlip(), *erase,
                          MixupCutmix(num_classes, mixup_alpha=0.1, cutmix_alpha=1.0,
                                      switch_prob=0.5, smoothing=0.1)])
+    elif augment == "beit-224":
+        train = Compose([normalize, Resize(224), RandomCrop(224, padding=28), RandomFlip(), *erase,
+                         MixupCutmix(num_classes, mixup_alpha=0.8, cutmix_alpha=1.0,
+                                     switch_prob=0.5, smoothing=0.1)])
     elif augment == "none":
-        train = Compose([normalize])
+        train = Compose([normalize, *erase])
     else:
         raise ValueError(f"unknown augmentation preset {augment!r}")
     return train, Compose([normalize])
 
 
-P2_AUGMENTS = ("flip", "none")
+P2_AUGMENTS = ("flip", "d4", "none")
 
 
-def p2_transforms(augment, *, mean, std):
+def p2_transforms(augment, *, mean, std, color_jitter=0.0):
     """The (train, eval) batch transforms of a Problem 2 recipe.
 
     Args:
-        augment: ``flip`` (horizontal and vertical flips, p = 0.5 each, image and mask together)
-            or ``none``.
+        augment: ``flip`` (horizontal and vertical flips, p = 0.5 each, image and mask
+            together), ``d4`` (those and a transpose, p = 0.5: each of the 8 flips and 90-degree
+            rotations equally likely) or ``none``.
         mean, std: the normalisation of the model's pretrained backbone.
+        color_jitter: the strength of :class:`ColorJitter` (0: none).
     """
     normalize = Normalize(mean, std)
+    jitter = [ColorJitter(color_jitter)] if color_jitter else []
     if augment == "flip":
-        train = Compose([RandomFlip(dim=-1), RandomFlip(dim=-2), normalize])
+        geometry = [RandomFlip(dim=-1), RandomFlip(dim=-2)]
+    elif augment == "d4":
+        geometry = [RandomFlip(dim=-1), RandomFlip(dim=-2), RandomTranspose()]
     elif augment == "none":
-        train = Compose([normalize])
+        geometry = []
     else:
         raise ValueError(f"unknown augmentation preset {augment!r}")
-    return train, Compose([normalize])
+    return Compose([*geometry, *jitter, normalize]), Compose([normalize])
 
 
 def p2_inference_transform(*, mean, std):

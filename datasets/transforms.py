@@ -137,6 +137,103 @@ class RandomFlip:
         return f"RandomFlip(p={self.p}, dim={self.dim})"
 
 
+def _per_sample(flags, t):
+    """``flags`` (B,) shaped to broadcast over a batch ``t`` (B, ...)."""
+    return flags.view(-1, *([1] * (t.dim() - 1)))
+
+
+class RandomTranspose:
+    """Swap the two spatial axes of each sample with probability ``p`` (masks with their images).
+
+    With horizontal and vertical flips (p = 0.5 each) it draws every one of the 8 symmetries of
+    the square (the dihedral group D4: rotations by 90 degrees, mirrored or not) with equal
+    probability: the augmentation for overhead imagery, which has no up or left.
+    """
+
+    def __init__(self, p=0.5):
+        self.p = p
+
+    def __call__(self, x, y, rng):
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"RandomTranspose needs square images, not {x.shape[-2]}x{x.shape[-1]}")
+        swap = torch.rand(x.shape[0], device=x.device, generator=rng.device) < self.p
+        x = torch.where(_per_sample(swap, x), x.transpose(-2, -1), x)
+        if y is not None and y.dim() >= 3:
+            y = torch.where(_per_sample(swap, y), y.transpose(-2, -1), y)
+        return x, y
+
+    def __repr__(self):
+        return f"RandomTranspose(p={self.p})"
+
+
+class ColorJitter:
+    """Random brightness, contrast and saturation per sample, each factor from [1 - s, 1 + s].
+
+    Takes uint8 (or [0, 1] float) images and returns [0, 1] floats (what :class:`Normalize`
+    takes), so it comes before normalisation. Contrast blends with each image's mean grey,
+    saturation with its own grey (ITU-R 601 luma), as torchvision's ColorJitter does per image.
+    """
+
+    LUMA = (0.299, 0.587, 0.114)
+
+    def __init__(self, strength):
+        self.strength = strength
+
+    def __call__(self, x, y, rng):
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        b = x.shape[0]
+
+        def factor():
+            u = torch.rand(b, 1, 1, 1, device=x.device, generator=rng.device)
+            return 1.0 + self.strength * (2.0 * u - 1.0)
+
+        luma = torch.tensor(self.LUMA, device=x.device).view(1, 3, 1, 1)
+        x = (x * factor()).clamp(0, 1)  # brightness
+        grey = (x * luma).sum(1, keepdim=True)
+        x = (grey.mean((2, 3), keepdim=True) + factor() * (x - grey.mean((2, 3), keepdim=True))).clamp(0, 1)
+        grey = (x * luma).sum(1, keepdim=True)
+        x = (grey + factor() * (x - grey)).clamp(0, 1)  # saturation
+        return x, y
+
+    def __repr__(self):
+        return f"ColorJitter({self.strength})"
+
+
+class RandomErasing:
+    """Erase one random rectangle of each sample with probability ``p`` (Zhong et al., AAAI 2020).
+
+    The rectangle covers a share of the image drawn from ``scale`` with an aspect ratio drawn
+    log-uniformly from ``ratio``, as torchvision's RandomErasing; it is set to 0, the mean of a
+    normalised image, so the op comes after normalisation. Labels are not touched.
+    """
+
+    def __init__(self, p=0.25, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
+        self.p, self.scale, self.ratio = p, scale, ratio
+
+    def __call__(self, x, y, rng):
+        b, _, h, w = x.shape
+        dev, gen = x.device, rng.device
+
+        def uniform(lo, hi):
+            return lo + (hi - lo) * torch.rand(b, device=dev, generator=gen)
+
+        area = uniform(*self.scale) * h * w
+        aspect = uniform(math.log(self.ratio[0]), math.log(self.ratio[1])).exp()
+        eh = (area * aspect).sqrt().round().clamp(1, h)
+        ew = (area / aspect).sqrt().round().clamp(1, w)
+        top = (uniform(0, 1) * (h - eh + 1)).floor()
+        left = (uniform(0, 1) * (w - ew + 1)).floor()
+        erase = torch.rand(b, device=dev, generator=gen) < self.p
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        box = ((rows >= top.view(-1, 1, 1)) & (rows < (top + eh).view(-1, 1, 1))
+               & (cols >= left.view(-1, 1, 1)) & (cols < (left + ew).view(-1, 1, 1)))
+        return x.masked_fill((box & erase.view(-1, 1, 1)).unsqueeze(1), 0.0), y
+
+    def __repr__(self):
+        return f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio})"
+
+
 def smooth_one_hot(y, num_classes, smoothing):
     """Integer labels (B,) to label-smoothed one-hot rows (B, num_classes)."""
     off = smoothing / num_classes

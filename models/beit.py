@@ -42,9 +42,29 @@ class BEiT(nn.Module):
     def forward(self, x):
         return self.net(self._resize(x))
 
+    @property
+    def num_layers(self):
+        """Transformer blocks, for layer-wise learning-rate decay."""
+        return len(self.net.blocks)
 
-@register_model(problem="p1", mean=tuple(_CFG.mean), std=tuple(_CFG.std), has_pretrained=True)
-def beit(*, num_classes, pretrained=False, pretrained_file=None, global_pool="avg"):
+    def layer_id(self, name):
+        """The depth of parameter ``name`` for layer-wise lr decay: 0 for the embeddings, ``i + 1``
+        for block ``i``, ``num_layers + 1`` for the final norm and the head (as in BEiT's code)."""
+        parts = name.split(".")
+        if parts[1] in ("cls_token", "mask_token", "pos_embed", "patch_embed", "rel_pos_bias"):
+            return 0
+        if parts[1] == "blocks":
+            return int(parts[2]) + 1
+        return self.num_layers + 1
+
+    def no_weight_decay(self):
+        """Parameters that take no weight decay (tokens, position tables), as timm names them."""
+        return {f"net.{name}" for name in self.net.no_weight_decay()}
+
+
+@register_model(problem="p1", mean=tuple(_CFG.mean), std=tuple(_CFG.std), has_pretrained=True,
+                train_only=("drop_path",))
+def beit(*, num_classes, pretrained=False, pretrained_file=None, global_pool="avg", drop_path=0.0):
     """BEiT-base/16 at 224 with a new linear head.
 
     Args:
@@ -55,8 +75,9 @@ def beit(*, num_classes, pretrained=False, pretrained_file=None, global_pool="av
         global_pool: ``avg`` (timm's default for these weights: mean of the patch tokens, then
             ``fc_norm``; what the reference ran) or ``token`` (the [CLS] token; the final norm
             then starts from its default initialisation because these weights carry ``fc_norm``).
+        drop_path: stochastic depth rate (Huang et al., ECCV 2016), rising linearly over the blocks.
     """
-    kwargs = dict(num_classes=num_classes, global_pool=global_pool)
+    kwargs = dict(num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path)
     if pretrained_file is not None:
         path = Path(pretrained_file)
         if not path.is_file():

@@ -1,18 +1,22 @@
-"""DeepLabv3 with a ResNet-50 backbone (Problem 2, model B).
+"""DeepLabv3 with a ResNet-50 (or ResNet-101) backbone (Problem 2, model B).
 
 Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017. The network
-is torchvision's ``deeplabv3_resnet50`` (COCO weights with VOC labels): atrous ResNet-50 at
-output stride 8, ASPP with rates 6/12/18, a 1x1 branch and image pooling, and an auxiliary FCN
-head on layer 3. Both heads' last 1x1 convolutions are replaced by new ``num_classes`` ones.
+is torchvision's ``deeplabv3_resnet50`` or ``deeplabv3_resnet101`` (COCO weights with VOC
+labels): atrous ResNet at output stride 8, ASPP with rates 6/12/18, a 1x1 branch and image
+pooling, and an auxiliary FCN head on layer 3. Both heads' last 1x1 convolutions are replaced by
+new ``num_classes`` ones.
 """
 from torch import nn
-from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
+from torchvision.models.segmentation import (DeepLabV3_ResNet50_Weights, DeepLabV3_ResNet101_Weights,
+                                             deeplabv3_resnet50, deeplabv3_resnet101)
 
 from models.registry import register_model, weights_unavailable
 from utils.checkpoint import load_weights_into
 
 _WEIGHTS = DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1
 _NORM = _WEIGHTS.transforms()
+# Both backbones' COCO weights share the normalisation and the 21 VOC categories.
+BACKBONE_WEIGHTS = {"resnet50": _WEIGHTS, "resnet101": DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1}
 
 
 class DeepLabV3(nn.Module):
@@ -27,23 +31,25 @@ class DeepLabV3(nn.Module):
 
 
 @register_model(problem="p2", mean=tuple(_NORM.mean), std=tuple(_NORM.std), has_pretrained=True)
-def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None):
-    """DeepLabv3-ResNet50 with new main and auxiliary heads.
+def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None, backbone="resnet50"):
+    """DeepLabv3 with new main and auxiliary heads.
 
     Args:
         num_classes: output classes.
         pretrained: start from torchvision's COCO (VOC labels) weights (downloaded once).
         pretrained_file: a local copy of those weights (torchvision's
-            ``deeplabv3_resnet50_coco-cd0a2569.pth``).
+            ``deeplabv3_resnet50_coco-cd0a2569.pth`` or ``deeplabv3_resnet101_coco-586e9e4e.pth``).
+        backbone: ``resnet50`` (the reference) or ``resnet101`` (about 1.6x the compute).
     """
+    weights = BACKBONE_WEIGHTS[backbone]
+    builder = deeplabv3_resnet101 if backbone == "resnet101" else deeplabv3_resnet50
     try:
-        net = deeplabv3_resnet50(weights=_WEIGHTS if pretrained and pretrained_file is None else None,
-                                 weights_backbone=None, num_classes=len(_WEIGHTS.meta["categories"]),
-                                 aux_loss=True)
+        net = builder(weights=weights if pretrained and pretrained_file is None else None,
+                      weights_backbone=None, num_classes=len(weights.meta["categories"]), aux_loss=True)
     except (OSError, RuntimeError) as e:
-        raise weights_unavailable("COCO DeepLabv3 weights", e) from None
+        raise weights_unavailable(f"COCO DeepLabv3-{backbone} weights", e) from None
     if pretrained_file is not None:
-        load_weights_into(net, pretrained_file, "DeepLabv3-ResNet50 weights")
+        load_weights_into(net, pretrained_file, f"DeepLabv3-{backbone} weights")
     net.classifier[4] = nn.Conv2d(256, num_classes, kernel_size=1)
     net.aux_classifier[4] = nn.Conv2d(256, num_classes, kernel_size=1)
     return DeepLabV3(net)

@@ -23,6 +23,8 @@ class ModelSpec:
         mean, std: the normalisation its pretrained weights expect, or ``None`` to use the
             dataset's own statistics (models trained from scratch).
         has_pretrained: whether pretrained weights exist for it.
+        train_only: builder options that change training alone (stochastic depth, say): a
+            checkpoint need not record them to rebuild the model for inference.
     """
 
     name: str
@@ -31,16 +33,17 @@ class ModelSpec:
     mean: tuple | None = None
     std: tuple | None = None
     has_pretrained: bool = False
+    train_only: tuple = ()
 
 
 _REGISTRY = {}
 
 
-def register_model(*, problem, mean=None, std=None, has_pretrained=False):
+def register_model(*, problem, mean=None, std=None, has_pretrained=False, train_only=()):
     """Decorator registering a builder under its function name."""
 
     def wrap(fn):
-        _REGISTRY[fn.__name__] = ModelSpec(fn.__name__, fn, problem, mean, std, has_pretrained)
+        _REGISTRY[fn.__name__] = ModelSpec(fn.__name__, fn, problem, mean, std, has_pretrained, tuple(train_only))
         return fn
 
     return wrap

@@ -199,7 +199,7 @@ def test_a_onecycle_run_cannot_be_stretched_on_resume():
 
     def updater(epochs):
         args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, sched="onecycle", epochs=epochs)
-        return Updater.from_flags(args, model.parameters(), steps_per_epoch=5, device=torch.device("cpu"),
+        return Updater.from_flags(args, model, steps_per_epoch=5, device=torch.device("cpu"),
                                   amp_dtype=None)
 
     model = torch.nn.Linear(2, 2)

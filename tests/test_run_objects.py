@@ -17,7 +17,7 @@ from utils.state import TrainState
 
 def make_updater(model, sched="cosine", epochs=2, steps=3, opt="sgd"):
     args = argparse.Namespace(opt=opt, lr=0.1, weight_decay=0.0, momentum=0.9, sched=sched, epochs=epochs)
-    return Updater.from_flags(args, model.parameters(), steps_per_epoch=steps, device=torch.device("cpu"),
+    return Updater.from_flags(args, model, steps_per_epoch=steps, device=torch.device("cpu"),
                               amp_dtype=None)
 
 
@@ -103,8 +103,9 @@ def test_mid_epoch_resume_refuses_a_flag_that_changes_the_numbers(p1_run, tmp_pa
 
 def test_help_lists_every_recipe():
     text = p1_train.get_args_parser().format_help()
-    assert "vgg13: epochs 300, batch-size 128, opt adamw, lr 0.001" in text
-    assert "beit: epochs 6, batch-size 32, opt sgd, lr 0.003" in text
+    assert "vgg13 reference: epochs 300, batch-size 128, opt adamw, lr 0.001" in text
+    assert "beit reference: epochs 6, batch-size 32, opt sgd, lr 0.003" in text
+    assert "vgg13 strong:    nesterov yes" in text and "beit strong:" in text
     assert "--amp {auto,bf16,fp16,off}" in text and "(default: auto, or the resumed run's)" in text
 
 

@@ -36,7 +36,8 @@ def make_parser(doc, parents, epilog=None):
 
 # The defaults of the runtime and speed flags. A training run takes them from the run it resumes,
 # so there they default to None and are filled from here afterwards (see training_parser).
-RUNTIME_DEFAULTS = dict(device="auto", amp="auto", progress=True, compile=False, tta=False)
+RUNTIME_DEFAULTS = dict(device="auto", amp="auto", progress=True, compile=False)
+TTA_MODES = ("none", "flip", "d4")
 
 
 def runtime_parser():
@@ -58,9 +59,12 @@ def speed_parser():
     g = p.add_argument_group("speed")
     g.add_argument("--compile", default=RUNTIME_DEFAULTS["compile"], action=argparse.BooleanOptionalAction,
                    help="run the model through torch.compile (a one-off compilation, then faster steps)")
-    g.add_argument("--tta", default=RUNTIME_DEFAULTS["tta"], action=argparse.BooleanOptionalAction,
-                   help="test-time augmentation: average the outputs of each image and its horizontal "
-                        "mirror (validation and inference; twice the compute)")
+    g.add_argument("--tta", nargs="?", const="flip", default=None, choices=TTA_MODES,
+                   help="test-time augmentation, averaging the outputs of several views of each image: "
+                        "flip (the image and its horizontal mirror, 2x the compute; what --tta alone "
+                        "means) or d4 (the 8 flips and 90-degree rotations, 8x; for overhead tiles); "
+                        "default: the recipe's in training, the checkpoint's run's in inference")
+    g.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="same as --tta none")
     return p
 
 
@@ -87,8 +91,19 @@ def training_parser():
     g.add_argument("--opt", default=None, choices=["sgd", "adamw"], help="optimiser (recipe)")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (recipe)")
     g.add_argument("--weight-decay", type=float, default=None, help="weight decay (recipe)")
-    g.add_argument("--sched", default=None, choices=["constant", "cosine", "onecycle"],
-                   help="learning-rate schedule, stepped every iteration (recipe)")
+    g.add_argument("--recipe", default=None, choices=["reference", "strong"],
+                   help="reference: the seed's recipe of the model (default, or the resumed run's); strong: "
+                        "ours, at the same epochs and batch; every flag given overrides it (see the list above)")
+    g.add_argument("--sched", default=None, choices=["constant", "cosine", "poly", "onecycle"],
+                   help="learning-rate schedule, stepped every iteration: constant, cosine to 0, poly "
+                        "(1 - t)^0.9, or OneCycle (its own warm-up) (recipe)")
+    g.add_argument("--warmup", type=float, default=None,
+                   help="share of the run's steps over which the lr rises linearly from 0 before the "
+                        "cosine or poly decay (0.02 = the first 2%%) (recipe)")
+    g.add_argument("--nesterov", default=None, action=argparse.BooleanOptionalAction,
+                   help="Nesterov momentum for SGD (recipe)")
+    g.add_argument("--norm-bias-decay", default=None, action=argparse.BooleanOptionalAction,
+                   help="apply weight decay to normalisation weights and biases too (recipe)")
     g.add_argument("--eval-batch-size", type=int, default=None,
                    help="validation batch size (default: 256 for Problem 1, 8 for Problem 2)")
     g.add_argument("--seed", type=int, default=None,

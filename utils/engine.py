@@ -7,6 +7,7 @@ loop body runs with mixed precision on or off, and with one process or several (
 samples are reduced over every process at the end, so the returned figures are global).
 """
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -25,19 +26,69 @@ def autocast(device, amp_dtype):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-def forward(model, x, tta=False):
-    """``model(x)``, or with ``tta`` the mean of it and of the horizontally flipped input.
+def tta_mode(value):
+    """A ``--tta`` value as one of ``none``, ``flip``, ``d4`` (runs saved before the modes
+    recorded ``True`` for flip and ``False`` for none)."""
+    return {True: "flip", False: "none", None: "none"}.get(value, value) if not isinstance(value, str) else value
 
-    Spatial outputs (a segmenter's dict of (B, C, H, W) maps) are flipped back before averaging;
-    a classifier's logits are averaged as they are.
+
+def tta_views(mode):
+    """The views of test-time augmentation ``mode``, as ``(view, undo)`` pairs of functions on
+    (..., H, W) tensors: ``undo(view(x)) == x``. ``flip``: the image and its horizontal mirror;
+    ``d4``: the 8 symmetries of the square (4 rotations by 90 degrees, each mirrored or not)."""
+    mode = tta_mode(mode)
+    if mode == "none":
+        return [(_identity, _identity)]
+    if mode == "flip":
+        return [(_identity, _identity), (_hflip, _hflip)]
+    if mode == "d4":
+        views = []
+        for k in range(4):
+            views.append((functools.partial(_rot, k=k), functools.partial(_rot, k=-k)))
+            views.append((functools.partial(_flip_rot, k=k), functools.partial(_unrot_flip, k=k)))
+        return views
+    raise ValueError(f"unknown test-time augmentation {mode!r}")
+
+
+def _identity(x):
+    return x
+
+
+def _hflip(x):
+    return x.flip(-1)
+
+
+def _rot(x, k):
+    return torch.rot90(x, k, dims=(-2, -1)) if k % 4 else x
+
+
+def _flip_rot(x, k):
+    return _rot(x.flip(-1), k)
+
+
+def _unrot_flip(x, k):
+    return _rot(x, -k).flip(-1)
+
+
+def forward(model, x, tta="none"):
+    """``model(x)``, or with test-time augmentation the mean of the outputs of every view.
+
+    Spatial outputs (a segmenter's dict of (B, C, H, W) maps) are brought back to the input's
+    frame before averaging; a classifier's logits are averaged as they are. ``tta`` is a mode of
+    :func:`tta_views` (``True`` means ``flip``).
     """
-    out = model(x)
-    if not tta:
-        return out
-    flipped = model(x.flip(-1))
-    if isinstance(out, dict):
-        return {k: (v + flipped[k].flip(-1)) / 2 for k, v in out.items()}
-    return (out + flipped) / 2
+    views = tta_views(tta)
+    if len(views) == 1:
+        return model(x)
+    total = None
+    for view, undo in views:
+        out = model(view(x))
+        out = {k: undo(v) for k, v in out.items()} if isinstance(out, dict) else out
+        total = out if total is None else (
+            {k: total[k] + v for k, v in out.items()} if isinstance(out, dict) else total + out)
+    if isinstance(total, dict):
+        return {k: v / len(views) for k, v in total.items()}
+    return total / len(views)
 
 
 def _sums(*values, device):
@@ -139,7 +190,7 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, am
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=None, tta=False,
+def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=None, tta="none",
              desc="eval", progress=True):
     """Evaluate over every sample of ``batches`` (no dropping, no padding).
 
@@ -151,7 +202,7 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
         transform: ``(x, y) -> (x, y)`` (normalisation only).
         device: the ``torch.device``.
         amp_dtype: the autocast dtype, or ``None``.
-        tta: average with the horizontally flipped input (see :func:`forward`).
+        tta: the test-time augmentation mode (see :func:`forward`).
         desc: the progress bar's label.
         progress: show a progress bar.
 
@@ -175,7 +226,7 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
 
 
 @torch.inference_mode()
-def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta=False, keep=None,
+def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta="none", keep=None,
             desc="predict", progress=True):
     """Run the model over every sample of ``inputs``, ``batch_size`` at a time.
 
@@ -224,7 +275,7 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
     return out if len(out) > 1 else out[0]
 
 
-def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta=False, progress=True):
+def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta="none", progress=True):
     """Class maps for a list of images of any sizes: (H, W) uint8 arrays, one per image.
 
     Images of the same size are predicted together by :func:`predict`; ``transform`` may pad

@@ -1,36 +1,109 @@
-"""Optimisers, per-iteration learning-rate schedules, and the update step that drives them."""
-import torch
+"""Optimisers, their parameter groups, per-iteration learning-rate schedules, and the update step."""
+import math
 
+import torch
+from torch import nn
+
+from utils.checkpoint import unwrap
 from utils.errors import UserError
 
+POLY_POWER = 0.9  # DeepLab's (Chen et al., TPAMI 2018)
 
-def build_optimizer(name, params, *, lr, weight_decay, momentum, fused=False):
-    """``sgd`` or ``adamw`` over ``params``; ``fused`` (CUDA) updates every tensor in one kernel."""
+
+def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0):
+    """The optimiser's parameter groups: all parameters in one, or split by decay and depth.
+
+    Args:
+        model: the network.
+        weight_decay: the decay of the weights that take one.
+        norm_bias_decay: decay normalisation weights, biases and the tokens and embeddings a
+            model names in ``no_weight_decay()`` too; False leaves them undecayed (the usual
+            practice: decaying a scale or a shift only shrinks what BatchNorm/LayerNorm rescales).
+        layer_decay: layer-wise learning-rate decay (Clark et al., ELECTRA, ICLR 2020; BEiT):
+            the parameters of depth ``d`` of a model with ``L`` layers get the learning rate times
+            ``layer_decay ** (L + 1 - d)``; the model says each parameter's depth through
+            ``layer_id(name)`` and its ``num_layers``. 1 turns it off.
+
+    Returns:
+        ``model.parameters()`` itself when nothing is split (the reference recipes), else a list
+        of groups with their ``weight_decay`` and ``lr_scale``.
+
+    Raises:
+        UserError: ``layer_decay`` for a model that has no layers to decay over.
+    """
+    net = unwrap(model)
+    if norm_bias_decay and layer_decay == 1.0:
+        return model.parameters()
+    if layer_decay != 1.0 and not hasattr(net, "layer_id"):
+        raise UserError(f"--layer-decay {layer_decay}: {type(net).__name__} has no layers to decay the "
+                        "learning rate over (use --layer-decay 1)")
+    skip = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
+    groups = {}
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        undecayed = not norm_bias_decay and (param.ndim <= 1 or name in skip)
+        depth = net.layer_id(name) if layer_decay != 1.0 else 0
+        scale = layer_decay ** (net.num_layers + 1 - depth) if layer_decay != 1.0 else 1.0
+        key = (depth, undecayed)
+        groups.setdefault(key, {"params": [], "weight_decay": 0.0 if undecayed else weight_decay,
+                                "lr_scale": scale})["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+def build_optimizer(name, params, *, lr, weight_decay, momentum, nesterov=False, fused=False):
+    """``sgd`` or ``adamw`` over ``params`` (tensors, or groups with an ``lr_scale`` each that
+    multiplies ``lr``); ``fused`` (CUDA) updates every tensor in one kernel."""
     # fused=None lets PyTorch pick its default (foreach) where fused kernels do not apply.
     fused = fused or None
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in params]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                               fused=fused)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimiser {name!r}")
 
 
-def build_scheduler(name, optimizer, *, total_steps):
+def build_scheduler(name, optimizer, *, total_steps, warmup_steps=0):
     """A scheduler stepped once per iteration over ``total_steps`` iterations.
 
     ``constant`` keeps the learning rate (the reference recipes); ``cosine`` anneals it to zero;
-    ``onecycle`` is PyTorch's OneCycleLR with its defaults, except that it does not cycle
-    momentum (the reference code's silent momentum change is a known defect).
+    ``poly`` decays it as ``(1 - t) ** 0.9``; both rise linearly from 0 over ``warmup_steps``
+    first. ``onecycle`` is PyTorch's OneCycleLR with its defaults (its own warm-up), except that
+    it does not cycle momentum (the reference code's silent momentum change is a known defect).
+    Each parameter group keeps its own ratio to the others (layer-wise decay).
     """
-    if name == "constant":
+    total_steps = max(total_steps, 1)
+    if name == "constant" and not warmup_steps:
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    if name == "cosine" and not warmup_steps:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if name == "onecycle":
+        if warmup_steps:
+            raise UserError("--warmup: onecycle has its own warm-up (use --warmup 0, or --sched cosine or poly)")
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=max(total_steps, 1), cycle_momentum=False)
-    raise ValueError(f"unknown schedule {name!r}")
+            total_steps=total_steps, cycle_momentum=False)
+    if name not in ("constant", "cosine", "poly"):
+        raise ValueError(f"unknown schedule {name!r}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_factor(name, step, total_steps=total_steps, warmup_steps=warmup_steps))
+
+
+def warmup_factor(name, step, *, total_steps, warmup_steps):
+    """The learning rate's factor at ``step``: linear from 0 over ``warmup_steps`` (reaching 1 at
+    the last warm-up step), then constant, cosine or poly decay to 0 over the remaining steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    if name == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+    if name == "poly":
+        return max(1.0 - t, 0.0) ** POLY_POWER
+    return 1.0
 
 
 class Updater:
@@ -49,12 +122,19 @@ class Updater:
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
 
     @classmethod
-    def from_flags(cls, args, params, *, steps_per_epoch, device, amp_dtype):
-        """The updater of a run's ``--opt``, ``--lr``, ``--weight-decay``, ``--momentum``,
-        ``--sched`` and ``--epochs``; fused kernels on CUDA, a gradient scaler under float16."""
+    def from_flags(cls, args, model, *, steps_per_epoch, device, amp_dtype):
+        """The updater of ``model`` for a run's ``--opt``, ``--lr``, ``--weight-decay``,
+        ``--momentum``, ``--nesterov``, ``--norm-bias-decay``, ``--layer-decay``, ``--sched``,
+        ``--warmup`` and ``--epochs``; fused kernels on CUDA, a gradient scaler under float16."""
+        params = param_groups(model, weight_decay=args.weight_decay,
+                              norm_bias_decay=getattr(args, "norm_bias_decay", True),
+                              layer_decay=getattr(args, "layer_decay", 1.0))
         optimizer = build_optimizer(args.opt, params, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, fused=device.type == "cuda")
-        scheduler = build_scheduler(args.sched, optimizer, total_steps=args.epochs * steps_per_epoch)
+                                    momentum=args.momentum, nesterov=getattr(args, "nesterov", False),
+                                    fused=device.type == "cuda")
+        total = args.epochs * steps_per_epoch
+        scheduler = build_scheduler(args.sched, optimizer, total_steps=total,
+                                    warmup_steps=round(getattr(args, "warmup", 0.0) * total))
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         return cls(optimizer, scheduler, scaler, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
 

@@ -15,6 +15,7 @@ from models import get_model, get_model_spec, model_options
 from utils import distributed
 from utils.args import REPO, RUNTIME_DEFAULTS, args_to_dict, check_positive
 from utils.checkpoint import load_checkpoint
+from utils.engine import tta_mode
 from utils.errors import UserError
 from utils.recipes import DEFAULTS, RECIPES
 from utils.run_folder import RunFolder
@@ -57,7 +58,8 @@ def resolve_flags(args, problem):
             setattr(args, key, Path(value) if is_path else value)
     _fill(args, RUNTIME_DEFAULTS)
     _fill(args, DEFAULTS[problem])
-    _fill(args, RECIPES[problem][args.model])
+    _fill(args, RECIPES[problem][args.model][args.recipe])
+    args.tta = tta_mode(args.tta)
     if args.output_dir is None:
         args.output_dir = REPO / "runs" / f"{problem}_{args.model}"
     check_positive(args, "epochs", "batch_size", "eval_batch_size", "lr")
@@ -147,6 +149,7 @@ class RunSetup:
                           pretrained_file=None if resumed else args.pretrained_file, **options)
         if spec.mean is not None:
             mean, std = spec.mean, spec.std
-        meta = {"problem": self.problem, "arch": args.model, "model_kwargs": {"num_classes": num_classes, **options},
+        rebuild = {k: v for k, v in options.items() if k not in spec.train_only}
+        meta = {"problem": self.problem, "arch": args.model, "model_kwargs": {"num_classes": num_classes, **rebuild},
                 "num_classes": num_classes, "mean": list(mean), "std": list(std), "args": args_to_dict(args)}
         return place_model(model, self.device), meta

@@ -71,7 +71,7 @@ class Trainer:
         args, ctx = setup.args, setup.ctx
         self.steps_per_epoch = count_batches(len(task.train_data[0]), args.batch_size, ctx.world_size,
                                              drop_small=True)
-        self.updater = Updater.from_flags(args, task.model.parameters(), steps_per_epoch=self.steps_per_epoch,
+        self.updater = Updater.from_flags(args, task.model, steps_per_epoch=self.steps_per_epoch,
                                           device=setup.device, amp_dtype=setup.amp_dtype)
         self.state = TrainState.resume(setup.ckpt, task.model, self.updater) if setup.ckpt else TrainState()
         self.val_batches = TensorBatches(*task.val_data, args.eval_batch_size, device=setup.device,

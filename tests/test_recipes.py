@@ -1,0 +1,237 @@
+"""The recipes: --recipe reference is the seed's behaviour, --recipe strong trains every model, and
+each part of the strong recipes does what it says (exact values on hand-made inputs)."""
+import argparse
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import p1_inference
+import p1_train
+import p2_train
+from datasets.p2 import class_weights
+from datasets.presets import p1_transforms, p2_transforms
+from datasets.transforms import ColorJitter, RandomErasing
+from models import get_model
+from utils.checkpoint import load_checkpoint
+from utils.engine import forward, tta_views
+from utils.losses import SegmentationLoss, focal_loss
+from utils.optim import Updater, param_groups, warmup_factor
+from utils.recipes import RECIPES
+from utils.runtime import EpochRNG
+
+
+def p1_flags(p1_data, out, *extra):
+    train, val = p1_data
+    return ["--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(out), "--batch-size", "16",
+            "--device", "cpu", "--no-progress", *map(str, extra)]
+
+
+# --- reference: the seed's behaviour ---------------------------------------------------------
+
+def test_reference_is_the_default_and_matches_the_seeds_numbers(p1_data, tmp_path):
+    """The figures of the code before recipes existed (commit d719ad8), on the same data and flags."""
+    p1_train.main(p1_train.get_args_parser().parse_args(p1_flags(p1_data, tmp_path / "a", "--epochs", "2")))
+    p1_train.main(p1_train.get_args_parser().parse_args(
+        p1_flags(p1_data, tmp_path / "b", "--epochs", "2", "--recipe", "reference")))
+    lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    seed_code = [3.1946846644083657, 3.6281821727752686, 1.3981815973917644, 1.584560513496399]
+    assert [v for r in lines for v in (r["train_loss"], r["val_loss"])] == pytest.approx(seed_code, rel=1e-5)
+    a, b = load_checkpoint(tmp_path / "a" / "last.pth"), load_checkpoint(tmp_path / "b" / "last.pth")
+    assert a["args"]["recipe"] == "reference" and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_reference_recipes_build_what_the_seed_built():
+    model = get_model("vgg13", num_classes=50)
+    args = argparse.Namespace(**RECIPES["p1"]["vgg13"]["reference"])
+    updater = Updater.from_flags(args, model, steps_per_epoch=10, device=torch.device("cpu"), amp_dtype=None)
+    assert len(updater.optimizer.param_groups) == 1 and type(updater.optimizer).__name__ == "AdamW"
+    assert type(updater.scheduler).__name__ == "ConstantLR"
+    train, _ = p1_transforms("crop-flip", mean=(0.5,) * 3, std=(0.2,) * 3, num_classes=50)
+    assert repr(train) == ("Compose(RandomCrop(32, padding=4), RandomFlip(p=0.5, dim=-1), "
+                           "Normalize(mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)))")
+    train, _ = p2_transforms("flip", mean=(0.5,) * 3, std=(0.2,) * 3)
+    assert repr(train) == ("Compose(RandomFlip(p=0.5, dim=-1), RandomFlip(p=0.5, dim=-2), "
+                           "Normalize(mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)))")
+    for problem in RECIPES.values():
+        for recipes in problem.values():
+            assert recipes["reference"]["tta"] == "none" and recipes["reference"]["warmup"] == 0.0
+            # Equal compute: the strong recipe trains as many epochs, at the same batch.
+            assert (recipes["strong"]["epochs"], recipes["strong"]["batch_size"]) == \
+                (recipes["reference"]["epochs"], recipes["reference"]["batch_size"])
+
+
+# --- strong: every model trains from random weights offline, and inference follows ----------
+
+def test_strong_vgg13_trains_resumes_and_grades_with_its_tta(p1_data, tmp_path):
+    out = tmp_path / "run"
+    p1_train.main(p1_train.get_args_parser().parse_args(p1_flags(p1_data, out, "--epochs", "1", "--recipe", "strong")))
+    saved = json.loads((out / "args.json").read_text())
+    assert (saved["recipe"], saved["opt"], saved["nesterov"], saved["tta"]) == ("strong", "sgd", True, "flip")
+    # Resume keeps the recipe; a flag given overrides it.
+    p1_train.main(p1_train.get_args_parser().parse_args(["--resume", str(out / "last.pth"), "--epochs", "2"]))
+    assert load_checkpoint(out / "last.pth")["args"]["recipe"] == "strong"
+    result = p1_inference.main(p1_inference.get_args_parser().parse_args(
+        ["--checkpoint", str(out / "best.pth"), "--device", "cpu", "--no-progress", str(p1_data[1]),
+         str(tmp_path / "p.csv")]))
+    assert result["tta"] == "flip"  # what the run validated with
+    result = p1_inference.main(p1_inference.get_args_parser().parse_args(
+        ["--checkpoint", str(out / "best.pth"), "--device", "cpu", "--no-progress", "--no-tta", str(p1_data[1]),
+         str(tmp_path / "p.csv")]))
+    assert result["tta"] == "none"
+
+
+def test_strong_beit_trains_one_step(p1_data, tmp_path):
+    small = tmp_path / "train"
+    small.mkdir()
+    for p in sorted(p1_data[0].iterdir())[:2]:
+        (small / p.name).write_bytes(p.read_bytes())
+    result = p1_train.main(p1_train.get_args_parser().parse_args([
+        "--model", "beit", "--recipe", "strong", "--no-pretrained", "--train-dir", str(small), "--val-dir", str(small),
+        "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--device", "cpu",
+        "--no-progress"]))
+    assert math.isfinite(result["last"]["train_loss"])
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert ckpt["args"]["layer_decay"] == 0.65 and ckpt["args"]["augment"] == "beit-224"
+    assert "drop_path" not in ckpt["model_kwargs"]  # training alone: inference rebuilds without it
+    assert len(ckpt["optimizer"]["param_groups"]) == 2 * 14  # 14 depths, decayed or not
+
+
+@pytest.mark.parametrize("model", ["fcn32s", "deeplabv3"])
+def test_strong_segmenters_train_and_record_their_class_weights(model, p2_data, tmp_path, capsys):
+    result = p2_train.main(p2_train.get_args_parser().parse_args([
+        "--model", model, "--recipe", "strong", "--no-pretrained", "--train-dir", str(p2_data[0]),
+        "--val-dir", str(p2_data[1]), "--output-dir", str(tmp_path), "--tile-size", "64", "--epochs", "1",
+        "--batch-size", "4", "--device", "cpu", "--no-progress"]))
+    assert math.isfinite(result["last"]["train_loss"])
+    ckpt = load_checkpoint(tmp_path / "last.pth")
+    assert ckpt["args"]["tta"] == "d4" and ckpt["args"]["augment"] == "d4" and ckpt["args"]["sched"] == "poly"
+    assert len(ckpt["class_weights"]) == 7 and "class weights urban" in capsys.readouterr().out
+
+
+# --- the parts, exactly --------------------------------------------------------------------
+
+def test_the_d4_views_undo_to_the_identity_and_make_predictions_invariant():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    views = tta_views("d4")
+    seen = {tuple(view(x).flatten().tolist()) for view, _ in views}
+    assert len(views) == 8 and len(seen) == 8  # 8 distinct symmetries of the square
+    for view, undo in views:
+        assert torch.equal(undo(view(x)), x)
+
+    class Corner(nn.Module):  # neither rotation- nor mirror-invariant
+        def forward(self, x):
+            return {"out": x * torch.linspace(0, 1, x.shape[-1]) + x.roll(1, -2)}
+
+    model = Corner()
+    out = forward(model, x, "d4")["out"]
+    expected = sum(undo(model(view(x))["out"]) for view, undo in views) / 8
+    assert torch.allclose(out, expected)
+    # Equivariant: the prediction of a rotated tile is the rotated prediction.
+    assert torch.allclose(forward(model, x.rot90(1, (-2, -1)), "d4")["out"], out.rot90(1, (-2, -1)))
+    assert torch.allclose(forward(model, x.flip(-2), "d4")["out"], out.flip(-2))
+
+
+def test_median_frequency_class_weights_of_a_hand_made_mask():
+    # Scored pixels: 8 urban, 4 agriculture, 2 rangeland, 2 forest (water, barren absent); 4 Unknown.
+    mask = torch.tensor([0] * 8 + [1] * 4 + [2] * 2 + [3] * 2 + [6] * 4, dtype=torch.uint8).view(1, 4, 5)
+    # Frequencies 0.5, 0.25, 0.125, 0.125: median 0.1875.
+    assert class_weights(mask, chunk=1) == pytest.approx([0.375, 0.75, 1.5, 1.5, 1.0, 1.0, 1.0])
+
+
+def test_class_weighted_losses():
+    logits = torch.randn(2, 7, 3, 3, generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, 7, (2, 3, 3), generator=torch.Generator().manual_seed(1))
+    ones = torch.ones(7)
+    assert focal_loss(logits, target, alpha=0.2, gamma=2, weight=ones) == pytest.approx(
+        focal_loss(logits, target, alpha=0.2, gamma=2).item())
+    # Weight 0 on every class but one: the mean over that class's pixels alone.
+    only3 = torch.zeros(7)
+    only3[3] = 2.0
+    pixels = target == 3
+    per_pixel = nn.functional.cross_entropy(logits, target, reduction="none")
+    assert focal_loss(logits, target, alpha=1.0, gamma=0.0, weight=only3) == pytest.approx(
+        per_pixel[pixels].mean().item(), rel=1e-6)
+    loss = SegmentationLoss("ce", ignore_index=6, aux_weight=0.0, class_weights=only3.tolist())
+    assert loss({"out": logits}, target) == pytest.approx(per_pixel[pixels].mean().item(), rel=1e-6)
+
+
+def test_layer_wise_lr_decay_per_block_and_no_decay_on_norms_biases_and_tokens():
+    torch.manual_seed(0)
+    model = get_model("beit", num_classes=5)
+    groups = param_groups(model, weight_decay=0.05, norm_bias_decay=False, layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_name = {names[id(p)]: g for g in groups for p in g["params"]}
+    assert by_name["net.cls_token"]["lr_scale"] == 0.5 ** 13 and by_name["net.cls_token"]["weight_decay"] == 0
+    assert by_name["net.patch_embed.proj.weight"]["lr_scale"] == 0.5 ** 13
+    assert by_name["net.blocks.0.attn.qkv.weight"]["lr_scale"] == 0.5 ** 12
+    assert by_name["net.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05
+    assert by_name["net.blocks.11.mlp.fc1.weight"]["lr_scale"] == 0.5 ** 1
+    assert by_name["net.blocks.11.norm1.weight"]["weight_decay"] == 0.0
+    assert by_name["net.blocks.3.attn.relative_position_bias_table"]["weight_decay"] == 0.0
+    assert by_name["net.head.weight"]["lr_scale"] == 1.0 and by_name["net.head.bias"]["weight_decay"] == 0.0
+    args = argparse.Namespace(opt="adamw", lr=1e-3, weight_decay=0.05, momentum=0.0, sched="constant", epochs=1,
+                              norm_bias_decay=False, layer_decay=0.5)
+    updater = Updater.from_flags(args, model, steps_per_epoch=1, device=torch.device("cpu"), amp_dtype=None)
+    lrs = sorted({g["lr"] for g in updater.optimizer.param_groups})
+    assert lrs == pytest.approx([1e-3 * 0.5 ** k for k in range(13, -1, -1)])
+
+
+def test_a_model_without_layers_refuses_layer_decay():
+    with pytest.raises(Exception, match="--layer-decay 0.5: VGG has no layers"):
+        param_groups(get_model("vgg13", num_classes=5), weight_decay=0.1, layer_decay=0.5)
+
+
+def test_norm_and_bias_parameters_take_no_weight_decay():
+    model = get_model("vgg13", num_classes=5)
+    groups = param_groups(model, weight_decay=5e-4, norm_bias_decay=False)
+    decayed = {p.ndim for g in groups if g["weight_decay"] for p in g["params"]}
+    undecayed = {p.ndim for g in groups if not g["weight_decay"] for p in g["params"]}
+    assert decayed == {2, 4} and undecayed == {1}
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+
+
+def test_warmup_then_decay_schedules():
+    assert [warmup_factor("cosine", s, total_steps=6, warmup_steps=2) for s in range(6)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
+    assert [warmup_factor("poly", s, total_steps=5, warmup_steps=1) for s in range(5)] == pytest.approx(
+        [1.0, 1.0, 0.75 ** 0.9, 0.5 ** 0.9, 0.25 ** 0.9])
+    model = nn.Linear(1, 1)
+    args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.0, sched="poly", epochs=1, warmup=0.4)
+    updater = Updater.from_flags(args, model, steps_per_epoch=5, device=torch.device("cpu"), amp_dtype=None)
+    lrs = []
+    for _ in range(5):
+        lrs.append(updater.lr)
+        updater.step(model(torch.ones(1, 1)).sum())
+    assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.1 * (2 / 3) ** 0.9, 0.1 * (1 / 3) ** 0.9])
+
+
+def test_d4_augmentation_moves_masks_with_their_tiles_and_draws_every_symmetry():
+    tile = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(512, 3, 4, 4).contiguous()
+    mask = tile[:, 0].clone()
+    train, _ = p2_transforms("d4", mean=(0.0,) * 3, std=(1 / 255,) * 3)
+    x, y = train(tile, mask, EpochRNG(0, 1, torch.device("cpu")))
+    assert torch.equal(x[:, 0], y.float())  # normalisation here is the identity on the values
+    views = {tuple(v.flatten().tolist()) for v in y}
+    assert len(views) == 8
+
+
+def test_random_erasing_erases_one_box_of_the_stated_size():
+    x = torch.ones(400, 3, 32, 32)
+    out, _ = RandomErasing(p=0.5)(x, None, EpochRNG(0, 1, torch.device("cpu")))
+    erased = (out[:, 0] == 0).flatten(1).sum(1).float() / (32 * 32)
+    hit = erased > 0
+    assert 0.35 < hit.float().mean() < 0.65
+    assert erased[hit].min() >= 0.015 and erased[hit].max() <= 0.36  # scale (0.02, 0.33), rounded boxes
+    assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # every channel of the box
+
+
+def test_colour_jitter_keeps_range_and_is_the_identity_at_zero_strength():
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    rng = EpochRNG(0, 1, torch.device("cpu"))
+    same, _ = ColorJitter(0.0)(x, None, rng)
+    assert torch.allclose(same, x.float() / 255, atol=1e-6)
+    jittered, _ = ColorJitter(0.4)(x, None, rng)
+    assert jittered.min() >= 0 and jittered.max() <= 1 and not torch.allclose(jittered, same)
