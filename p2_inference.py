@@ -5,8 +5,9 @@ Usage:
 
 Every ``xxxx.jpg`` of IMG_DIR (other files, such as the validation folder's ``_mask.png``, are
 ignored) gets ``OUT_DIR/xxxx.png`` (so ``0013_sat.jpg`` -> ``0013_sat.png``): a palette PNG of
-the input's size in the course's seven colours. Tiles of any size are padded to a multiple of 32
-and the prediction cropped back. Masks are written to a temporary folder and moved into OUT_DIR
+the input's size in the course's seven colours. Tiles are decoded on the CPU, by the decoder
+training and validation use; tiles of any size are padded to a multiple of 32 and the prediction
+cropped back. Masks are written to a temporary folder and moved into OUT_DIR
 only when all of them are done, so a failure leaves nothing behind.
 """
 from pathlib import Path
@@ -33,7 +34,7 @@ def main(args):
     check_writable(args.out_dir, "OUT_DIR", folder=True)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
-    names, images = load_tiles(args.img_dir, device)
+    names, images = load_tiles(args.img_dir)
     model, ckpt = load_trained(args.checkpoint, device, problem="p2", compile=args.compile)
     masks = segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
                     batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, tta=args.tta,
