@@ -19,7 +19,7 @@ from utils.args import check_positive, inference_parser, make_parser
 from utils.engine import segment
 from utils.errors import run_cli
 from utils.io import check_writable
-from utils.runtime import resolve_amp, resolve_device
+from utils.runtime import peak_memory_gib, resolve_amp, resolve_device
 
 
 def get_args_parser():
@@ -40,8 +40,9 @@ def main(args):
                     batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, tta=args.tta,
                     progress=args.progress)
     write_masks(args.out_dir, names, masks)
-    print(f"wrote {len(masks)} masks to {args.out_dir}")
-    return {"masks": len(masks), "out_dir": str(args.out_dir)}
+    peak = peak_memory_gib(device)
+    print(f"wrote {len(masks)} masks to {args.out_dir}{'' if peak is None else f' (peak GPU memory {peak:.2f} GiB)'}")
+    return {"masks": len(masks), "out_dir": str(args.out_dir), "peak_memory_gib": peak}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ recipe default to ``None`` and are filled in by the script from its recipe table
 import argparse
 from pathlib import Path
 
+from utils.engine import MAX_SKIPPED_IN_A_ROW
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +74,9 @@ def training_parser():
     """
     p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser(), speed_parser()])
     for action in p._actions:
+        if action.dest == "amp":
+            action.help += (f"; under fp16 a step whose gradients overflow is skipped (skipped_steps in "
+                            f"metrics.jsonl) and {MAX_SKIPPED_IN_A_ROW} in a row stop the run")
         if action.dest in RUNTIME_DEFAULTS:
             shown = {True: "on", False: "off"}.get(action.default, action.default)
             action.help += f" (default: {shown}, or the resumed run's)"
