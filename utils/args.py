@@ -87,6 +87,10 @@ def training_parser():
     g.add_argument("--epochs", type=int, default=None, help="total number of epochs (recipe)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="training batch size over all processes, shared between them under torchrun (recipe)")
+    g.add_argument("--sync-bn", default=None, action=argparse.BooleanOptionalAction,
+                   help="under torchrun on GPUs, BatchNorm normalises over the whole global batch (SyncBatchNorm) "
+                        "instead of each process's share (default: on for Problem 2 when each process's share of "
+                        "--batch-size is under 8, off otherwise; or the resumed run's)")
     g.add_argument("--lr", type=float, default=None, help="learning rate (recipe)")
     g.add_argument("--opt", default=None, choices=["sgd", "adamw"], help="optimiser (recipe)")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (recipe)")

@@ -99,10 +99,10 @@ class Trainer:
             setup.folder.start(args_to_dict(args))
             print(f"training {args.model} on {len(task.train_data[0])} {task.unit} ({args.train_dir}), validating "
                   f"on {len(task.val_data[0])} ({args.val_dir}); {setup.ctx.world_size} x {setup.device.type}, "
-                  f"amp {args.amp}; output {args.output_dir}", flush=True)
+                  f"amp {args.amp}{', sync-bn' if setup.sync_bn else ''}; output {args.output_dir}", flush=True)
         # DDP inside torch.compile (not the reverse) lets gradient all-reduces overlap the backward
         # pass; validation runs the bare model, outside DDP's collectives.
-        train_model = distributed.wrap(task.model, setup.device, setup.ctx)
+        train_model = distributed.wrap(task.model, setup.device, setup.ctx, sync_bn=setup.sync_bn)
         train_model = torch.compile(train_model) if args.compile else train_model
         val_model = torch.compile(task.model) if args.compile else task.model
         with StopOnSignal(setup.ctx.distributed) as stop:
