@@ -7,7 +7,6 @@ loop body runs with mixed precision on or off, and with one process or several (
 samples are reduced over every process at the end, so the returned figures are global).
 """
 import contextlib
-import math
 import time
 import warnings
 
