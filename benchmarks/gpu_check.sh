@@ -64,7 +64,8 @@ check() {
     fi
     if [ "$images" != "-" ]; then
         rate="$(grep -oE '[0-9.e+]+ img/s' "$log" | tail -n 1 | cut -d ' ' -f 1 || true)"
-        rate="$(awk -v r="$rate" -v n="$images" -v s="$seconds" 'BEGIN { printf "%.1f", r != "" ? r : (s > 0 ? n / s : 0) }')"
+        rate="$(awk -v r="$rate" -v n="$images" -v s="$seconds" \
+            'BEGIN { printf "%.1f", r != "" ? r : (s > 0 ? n / s : 0) }')"
         # Inference prints "(peak GPU memory X GiB)", a training epoch "peak X GiB".
         peak="$(grep -oE 'peak (GPU memory )?[0-9.]+ GiB' "$log" | tail -n 1 | grep -oE '[0-9.]+' || true)"
     fi

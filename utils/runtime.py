@@ -45,7 +45,8 @@ def memory_format_of(model):
     for p in model.parameters():
         # A 1x1 kernel is both contiguous and channels_last; the first other one decides.
         if p.dim() == 4 and not p.is_contiguous():
-            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            channels_last = p.is_contiguous(memory_format=torch.channels_last)
+            return torch.channels_last if channels_last else torch.contiguous_format
     return torch.contiguous_format
 
 
