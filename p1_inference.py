@@ -17,7 +17,7 @@ from utils.args import check_positive, inference_parser, make_parser
 from utils.engine import predict, tta_mode
 from utils.errors import UserError, run_cli
 from utils.io import check_writable
-from utils.runtime import resolve_amp, resolve_device
+from utils.runtime import peak_memory_gib, resolve_amp, resolve_device
 
 
 def get_args_parser():
@@ -42,8 +42,10 @@ def main(args):
                      device=device, amp_dtype=amp_dtype, tta=tta, keep=lambda out: out.argmax(1),
                      progress=args.progress).tolist()
     write_predictions(args.out_csv, images.names, labels)
-    print(f"wrote {len(labels)} predictions to {args.out_csv}")
-    return {"predictions": len(labels), "out_csv": str(args.out_csv), "tta": tta}
+    peak = peak_memory_gib(device)
+    print(f"wrote {len(labels)} predictions to {args.out_csv}"
+          f"{'' if peak is None else f' (peak GPU memory {peak:.2f} GiB)'}")
+    return {"predictions": len(labels), "out_csv": str(args.out_csv), "peak_memory_gib": peak, "tta": tta}
 
 
 if __name__ == "__main__":

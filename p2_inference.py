@@ -6,8 +6,9 @@ Usage:
 Every ``xxxx.jpg`` of IMG_DIR (other files, such as the validation folder's ``_mask.png``, are
 ignored) gets ``OUT_DIR/xxxx.png`` (so ``0013_sat.jpg`` -> ``0013_sat.png``): a palette PNG of
 the input's size in the course's seven colours, predicted with the test-time augmentation the
-checkpoint's run validated with (``--tta`` overrides). Tiles of any size are padded to a
-multiple of 32 and the prediction cropped back. Masks are written to a temporary folder and moved into OUT_DIR
+checkpoint's run validated with (``--tta`` overrides). Tiles are decoded on the CPU, by the
+decoder training and validation use; tiles of any size are padded to a multiple of 32 and the
+prediction cropped back. Masks are written to a temporary folder and moved into OUT_DIR
 only when all of them are done, so a failure leaves nothing behind.
 """
 from pathlib import Path
@@ -19,7 +20,7 @@ from utils.args import check_positive, inference_parser, make_parser
 from utils.engine import segment, tta_mode
 from utils.errors import run_cli
 from utils.io import check_writable
-from utils.runtime import resolve_amp, resolve_device
+from utils.runtime import peak_memory_gib, resolve_amp, resolve_device
 
 
 def get_args_parser():
@@ -34,14 +35,15 @@ def main(args):
     check_writable(args.out_dir, "OUT_DIR", folder=True)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
-    names, images = load_tiles(args.img_dir, device)
+    names, images = load_tiles(args.img_dir)
     model, ckpt = load_trained(args.checkpoint, device, problem="p2", compile=args.compile)
     tta = args.tta or tta_mode(ckpt["args"].get("tta"))  # as the run validated, unless --tta says
     masks = segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
                     batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, tta=tta, progress=args.progress)
     write_masks(args.out_dir, names, masks)
-    print(f"wrote {len(masks)} masks to {args.out_dir}")
-    return {"masks": len(masks), "out_dir": str(args.out_dir), "tta": tta}
+    peak = peak_memory_gib(device)
+    print(f"wrote {len(masks)} masks to {args.out_dir}{'' if peak is None else f' (peak GPU memory {peak:.2f} GiB)'}")
+    return {"masks": len(masks), "out_dir": str(args.out_dir), "peak_memory_gib": peak, "tta": tta}
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from datasets.loader import fits_on
 from datasets.p2 import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES, UNKNOWN, class_weights, load_pairs
 from datasets.presets import P2_AUGMENTS, p2_transforms
 from models import list_models
+from utils import distributed
 from utils.args import make_parser, training_parser
 from utils.errors import run_cli
 from utils.losses import SegmentationLoss
@@ -53,7 +54,8 @@ def get_args_parser():
     g.add_argument("--backbone", default=None, choices=["resnet50", "resnet101"],
                    help="deeplabv3: its ResNet (torchvision's COCO weights for both) (recipe)")
     g.add_argument("--cache-dir", type=Path, default=None,
-                   help="keep the decoded tiles here as .npy and memory-map them on later runs")
+                   help="keep the decoded tiles here as .npy and memory-map them on later runs (under "
+                        "torchrun, rank 0 writes them and the other processes map them)")
     g.add_argument("--tile-size", type=int, default=None,
                    help="size every training and validation tile and mask must have (default: 512)")
     g.add_argument("--dropout", type=float, default=None, help="fcn32s: dropout after fc6/fc7 (default: 0.5)")
@@ -62,8 +64,11 @@ def get_args_parser():
 
 def main(args):
     setup = RunSetup.prepare(args, "p2")
-    train_set = load_pairs(args.train_dir, size=args.tile_size, cache_dir=args.cache_dir)
-    val_set = load_pairs(args.val_dir, size=args.tile_size, cache_dir=args.cache_dir)
+    # Under torchrun rank 0 decodes the tiles into --cache-dir and the others then map its files,
+    # rather than every process decoding and writing the same files at once.
+    with distributed.main_first(setup.ctx, enabled=args.cache_dir is not None):
+        train_set = load_pairs(args.train_dir, size=args.tile_size, cache_dir=args.cache_dir)
+        val_set = load_pairs(args.val_dir, size=args.tile_size, cache_dir=args.cache_dir)
     if fits_on(setup.device, train_set.nbytes + val_set.nbytes):
         # 2,257 tiles are about 2.3 GB: on a large GPU they live there, as Problem 1's images do;
         # on an 11 GB card that would leave too little for DeepLabv3's activations.

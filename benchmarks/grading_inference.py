@@ -9,7 +9,7 @@ default) and checkpoints of random weights (vgg13 and --p2-model, as training wr
      command (interpreter start, imports, checkpoint load, decoding, the model, writing);
   2. times the inference itself in this process, two ways:
        ours:            p1_inference.main / p2_inference.main (whole folder decoded by threads,
-                        torchvision.io for JPEGs on the GPU when present, batches on the device,
+                        JPEGs decoded on the CPU by PIL as in training, batches on the device,
                         one argmax per batch, masks written by a thread-free palette encode);
        straightforward: a DataLoader over a per-image PIL + torchvision.transforms Dataset, the
                         model under no_grad, and for Problem 2 masks coloured one class at a time

@@ -6,7 +6,7 @@ Usage:
 Writes N generated 512x512 tile/mask pairs in the course layout to a temporary folder (the
 training set has 2,000), then times the input work of DeepLabv3's recipe (batch 4, horizontal and
 vertical flips of image and mask, normalisation) two ways:
-  ours:            decode the folder once (torchvision.io JPEG decoding and one lookup table for
+  ours:            decode the folder once (PIL JPEG decoding and one lookup table for
                    the mask colours, on a thread pool: datasets.p2.load_pairs), then batches by
                    index lookups, copied to the device and flipped there (datasets.loader +
                    datasets.presets);

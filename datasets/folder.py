@@ -3,11 +3,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from utils.errors import UserError, brief
+from utils.errors import UserError
 
 
 def list_files(folder, suffix):
@@ -55,39 +55,23 @@ def decode_all(items, fn, workers=None):
 
 
 def read_jpeg(path):
-    """Decode one JPEG file to a uint8 RGB tensor (3, H, W) with ``torchvision.io`` (libjpeg-turbo,
-    the same pixels as PIL, faster).
+    """Decode one JPEG file to a uint8 RGB tensor (3, H, W).
+
+    PIL decodes it (libjpeg-turbo): the one decoder of training, validation and grading, so
+    graded masks come from the pixels that were validated. torchvision's decoders are deprecated
+    since torchvision 0.29 (for TorchCodec, not a dependency here), and its GPU decoder (nvJPEG)
+    need not give libjpeg's pixels; decoding the 313 graded tiles on the CPU takes about a second.
 
     Raises:
         UserError: naming the file, when it is not a readable JPEG image.
     """
-    try:
-        return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable JPEG image ({brief(e, 100)})") from None
+    return torch.from_numpy(np.array(open_rgb(path, "JPEG"))).permute(2, 0, 1)  # a writable copy
 
 
-def decode_jpegs(paths, device=None, workers=None, chunk=64):
-    """Decode JPEG files to uint8 RGB tensors (3, H, W), on ``device``.
-
-    On CUDA the files are read by threads and decoded in batches on the GPU (nvJPEG); elsewhere
-    each file is decoded by a thread of the pool.
+def decode_jpegs(paths, workers=None):
+    """Decode JPEG files to uint8 RGB tensors (3, H, W) on the CPU, on a thread pool.
 
     Raises:
         UserError: naming the first file that is not a readable JPEG image.
     """
-    device = torch.device(device or "cpu")
-    if device.type != "cuda":
-        return decode_all(list(paths), read_jpeg, workers)
-    paths = list(paths)
-    data = decode_all(paths, lambda p: read_file(str(p)), workers)
-    images = []
-    for start in range(0, len(paths), chunk):
-        part = slice(start, start + chunk)
-        try:
-            images += decode_jpeg(data[part], mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
-            # Name the bad file (the CPU decoder raises for it); a file only nvJPEG rejects
-            # (CMYK, for one) is decoded on the CPU instead.
-            images += [read_jpeg(p).to(device) for p in paths[part]]
-    return images
+    return decode_all(list(paths), read_jpeg, workers)

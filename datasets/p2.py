@@ -168,14 +168,14 @@ def load_pairs(folder, *, size=TILE_SIZE, cache_dir=None, workers=None):
     return TileSet(torch.from_numpy(images), torch.from_numpy(masks), [t.name for t in tiles])
 
 
-def load_tiles(folder, device=None, workers=None):
+def load_tiles(folder, workers=None):
     """Decode every ``.jpg`` of ``folder`` for inference (any size); returns (names, images).
 
-    ``images`` is a list of uint8 tensors (3, H, W) on ``device`` (decoded on the GPU when it is
-    one), since sizes may differ.
+    ``images`` is a list of uint8 tensors (3, H, W) in host memory, since sizes may differ,
+    decoded as training and validation decode theirs (:func:`datasets.folder.read_jpeg`).
     """
     tiles = list_files(folder, ".jpg")
-    return [t.name for t in tiles], decode_jpegs(tiles, device, workers)
+    return [t.name for t in tiles], decode_jpegs(tiles, workers)
 
 
 def write_masks(out_dir, names, masks):

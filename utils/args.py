@@ -7,6 +7,7 @@ recipe default to ``None`` and are filled in by the script from its recipe table
 import argparse
 from pathlib import Path
 
+from utils.engine import MAX_SKIPPED_IN_A_ROW
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,6 +78,9 @@ def training_parser():
     """
     p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser(), speed_parser()])
     for action in p._actions:
+        if action.dest == "amp":
+            action.help += (f"; under fp16 a step whose gradients overflow is skipped (skipped_steps in "
+                            f"metrics.jsonl) and {MAX_SKIPPED_IN_A_ROW} in a row stop the run")
         if action.dest in RUNTIME_DEFAULTS:
             shown = {True: "on", False: "off"}.get(action.default, action.default)
             action.help += f" (default: {shown}, or the resumed run's)"
@@ -87,6 +91,10 @@ def training_parser():
     g.add_argument("--epochs", type=int, default=None, help="total number of epochs (recipe)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="training batch size over all processes, shared between them under torchrun (recipe)")
+    g.add_argument("--sync-bn", default=None, action=argparse.BooleanOptionalAction,
+                   help="under torchrun on GPUs, BatchNorm normalises over the whole global batch (SyncBatchNorm) "
+                        "instead of each process's share (default: on for Problem 2 when each process's share of "
+                        "--batch-size is under 8, off otherwise; or the resumed run's)")
     g.add_argument("--lr", type=float, default=None, help="learning rate (recipe)")
     g.add_argument("--opt", default=None, choices=["sgd", "adamw"], help="optimiser (recipe)")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (recipe)")

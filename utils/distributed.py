@@ -11,6 +11,7 @@ joins the group (nccl on CUDA, gloo on the CPU), takes the GPU of its ``LOCAL_RA
 - prints, logs and writes files only on rank 0.
 """
 import atexit
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ import torch
 import torch.distributed as dist
 
 from utils.errors import UserError
+
+
+# A per-process share of the batch under this many samples gets SyncBatchNorm by default (Problem 2).
+SYNC_BN_BELOW = 8
 
 
 @dataclass(frozen=True)
@@ -82,13 +87,66 @@ def check_batch_share(batch_size, ctx, flag="--batch-size"):
                         f">= {2 * ctx.world_size})")
 
 
-def wrap(model, device, ctx):
-    """``model`` inside DistributedDataParallel when there are several processes."""
+def wrap(model, device, ctx, sync_bn=False):
+    """``model`` inside DistributedDataParallel when there are several processes.
+
+    Args:
+        model: the bare network on ``device``.
+        device: this process's device.
+        ctx: this process's :class:`Context`.
+        sync_bn: first make its BatchNorm layers SyncBatchNorm (:func:`sync_batchnorm`).
+    """
     if not ctx.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    if sync_bn:
+        model = sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sync_batchnorm(model):
+    """Turn ``model``'s BatchNorm layers into SyncBatchNorm, in place: in training they normalise
+    over the whole global batch rather than each process's share (torchvision's segmentation
+    reference does this always). SyncBatchNorm takes over the layers' parameters and buffers
+    themselves, so an optimiser built on ``model`` before still updates them, and checkpoints
+    keep the same keys; in evaluation it is a plain BatchNorm.
+
+    Args:
+        model: a module whose root is not itself a BatchNorm layer (it is changed in place).
+
+    Returns:
+        ``model``.
+    """
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if converted is not model:
+        raise ValueError("sync_batchnorm: the root module is a BatchNorm layer; it cannot change in place")
+    return model
+
+
+def resolve_sync_bn(flag, *, problem, batch_size, ctx, device):
+    """Whether a run converts to SyncBatchNorm: ``--sync-bn`` as given, or by default on for
+    Problem 2 under torchrun when each process's share of the batch is under 8 (DeepLabv3's
+    batch of 4 on 2 GPUs would normalise over 2 tiles) and on CUDA, where SyncBatchNorm runs.
+
+    Args:
+        flag: ``--sync-bn`` (True, False, or None for the default).
+        problem: ``"p1"`` or ``"p2"``.
+        batch_size: the global batch.
+        ctx: this process's :class:`Context`.
+        device: this process's device.
+
+    Raises:
+        UserError: ``--sync-bn`` under torchrun off CUDA (PyTorch's SyncBatchNorm trains on GPUs only).
+    """
+    if not ctx.distributed:
+        return False  # one process normalises over the whole batch already
+    if flag and device.type != "cuda":
+        raise UserError(f"--sync-bn: SyncBatchNorm trains on GPUs only (this run is on {device.type}); "
+                        "drop --sync-bn")
+    if flag is None:
+        return problem == "p2" and device.type == "cuda" and batch_size // ctx.world_size < SYNC_BN_BELOW
+    return flag
 
 
 def broadcast_buffers(module, ctx):
@@ -118,3 +176,23 @@ def barrier():
     """Wait for every process (a no-op alone)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(ctx, enabled=True):
+    """Run the block on rank 0 first, and on the other processes once it is done.
+
+    For work whose result rank 0 leaves on disk for the others (the ``--cache-dir`` files):
+    one process writes them, the others read them. Alone, or when not ``enabled``, every
+    process runs the block at once.
+
+    Args:
+        ctx: this process's :class:`Context`.
+        enabled: whether to order the processes at all.
+    """
+    ordered = enabled and ctx.distributed
+    if ordered and not ctx.is_main:
+        barrier()
+    yield
+    if ordered and ctx.is_main:
+        barrier()

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
+from utils.runtime import memory_format_of, peak_memory_gib
 
 
 def autocast(device, amp_dtype):
@@ -111,34 +112,80 @@ class _Throttle:
         return False
 
 
+# Under float16 the gradient scaler skips a step whose gradients overflow and halves its scale;
+# 32 halvings take its first scale, 2**16, to 2**-16, where float16 gradients vanish: a step
+# still not finite then is no overflow but a run gone wrong (too high a learning rate, NaN data).
+MAX_SKIPPED_IN_A_ROW = 32
+
+
 class LossMeter:
-    """The running sum of a loss over samples, kept on the device (reading it syncs the device).
+    """The running figures of a training pass, kept on the device (reading them syncs it).
+
+    A step counts when its loss is finite and the optimiser took it: its loss, times its
+    samples, goes into ``sum`` and its samples into ``samples``. Any other step is left out of
+    both and counted in ``skipped``; ``most_in_a_row`` is the longest run of such steps.
 
     Args:
-        device: where the sum lives.
-        loss_sum, samples: what an earlier part of the same pass had summed (a resumed epoch).
+        device: where the figures live.
+        loss_sum, samples, skipped: what an earlier part of the same pass had summed (a resumed
+            epoch).
     """
 
-    def __init__(self, device, loss_sum=0.0, samples=0):
+    def __init__(self, device, loss_sum=0.0, samples=0, skipped=0):
         self.sum = torch.tensor(loss_sum, dtype=torch.float32, device=device)
-        self.samples = self.start_samples = samples
+        self.samples = torch.tensor(samples, dtype=torch.int64, device=device)
+        self.skipped = torch.tensor(skipped, dtype=torch.int64, device=device)
+        self.in_a_row = torch.zeros((), dtype=torch.int64, device=device)
+        self.most_in_a_row = torch.zeros((), dtype=torch.int64, device=device)
+        self.images = 0  # every sample this object saw, counted or not: the throughput's
 
-    def add(self, loss, n):
-        """Add a batch's mean ``loss`` over its ``n`` samples."""
-        self.sum += loss.detach().float() * n
-        self.samples += n
+    def add(self, loss, n, skipped=None):
+        """Add a batch's mean ``loss`` over its ``n`` samples; ``skipped`` (a device bool, or
+        ``None``) says the optimiser did not take the step."""
+        loss = loss.detach().float()
+        bad = ~torch.isfinite(loss) if skipped is None else ~torch.isfinite(loss) | skipped
+        # where, not a product: a non-finite loss times 0 is still NaN.
+        self.sum += torch.where(bad, 0.0, loss * n)
+        self.samples += torch.where(bad, 0, n)
+        self.skipped += bad
+        self.in_a_row = torch.where(bad, self.in_a_row + 1, 0)
+        self.most_in_a_row = torch.maximum(self.most_in_a_row, self.in_a_row)
+        self.images += n
 
     def mean(self):
-        """The mean loss so far (this process's samples)."""
-        return self.sum.item() / max(self.samples, 1)
+        """The mean loss so far over the steps that counted (this process's samples)."""
+        return (self.sum / self.samples.clamp(min=1)).item()
+
+    def check(self, limit, where):
+        """Raise when ``limit`` steps in a row were left out.
+
+        Raises:
+            UserError: naming the limit, ``where`` the pass stands, and the ways out.
+        """
+        most = int(self.most_in_a_row)
+        if most < limit:
+            return
+        if limit == 1:
+            raise UserError(f"training diverged: the loss or the gradients are not finite ({where}); "
+                            "lower --lr")
+        raise UserError(f"training diverged: {most} steps in a row had a loss or gradients that are not finite "
+                        f"(float16 overflow is skipped, but {limit} in a row stop the run; {where}); lower --lr, "
+                        "or use --amp bf16 (GPUs with native bfloat16) or --amp off")
 
 
 def train_one_epoch(model, criterion, updater, batches, *, transform, device, amp_dtype=None, meter=None,
                     should_stop=None, desc="train", progress=True):
     """Train for one pass over ``batches``, or for the part of it before a stop is requested.
 
+    A step whose loss or gradients are not finite is left out of the loss and counted as
+    skipped. Under a gradient scaler (float16) the optimiser did not take it, and the pass goes
+    on unless :data:`MAX_SKIPPED_IN_A_ROW` such steps come in a row; without one the weights
+    took it, and the pass stops at once. Both raise a :class:`UserError` (checked about once a
+    second, when the progress is read, and at the end).
+
     Args:
-        model: the network, already on ``device``.
+        model: the network, already on ``device``; batches are given to it in the memory format
+            of its weights (channels_last on CUDA).
         criterion: ``loss = criterion(model(x), y)``; may take the model's raw output (a dict).
         updater: a :class:`utils.optim.Updater` (``step(loss)`` backpropagates and steps).
         batches: a sized iterable of ``(x, y)`` on ``device``; ``len`` counts the whole pass.
@@ -150,16 +197,23 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, am
         meter: a :class:`LossMeter` to add to (one holding an earlier part's sums), or ``None``.
         should_stop: called after every step; when it returns True the pass ends there.
         desc: the progress bar's label.
-        progress: show a progress bar.
+        progress: show a progress bar (with the peak GPU memory on CUDA).
 
     Returns:
-        ``{"loss": mean training loss over samples, "loss_sum": its sum, "samples": n,
-        "steps": batches done, "complete": whether the pass reached its end, "seconds": t,
-        "images_per_second"}``, every figure over every process (throughput counts this call's
-        samples only).
+        ``{"loss": mean training loss over the samples of the steps that counted, "loss_sum": its
+        sum, "samples": their number, "skipped": steps left out, "steps": batches done,
+        "complete": whether the pass reached its end, "seconds": t, "images_per_second"}``, every
+        figure over every process except ``skipped``, this process's count (with several
+        processes each skips the same steps: they share the gradients); throughput counts this
+        call's samples only.
+
+    Raises:
+        UserError: the run diverged (see above).
     """
     model.train()
     meter = meter or LossMeter(device)
+    limit = MAX_SKIPPED_IN_A_ROW if updater.skips_nonfinite else 1
+    layout = memory_format_of(model)
     start, first = time.perf_counter(), getattr(batches, "start", 0)
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True,
                initial=first, total=len(batches))
@@ -167,26 +221,26 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, am
     step = first
     for step, (x, y) in enumerate(bar, first + 1):
         x, y = transform(x, y)
+        x = x.contiguous(memory_format=layout)
         with autocast(device, amp_dtype):
             loss = criterion(model(x), y)
-        updater.step(loss)
-        meter.add(loss, x.shape[0])
+        meter.add(loss, x.shape[0], updater.step(loss))
         if report_now(step):
-            mean = meter.mean()
-            if not math.isfinite(mean):
-                raise UserError(f"training diverged: loss is {mean} at step {step} of {desc} "
-                                "(lower --lr, or use --amp off)")
+            meter.check(limit, f"by step {step} of {desc}")
             if progress:
-                rate = (meter.samples - meter.start_samples) / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
+                rate = meter.images / (time.perf_counter() - start)
+                peak = peak_memory_gib(device)
+                bar.set_postfix(loss=f"{meter.mean():.4f}", img_s=f"{rate:.0f}",
+                                **({} if peak is None else {"mem": f"{peak:.1f}G"}))
         if step < len(batches) and should_stop is not None and should_stop():
             break
     bar.close()
-    loss_sum, seen, new = _sums(meter.sum, meter.samples, meter.samples - meter.start_samples, device=device)
+    meter.check(limit, f"by step {step} of {desc}")
+    loss_sum, seen, images = _sums(meter.sum, meter.samples, meter.images, device=device)
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum / max(seen, 1), "loss_sum": loss_sum, "samples": int(seen), "steps": step,
-            "complete": step >= len(batches), "seconds": seconds,
-            "images_per_second": int(new) / seconds if seconds > 0 else 0.0}
+    return {"loss": loss_sum / max(seen, 1), "loss_sum": loss_sum, "samples": int(seen),
+            "skipped": int(meter.skipped), "steps": step, "complete": step >= len(batches), "seconds": seconds,
+            "images_per_second": images / seconds if seconds > 0 else 0.0}
 
 
 @torch.inference_mode()
@@ -195,7 +249,7 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
     """Evaluate over every sample of ``batches`` (no dropping, no padding).
 
     Args:
-        model: the network, already on ``device``.
+        model: the network, already on ``device`` (batches take the memory format of its weights).
         criterion: the evaluation loss, ``criterion(model(x), y)``.
         batches: a sized iterable of ``(x, y)`` on ``device``.
         metric: an object with ``update(output, y)`` and ``compute() -> dict``.
@@ -210,11 +264,13 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
         ``{"loss": mean loss over samples, **metric.compute()}``, over every process.
     """
     model.eval()
+    layout = memory_format_of(model)
     loss_sum = torch.zeros((), device=device)
     seen = 0
     for x, y in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False,
                      dynamic_ncols=True):
         x, y = transform(x, y)
+        x = x.contiguous(memory_format=layout)
         with autocast(device, amp_dtype):
             output = forward(model, x, tta)
             loss = criterion(output, y)
@@ -231,10 +287,12 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
     """Run the model over every sample of ``inputs``, ``batch_size`` at a time.
 
     When the GPU runs out of memory the batch size halves (with a warning) and the batch is run
-    again, so grading inference fits a smaller GPU than the one it was tuned on.
+    again, so grading inference fits a smaller GPU than the one it was tuned on. A compiled model
+    works too: the new batch size is compiled anew, and an out-of-memory error raised inside the
+    compiler (which wraps it in an error of its own) is recognised by its cause.
 
     Args:
-        model: the network, already on ``device``.
+        model: the network, already on ``device`` (batches take the memory format of its weights).
         inputs: a tensor (N, ...) of raw inputs, on ``device`` or in (pinned) host memory.
         batch_size: samples per forward pass to start with.
         transform: ``(x, None) -> (x, None)`` (normalisation).
@@ -250,6 +308,7 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
     """
     model.eval()
     keep = keep or (lambda output: output)
+    layout = memory_format_of(model)
     parts, done = [], 0
     with tqdm(total=len(inputs), desc=desc, unit="img", disable=not progress, leave=False,
               dynamic_ncols=True) as bar:
@@ -257,8 +316,10 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
             x = inputs[done: done + batch_size].to(device, non_blocking=True)
             try:
                 with autocast(device, amp_dtype):
-                    kept = keep(forward(model, transform(x, None)[0], tta))
-            except torch.OutOfMemoryError:
+                    kept = keep(forward(model, transform(x, None)[0].contiguous(memory_format=layout), tta))
+            except Exception as e:  # torch.compile wraps an out-of-memory error in errors of its own
+                if not out_of_memory(e):
+                    raise
                 if batch_size == 1:
                     raise UserError(f"out of GPU memory on {device} even at --batch-size 1") from None
                 kept = None
@@ -273,6 +334,19 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
             bar.update(len(x))
     out = tuple(torch.cat(p).cpu() for p in zip(*parts))
     return out if len(out) > 1 else out[0]
+
+
+def out_of_memory(error):
+    """True when ``error`` is, or was caused by, running out of GPU memory: ``torch.compile``
+    raises its own error (``BackendCompilerFailed``, ``InductorError``) with the original one as
+    its cause."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, torch.OutOfMemoryError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta="none", progress=True):

@@ -1,5 +1,6 @@
 """Optimisers, their parameter groups, per-iteration learning-rate schedules, and the update step."""
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -143,17 +144,41 @@ class Updater:
         """The learning rate the next step takes (of the first parameter group)."""
         return self.optimizer.param_groups[0]["lr"]
 
+    @property
+    def skips_nonfinite(self):
+        """True when a step whose gradients are not finite is skipped (the float16 gradient
+        scaler's work) rather than taken, spoiling the weights."""
+        return self.scaler is not None
+
     def step(self, loss):
-        """Backpropagate ``loss`` and take one step of the optimiser and of the schedule."""
+        """Backpropagate ``loss`` and take one step of the optimiser and of the schedule.
+
+        Returns:
+            Under a gradient scaler, a device bool tensor, True when the scaler skipped the
+            optimiser's step because a gradient was not finite (float16 overflow; it then lowers
+            its scale); ``None`` without one. Nothing here waits for the device.
+        """
         self.optimizer.zero_grad(set_to_none=True)
+        skipped = None
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            # The scaler's own verdict (any scaled gradient not finite) is private; the largest
+            # absolute gradient is the same test, one read of the gradients, with no overflow
+            # of its own (a 2-norm of scaled gradients can overflow where no gradient does).
+            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            skipped = ~torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf))
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            with warnings.catch_warnings():
+                # The schedule advances once per batch, skipped or not (so a resume finds it
+                # where it was); PyTorch warns when a run's first step is a skipped one.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                self.scheduler.step()
         else:
             loss.backward()
             self.optimizer.step()
-        self.scheduler.step()
+            self.scheduler.step()
+        return skipped
 
     def state_dict(self):
         """``{"optimizer", "scheduler", "scaler"}``, as a checkpoint holds them."""

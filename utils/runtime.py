@@ -1,4 +1,4 @@
-"""Device, mixed precision and seeding."""
+"""Device, memory layout, mixed precision, GPU memory figures and seeding."""
 import numpy as np
 import torch
 
@@ -33,6 +33,35 @@ def place_model(model, device):
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def memory_format_of(model):
+    """The memory format of ``model``'s convolution weights (channels_last after :func:`place_model`
+    on CUDA): batches given in the same format reach cuDNN without a conversion.
+
+    Args:
+        model: a module (wrapped by DDP or ``torch.compile`` or not).
+    """
+    for p in model.parameters():
+        # A 1x1 kernel is both contiguous and channels_last; the first other one decides.
+        if p.dim() == 4 and not p.is_contiguous():
+            channels_last = p.is_contiguous(memory_format=torch.channels_last)
+            return torch.channels_last if channels_last else torch.contiguous_format
+    return torch.contiguous_format
+
+
+def reset_peak_memory(device):
+    """Start a new peak of GPU memory on ``device`` (nothing elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device):
+    """The most GPU memory tensors took on ``device`` since :func:`reset_peak_memory`, in GiB
+    (``None`` off CUDA); reading it does not wait for the GPU."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
 
 
 def resolve_amp(name, device):

@@ -106,6 +106,8 @@ class RunSetup:
         amp_dtype: the autocast dtype, or ``None``.
         ctx: this process's :class:`utils.distributed.Context`.
         folder: the :class:`utils.run_folder.RunFolder` (written by the main process only).
+        sync_bn: whether training turns BatchNorm into SyncBatchNorm
+            (:func:`utils.distributed.resolve_sync_bn`).
     """
 
     args: argparse.Namespace
@@ -115,6 +117,7 @@ class RunSetup:
     amp_dtype: torch.dtype | None
     ctx: distributed.Context
     folder: RunFolder
+    sync_bn: bool = False
 
     @classmethod
     def prepare(cls, args, problem):
@@ -125,8 +128,10 @@ class RunSetup:
         amp_dtype = resolve_amp(args.amp, device)
         ctx = distributed.init(device)
         distributed.check_batch_share(args.batch_size, ctx)
+        sync_bn = distributed.resolve_sync_bn(args.sync_bn, problem=problem, batch_size=args.batch_size, ctx=ctx,
+                                              device=device)
         folder = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if ckpt else None, overwrite=args.overwrite)
-        return cls(args, problem, ckpt, device, amp_dtype, ctx, folder)
+        return cls(args, problem, ckpt, device, amp_dtype, ctx, folder, sync_bn)
 
     def build_model(self, *, num_classes, mean=None, std=None):
         """The run's ``--model`` on the device, its weights initialised from ``--seed``.

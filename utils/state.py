@@ -30,7 +30,7 @@ class TrainState:
         best_epoch: its epoch, or ``None``.
         record: the last finished epoch's metrics line, or ``None``.
         partial: the part of epoch ``epoch + 1`` done before a stop, or ``None``:
-            ``{"train": {"step", "lr", "loss_sum", "samples"}, "rng": the epoch's augmentation
+            ``{"train": {"step", "lr", "loss_sum", "samples", "skipped"}, "rng": the epoch's augmentation
             streams, "device", "batch_size", "seed"}``.
     """
 

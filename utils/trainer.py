@@ -22,7 +22,7 @@ from utils.engine import LossMeter, evaluate, train_one_epoch
 from utils.errors import Interrupted
 from utils.interrupt import StopOnSignal
 from utils.optim import Updater
-from utils.runtime import EpochRNG, mix_seed, seed_everything
+from utils.runtime import EpochRNG, mix_seed, peak_memory_gib, reset_peak_memory, seed_everything
 from utils.state import TrainState, mid_epoch_refusal
 
 
@@ -99,15 +99,16 @@ class Trainer:
             setup.folder.start(args_to_dict(args))
             print(f"training {args.model} on {len(task.train_data[0])} {task.unit} ({args.train_dir}), validating "
                   f"on {len(task.val_data[0])} ({args.val_dir}); {setup.ctx.world_size} x {setup.device.type}, "
-                  f"amp {args.amp}; output {args.output_dir}", flush=True)
+                  f"amp {args.amp}{', sync-bn' if setup.sync_bn else ''}; output {args.output_dir}", flush=True)
         # DDP inside torch.compile (not the reverse) lets gradient all-reduces overlap the backward
         # pass; validation runs the bare model, outside DDP's collectives.
-        train_model = distributed.wrap(task.model, setup.device, setup.ctx)
+        train_model = distributed.wrap(task.model, setup.device, setup.ctx, sync_bn=setup.sync_bn)
         train_model = torch.compile(train_model) if args.compile else train_model
         val_model = torch.compile(task.model) if args.compile else task.model
         with StopOnSignal(setup.ctx.distributed) as stop:
             for epoch in range(state.epoch + 1, args.epochs + 1):
                 start = time.perf_counter()
+                reset_peak_memory(setup.device)
                 train = self._train_epoch(train_model, epoch, stop)
                 distributed.broadcast_buffers(task.model, setup.ctx)
                 val = evaluate(val_model, task.eval_criterion, self.val_batches, task.make_metric(),
@@ -145,7 +146,8 @@ class Trainer:
                 # Only rank 0's streams were saved; the sums so far are over every process, and
                 # one of them carries them on.
                 rng.load_state(partial["rng"])
-                meter = LossMeter(setup.device, partial["train"]["loss_sum"], partial["train"]["samples"])
+                meter = LossMeter(setup.device, partial["train"]["loss_sum"], partial["train"]["samples"],
+                                  partial["train"].get("skipped", 0))
         train = train_one_epoch(model, self.task.criterion, self.updater, batches,
                                 transform=lambda x, y: self.task.train_transform(x, y, rng), device=setup.device,
                                 amp_dtype=setup.amp_dtype, meter=meter, should_stop=stop,
@@ -153,7 +155,8 @@ class Trainer:
         train["lr"] = lr
         if not train["complete"]:
             self.state.partial = {
-                "train": {"step": train["steps"], "lr": lr, "loss_sum": train["loss_sum"], "samples": train["samples"]},
+                "train": {"step": train["steps"], "lr": lr, "loss_sum": train["loss_sum"], "samples": train["samples"],
+                          "skipped": train["skipped"]},
                 "rng": rng.state(), "device": setup.device.type, "batch_size": args.batch_size, "seed": args.seed}
             if ctx.is_main:
                 setup.folder.save_partial(self._checkpoint())
@@ -170,18 +173,25 @@ class Trainer:
                 raise mid_epoch_refusal(epoch, key, partial.get(key), value)
 
     def _end_epoch(self, epoch, train, val, seconds):
-        """Log the epoch (metrics line, progress line) and write its checkpoints."""
+        """Log the epoch (metrics line, progress line) and write its checkpoints.
+
+        The line counts the training steps skipped for a loss or gradients that were not finite
+        (float16 overflow) and the epoch's peak GPU memory (``null`` off CUDA; rank 0's GPU).
+        """
         metric = self.task.metric_name
+        peak = peak_memory_gib(self.setup.device)
         record = {"epoch": epoch, "lr": train["lr"], "train_loss": train["loss"], "val_loss": val["loss"],
                   self.key: val[metric], **{f"val_{k}": v for k, v in val.items() if k not in ("loss", metric)},
-                  "seconds": seconds, "images_per_second": train["images_per_second"]}
+                  "seconds": seconds, "images_per_second": train["images_per_second"],
+                  "skipped_steps": train["skipped"], "peak_memory_gib": peak}
         is_best = self.state.end_epoch(record, self.key)
         if self.setup.ctx.is_main:
             self.setup.folder.end_epoch(record, self._checkpoint(), is_best=is_best,
                                         snapshot=epoch in self.setup.args.save_epochs)
             print(f"epoch {epoch}/{self.setup.args.epochs}  train_loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
                   f"{self.key} {val[metric]:.4f}{'  (best)' if is_best else ''}  lr {train['lr']:.3g}  "
-                  f"{seconds:.1f}s  {train['images_per_second']:.3g} img/s", flush=True)
+                  f"{seconds:.1f}s  {train['images_per_second']:.3g} img/s{_extras(peak, train['skipped'])}",
+                  flush=True)
 
     def _checkpoint(self):
         return self.state.checkpoint(self.task.model, self.updater, self.task.meta)
@@ -194,3 +204,8 @@ class Trainer:
     def _result(self):
         return {f"best_{self.key}": self.state.best_metric, "best_epoch": self.state.best_epoch,
                 "epochs": self.state.epoch, "last": self.state.record}
+
+
+def _extras(peak, skipped):
+    """The progress line's tail: peak GPU memory on CUDA, skipped steps when there were any."""
+    return (f"  peak {peak:.2f} GiB" if peak is not None else "") + (f"  {skipped} skipped" if skipped else "")
