@@ -23,6 +23,8 @@ class ModelSpec:
         mean, std: the normalisation its pretrained weights expect, or ``None`` to use the
             dataset's own statistics (models trained from scratch).
         has_pretrained: whether pretrained weights exist for it.
+        aux_head: whether it returns an ``aux`` output (a segmenter's auxiliary head), which
+            ``--aux-weight`` weighs in the loss.
     """
 
     name: str
@@ -31,16 +33,18 @@ class ModelSpec:
     mean: tuple | None = None
     std: tuple | None = None
     has_pretrained: bool = False
+    aux_head: bool = False
 
 
 _REGISTRY = {}
+_COMMON = ("num_classes", "pretrained", "pretrained_file")
 
 
-def register_model(*, problem, mean=None, std=None, has_pretrained=False):
+def register_model(*, problem, mean=None, std=None, has_pretrained=False, aux_head=False):
     """Decorator registering a builder under its function name."""
 
     def wrap(fn):
-        _REGISTRY[fn.__name__] = ModelSpec(fn.__name__, fn, problem, mean, std, has_pretrained)
+        _REGISTRY[fn.__name__] = ModelSpec(fn.__name__, fn, problem, mean, std, has_pretrained, aux_head)
         return fn
 
     return wrap
@@ -113,9 +117,14 @@ def model_options(name, namespace):
     for vgg13 and fcn32s) is a flag of the same name; the result is what the checkpoint records
     to rebuild the model.
     """
-    params = inspect.signature(get_model_spec(name).builder).parameters
-    common = ("num_classes", "pretrained", "pretrained_file")
-    return {k: getattr(namespace, k) for k in params if k not in common and hasattr(namespace, k)}
+    return {k: getattr(namespace, k) for k in option_names(name) if hasattr(namespace, k)}
+
+
+def option_names(name=None):
+    """The keywords the builder of ``name`` takes beyond the common ones; of every model's
+    builder when ``name`` is ``None``."""
+    names = [name] if name is not None else list(_REGISTRY)
+    return [k for n in names for k in inspect.signature(get_model_spec(n).builder).parameters if k not in _COMMON]
 
 
 def weights_unavailable(what, error):
