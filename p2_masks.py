@@ -55,14 +55,17 @@ def main(args):
     args.ids = args.ids or default_tile_ids(val_dir, "--ids")
     images, truths = load_examples(val_dir, args.ids)
     palette = np.array(PALETTE, dtype=np.uint8)
+
+    def masks_of(checkpoint):
+        model, ckpt = load_trained(checkpoint, device, problem="p2")
+        return segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
+                       batch_size=4, device=device, amp_dtype=amp_dtype, progress=args.progress), ckpt
+
     epochs = first_middle_last(snaps)
     predictions = {}
-    arch = None
     for epoch in epochs:
-        model, ckpt = load_trained(snaps[epoch], device, problem="p2")
-        arch = ckpt["arch"]
-        predictions[epoch] = segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
-                                     batch_size=4, device=device, amp_dtype=amp_dtype, progress=args.progress)
+        predictions[epoch], ckpt = masks_of(snaps[epoch])
+    arch = ckpt["arch"]
     photos = [img.permute(1, 2, 0).numpy() for img in images]
     rows = [[photos[r], *[palette[predictions[e][r]] for e in epochs], palette[truths[r]]]
             for r in range(len(images))]
@@ -74,9 +77,7 @@ def main(args):
     # The overlay shows what grading sees: best.pth (the last snapshot only if the run has none).
     best = inputs.run / "best.pth"
     if best.is_file():
-        model, ckpt = load_trained(best, device, problem="p2")
-        graded = segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
-                         batch_size=4, device=device, amp_dtype=amp_dtype, progress=args.progress)
+        graded, ckpt = masks_of(best)
         graded_title = f"prediction, best.pth (epoch {ckpt['epoch']})"
     else:
         graded, graded_title = predictions[max(epochs)], f"prediction, epoch {max(epochs)} (no best.pth)"
@@ -84,8 +85,8 @@ def main(args):
                      mask_overlay(photos[r], graded[r], palette, **OVERLAY)] for r in range(len(images))]
     overlay = plot_image_grid(overlay_rows, ["ground truth", graded_title], args.out / "p2_overlay.png",
                               row_titles=list(args.ids), legend=legend,
-                              suptitle=f"{arch}: class colours at {OVERLAY['alpha']} over the tile at half brightness "
-                                       "(so that white, barren, shows), boundaries in black")
+                              suptitle=f"{arch}: class colours at {OVERLAY['alpha']} over the darkened tile, "
+                                       "boundaries in black")
     print(f"wrote {progress['path']} and {overlay['path']}")
     return {"progress": {**progress, "epochs": epochs}, "overlay": {**overlay, "title": graded_title}}
 

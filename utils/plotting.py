@@ -150,12 +150,12 @@ def plot_class_iou(ious, names, path, *, title):
                 bbox=dict(facecolor="white", edgecolor="none", pad=1.0))
     ax.set_xticks(range(len(ious)))
     ax.set_xticklabels([f"{i} {n}" for i, n in enumerate(names)], fontsize=8)
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.12)
     ax.set_ylabel("IoU")
     present = [v for v in ious if v is not None]
     ax.axhline(np.mean(present) if present else 0, color="tab:red", linestyle="--", zorder=3,
                label=f"mIoU {np.mean(present) if present else float('nan'):.4f}")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: bars reach up to 1
     ax.set_title(title)
     save_figure(fig, path)
     return {"path": str(path), "panels": 1, "bars": len(ious)}
