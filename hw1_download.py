@@ -20,8 +20,9 @@ only when complete.
 Pretrained weights for machines without internet: on a machine with it, run
     python3 hw1_download.py --pretrained weights
 It saves the state dicts of timm's BEiT (beit_base_patch16_224.in22k_ft_in22k), torchvision's
-VGG16 (VGG16_Weights.IMAGENET1K_V1, for fcn32s) and DeepLabv3-ResNet50
-(DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1) in weights/ and prints, for each, the
+VGG16 (VGG16_Weights.IMAGENET1K_V1, for fcn32s), DeepLabv3-ResNet50
+(DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1) and MobileNetV3-Large
+(MobileNet_V3_Large_Weights.IMAGENET1K_V1, for lraspp) in weights/ and prints, for each, the
 training command that loads it offline with --pretrained-file. Or fill the libraries' own caches:
 run it (or a training run) online with TORCH_HOME=DIR/torch HF_HOME=DIR/hf, copy DIR, and train
 offline with the same two variables plus HF_HUB_OFFLINE=1, using --pretrained as usual.
@@ -111,7 +112,7 @@ def get_args_parser():
                       help="print the manifest line ('name url sha256  # size') of each of your own "
                            "files (a run's best.pth), to paste into checkpoints.txt")
     mode.add_argument("--pretrained", type=Path, metavar="DIR",
-                      help="save BEiT, VGG16 and DeepLabv3 pretrained weights into DIR (needs internet) "
+                      help="save BEiT, VGG16, DeepLabv3 and MobileNetV3 pretrained weights into DIR (needs internet) "
                            "and print the --pretrained-file command for each")
     g.add_argument("--name", help="with --publish of one file: its manifest name (default: the file's "
                                   "name), e.g. p1_best.pth")
@@ -429,7 +430,7 @@ def pretrained_sources(progress):
     """
     import timm
     from huggingface_hub.utils import logging as hub_logging
-    from torchvision.models import VGG16_Weights
+    from torchvision.models import MobileNet_V3_Large_Weights, VGG16_Weights
     from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights
 
     from models.beit import TIMM_NAME
@@ -442,7 +443,8 @@ def pretrained_sources(progress):
     return [("beit", "p1_train.py", f"{TIMM_NAME}.pth",
              lambda: timm.create_model(TIMM_NAME, pretrained=True).state_dict()),
             torchvision("fcn32s", VGG16_Weights.IMAGENET1K_V1),
-            torchvision("deeplabv3", DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1)]
+            torchvision("deeplabv3", DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1),
+            torchvision("lraspp", MobileNet_V3_Large_Weights.IMAGENET1K_V1)]
 
 
 def save_pretrained(folder, sources):

@@ -26,9 +26,9 @@ from models import get_model, get_model_spec, list_models
 from utils.args import REPO, make_parser, runtime_parser
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, check_writable
-from utils.plotting import (architecture_summary, plot_architecture, plot_class_iou, plot_confusion,
-                            plot_curves, trace_blocks)
-from utils.report import check_run, command_line, read_metrics
+from utils.architecture import architecture_summary, plot_architecture, trace_graph
+from utils.plotting import plot_class_iou, plot_confusion, plot_curves
+from utils.report import check_run, command_line, default_tile_ids, read_metrics, val_dir_of
 
 FIGURES = ("features", "confusion", "masks", "iou", "curves", "arch")
 NUM_CLASSES = {"p1": p1_data.NUM_CLASSES, "p2": p2_data.NUM_CLASSES}
@@ -61,16 +61,12 @@ def architecture(name, out, p2_size=512):
     native = getattr(model, "input_size", None)
     size = native if native else (32, 32) if spec.problem == "p1" else (p2_size, p2_size)
     shape = (1, 3, *size)
-    blocks = trace_blocks(model, torch.randn(shape))
-    # Parameters that belong to no traced block (BEiT's cls_token) get a row of their own.
-    outside = [(n, p.numel()) for n, p in model.named_parameters()
-               if not any(n.startswith(b["name"] + ".") for b in blocks)]
-    if outside:
-        blocks.append({"name": ", ".join(n for n, _ in outside), "type": "Parameter", "shape": None,
-                       "params": sum(c for _, c in outside)})
+    graph = trace_graph(model, torch.randn(shape))
+    blocks = graph["blocks"]
     total = sum(p.numel() for p in model.parameters())
     title = f"{name} ({total / 1e6:.2f}M parameters, input {shape[1]}x{shape[2]}x{shape[3]})"
-    meta = plot_architecture(blocks, out / f"arch_{name}.png", title=title, input_shape=shape)
+    meta = plot_architecture(blocks, out / f"arch_{name}.png", title=title, input_shape=shape,
+                             outputs=graph["outputs"])
     with atomic_write(out / f"arch_{name}.txt") as f:
         f.write(architecture_summary(blocks, title=title, input_shape=shape))
     return {**meta, "total_params": total}
@@ -122,9 +118,10 @@ def main(args):
         best = _run_section(lines, "Problem 2: segmentation", p2, "p2_train.py", records, "miou")
         if "masks" in args.only:
             val = ["--val-dir", str(args.p2_val_dir)] if args.p2_val_dir else []
-            ids = ["--ids", *args.p2_ids] if args.p2_ids else []
+            # Chosen here, so that a folder without the report's tiles names this script's flag.
+            ids = args.p2_ids or default_tile_ids(val_dir_of(p2, args.p2_val_dir, "p2"), "--p2-ids")
             made["masks"] = p2_masks.main(p2_masks.get_args_parser().parse_args(
-                ["--run", str(p2), *val, *ids, "--out", str(out), *runtime]))
+                ["--run", str(p2), *val, "--ids", *ids, "--out", str(out), *runtime]))
             lines += [f"Predicted masks at epochs {', '.join(map(str, made['masks']['progress']['epochs']))}:", "",
                       "![masks](p2_mask_progress.png)", "", "Overlay view:", "", "![overlay](p2_overlay.png)", ""]
         if "iou" in args.only:

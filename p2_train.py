@@ -59,6 +59,9 @@ def get_args_parser():
     g.add_argument("--tile-size", type=int, default=None,
                    help="size every training and validation tile and mask must have (default: 512)")
     g.add_argument("--dropout", type=float, default=None, help="fcn32s: dropout after fc6/fc7 (default: 0.5)")
+    g.add_argument("--bn-momentum", type=float, default=None,
+                   help="lraspp: BatchNorm running-statistics momentum (default: torchvision's, 0.01 in the "
+                        "backbone; 0.1 suits short runs and random weights)")
     return parser
 
 

@@ -30,7 +30,8 @@ class DeepLabV3(nn.Module):
         return dict(self.net(x))
 
 
-@register_model(problem="p2", mean=tuple(_NORM.mean), std=tuple(_NORM.std), has_pretrained=True)
+@register_model(problem="p2", mean=tuple(_NORM.mean), std=tuple(_NORM.std), has_pretrained=True,
+                aux_head=True)
 def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None, backbone="resnet50"):
     """DeepLabv3 with new main and auxiliary heads.
 

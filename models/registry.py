@@ -25,6 +25,8 @@ class ModelSpec:
         has_pretrained: whether pretrained weights exist for it.
         train_only: builder options that change training alone (stochastic depth, say): a
             checkpoint need not record them to rebuild the model for inference.
+        aux_head: whether it returns an ``aux`` output (a segmenter's auxiliary head), which
+            ``--aux-weight`` weighs in the loss.
     """
 
     name: str
@@ -34,16 +36,19 @@ class ModelSpec:
     std: tuple | None = None
     has_pretrained: bool = False
     train_only: tuple = ()
+    aux_head: bool = False
 
 
 _REGISTRY = {}
+_COMMON = ("num_classes", "pretrained", "pretrained_file")
 
 
-def register_model(*, problem, mean=None, std=None, has_pretrained=False, train_only=()):
+def register_model(*, problem, mean=None, std=None, has_pretrained=False, train_only=(), aux_head=False):
     """Decorator registering a builder under its function name."""
 
     def wrap(fn):
-        _REGISTRY[fn.__name__] = ModelSpec(fn.__name__, fn, problem, mean, std, has_pretrained, tuple(train_only))
+        _REGISTRY[fn.__name__] = ModelSpec(fn.__name__, fn, problem, mean, std, has_pretrained, tuple(train_only),
+                                           aux_head)
         return fn
 
     return wrap
@@ -116,9 +121,14 @@ def model_options(name, namespace):
     for vgg13 and fcn32s) is a flag of the same name; the result is what the checkpoint records
     to rebuild the model.
     """
-    params = inspect.signature(get_model_spec(name).builder).parameters
-    common = ("num_classes", "pretrained", "pretrained_file")
-    return {k: getattr(namespace, k) for k in params if k not in common and hasattr(namespace, k)}
+    return {k: getattr(namespace, k) for k in option_names(name) if hasattr(namespace, k)}
+
+
+def option_names(name=None):
+    """The keywords the builder of ``name`` takes beyond the common ones; of every model's
+    builder when ``name`` is ``None``."""
+    names = [name] if name is not None else list(_REGISTRY)
+    return [k for n in names for k in inspect.signature(get_model_spec(n).builder).parameters if k not in _COMMON]
 
 
 def weights_unavailable(what, error):

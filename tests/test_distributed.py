@@ -4,7 +4,10 @@ import json
 import sys
 from pathlib import Path
 
-from tests.conftest import run_script
+import pytest
+
+import mean_iou_evaluate
+from tests.conftest import REPO, run_script
 from datasets.p1 import parse_label
 from utils.checkpoint import load_checkpoint
 
@@ -63,3 +66,27 @@ def test_torchrun_refuses_a_batch_too_small_to_share(p1_data, tmp_path):
     assert proc.stderr.startswith("p1_train.py: error: --batch-size 3 is the global batch"), proc.stderr
     assert "p1_train.py\", line" not in proc.stderr and "utils/" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_trains_lraspp_whose_best_pth_grades_to_its_val_miou(p2_data, tmp_path):
+    out = tmp_path / "run"
+    proc = run_script(*TORCHRUN, "p2_train.py", "--model", "lraspp", "--no-pretrained", "--train-dir", p2_data[0],
+                      "--val-dir", p2_data[1], "--tile-size", "64", "--output-dir", out, "--epochs", "3",
+                      "--batch-size", "4", "--opt", "adamw", "--lr", "3e-3", "--bn-momentum", "0.1",
+                      "--device", "cpu", "--no-progress", env=ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 x cpu" in proc.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    best = max(records, key=lambda r: r["val_miou"])
+    ckpt = load_checkpoint(out / "best.pth", problem="p2")
+    assert ckpt["arch"] == "lraspp" and ckpt["model_kwargs"]["bn_momentum"] == 0.1 and "optimizer" not in ckpt
+    # The grading script on best.pth, scored by the course's scorer, gives the validation figure
+    # the two processes computed together.
+    masks = tmp_path / "masks"
+    proc = run_script("bash", REPO / "hw1_2.sh", p2_data[1], masks,
+                      env={"HW1_P2_CHECKPOINT": str(out / "best.pth"), "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    scored = mean_iou_evaluate.main(mean_iou_evaluate.get_args_parser().parse_args(["-g", str(p2_data[1]),
+                                                                                    "-p", str(masks)]))
+    assert scored["miou"] == pytest.approx(best["val_miou"], abs=1e-12)

@@ -1,12 +1,13 @@
-"""Every registered Problem 1 model: output and feature shapes, gradients, weight loading."""
+"""Every registered model: output and feature shapes, gradients, weight loading, its recipe."""
 import pytest
 import timm
 import torch
 from torch import nn
 
 import models.beit
-from models import get_model, list_models
+from models import get_model, get_model_spec, list_models
 from utils.errors import UserError
+from utils.recipes import RECIPES
 
 FEATURES = {"vgg13": 512, "beit": 768}
 
@@ -100,6 +101,7 @@ def test_segmenters_forward_backward(name):
     assert out["out"].shape == (2, 7, 64, 64)
     if name == "deeplabv3":
         assert out["aux"].shape == (2, 7, 64, 64)
+    assert ("aux" in out) == get_model_spec(name).aux_head  # what --aux-weight and the report rely on
     loss = sum(nn.functional.cross_entropy(v, torch.randint(0, 7, (2, 64, 64))) for v in out.values())
     loss.backward()
     assert torch.isfinite(loss)
@@ -135,7 +137,7 @@ def test_fcn32s_reuses_vgg16_classifier_as_convolutions():
     assert sum(k.endswith("weight") and v.shape == (4096, 512, 7, 7) for k, v in fcn.state_dict().items()) == 1
 
 
-@pytest.mark.parametrize("name", ["fcn32s", "deeplabv3"])
+@pytest.mark.parametrize("name", ["fcn32s", "deeplabv3", "lraspp"])
 def test_segmenter_weight_file_errors(name, tmp_path):
     with pytest.raises(UserError, match="nope.pth: no such file"):
         get_model(name, num_classes=7, pretrained_file=tmp_path / "nope.pth")
@@ -157,16 +159,47 @@ def test_deeplabv3_loads_a_local_weight_file(tmp_path):
     assert model.net.classifier[4].out_channels == 7 and model.net.aux_classifier[4].out_channels == 7
 
 
-@pytest.mark.parametrize("name,builder", [("fcn32s", "vgg16"), ("deeplabv3", "deeplabv3_resnet50")])
+@pytest.mark.parametrize("name,builder", [("fcn32s", "vgg16"), ("deeplabv3", "deeplabv3_resnet50"),
+                                          ("lraspp", "lraspp_mobilenet_v3_large")])
 def test_segmenter_unreachable_weights_name_both_flags(name, builder, monkeypatch):
     import models.deeplab
     import models.fcn
+    import models.lraspp
 
     def offline(*args, **kwargs):
         raise OSError("<urlopen error [Errno -2] Name or service not known>")
 
-    module = models.fcn if name == "fcn32s" else models.deeplab
+    module = {"fcn32s": models.fcn, "deeplabv3": models.deeplab, "lraspp": models.lraspp}[name]
     monkeypatch.setattr(module, builder, offline)
     with pytest.raises(UserError) as e:
         get_model(name, num_classes=7, pretrained=True)
     assert "--pretrained-file" in str(e.value) and "--no-pretrained" in str(e.value)
+
+
+def test_lraspp_loads_the_imagenet_backbone_from_a_local_file(tmp_path):
+    from torchvision.models import mobilenet_v3_large
+
+    torch.manual_seed(3)
+    source = mobilenet_v3_large()  # torchvision's ImageNet file holds the whole classifier
+    torch.save(source.state_dict(), tmp_path / "mobilenet_v3_large.pth")
+    model = get_model("lraspp", num_classes=7, pretrained_file=tmp_path / "mobilenet_v3_large.pth")
+    for index in (0, 4, 16):
+        for key, value in source.features[index].state_dict().items():
+            assert torch.equal(model.net.backbone[str(index)].state_dict()[key], value), (index, key)
+    assert model.net.classifier.low_classifier.out_channels == 7 == model.net.classifier.high_classifier.out_channels
+
+
+def test_lraspp_bn_momentum():
+    default = get_model("lraspp", num_classes=7)
+    fast = get_model("lraspp", num_classes=7, bn_momentum=0.1)
+    norms = [m for m in default.net.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.01 for m in norms)  # torchvision's backbone, made for long ImageNet runs
+    assert all(m.momentum == 0.1 for m in fast.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_has_a_recipe(name):
+    spec = get_model_spec(name)
+    for recipe in RECIPES[spec.problem][name].values():
+        assert {"epochs", "batch_size", "opt", "lr", "sched", "pretrained"} <= recipe.keys()
+        assert recipe["pretrained"] is False or spec.has_pretrained

@@ -1,11 +1,15 @@
 """p1_inference.py and hw1_1.sh: the grading CSV contract and every bad input."""
 import csv
 import os
+import sys
 
+import pytest
 import torch
 
 from tests.conftest import REPO, assert_one_line_error, run_script, write_p1_folder
 from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
+from utils.io import check_writable
 
 
 def read_csv(path):
@@ -74,6 +78,39 @@ def test_not_a_checkpoint(p1_data, tmp_path):
     assert_one_line_error(infer(junk, p1_data[1], out), junk, "not a readable checkpoint")
     assert_one_line_error(infer(tmp_path / "absent.pth", p1_data[1], out), "absent.pth", "no such checkpoint")
     assert not out.exists()
+
+
+def test_a_text_file_given_as_checkpoint_is_named_as_such(p1_data, tmp_path):
+    # A manifest or a README passed by mistake: torch.load alone says "Unsupported operand 35" ('#').
+    text = tmp_path / "checkpoints.txt"
+    text.write_text("# What hw1_download.sh fetches\np1_best.pth - -\n")
+    proc = infer(text, p1_data[1], tmp_path / "p.csv")
+    assert_one_line_error(proc, text, "not a readable checkpoint (the file is text, not one written by torch.save)")
+    assert "operand" not in proc.stderr
+    other = tmp_path / "image.pth"
+    other.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    assert_one_line_error(infer(other, p1_data[1], tmp_path / "p.csv"), other,
+                          "the file is in another format, not one written by torch.save")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+def test_output_csv_under_proc_fails_before_inference(p1_data, tmp_path):
+    # /proc takes no new files, even for root, whom os.access lets through; the checkpoint does
+    # not exist, so a message about the CSV proves the check came before any loading.
+    proc = infer(tmp_path / "absent.pth", p1_data[1], "/proc/hw1_pred.csv")
+    assert_one_line_error(proc, "OUT_CSV /proc/hw1_pred.csv: cannot write there")
+
+
+def test_check_writable_tries_to_create_a_file(tmp_path, monkeypatch):
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # what a read-only mount answers, root or not
+    with pytest.raises(UserError, match=f"OUT_CSV {tmp_path / 'p.csv'}: cannot write there \\(no file can be "
+                                        f"created in {tmp_path}: Read-only file system\\)"):
+        check_writable(tmp_path / "p.csv", "OUT_CSV")
 
 
 def test_checkpoint_of_the_other_problem(p1_data, tmp_path):

@@ -84,6 +84,16 @@ def test_resume_of_a_finished_run_does_nothing(p1_run, capsys):
     assert (p1_run / "last.pth").read_bytes() == before
 
 
+def test_best_pth_holds_weights_and_resume_takes_last_pth(p1_run, tmp_path):
+    best, last = p1_run / "best.pth", p1_run / "last.pth"
+    ckpt = load_checkpoint(best)
+    assert {"model", "arch", "model_kwargs", "mean", "std", "num_classes", "epoch", "best_metric"} <= ckpt.keys()
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & ckpt.keys()
+    assert best.stat().st_size < 0.5 * last.stat().st_size  # AdamW's two slots per weight stay in last.pth
+    proc = run_script("p1_train.py", "--resume", best, "--epochs", "5")
+    assert_one_line_error(proc, f"--resume {best}: holds weights only", f"resume from {last}")
+
+
 def test_resume_with_another_model_is_refused(p1_run):
     args = p1_train.get_args_parser().parse_args(["--resume", str(p1_run / "last.pth"), "--model", "beit"])
     with pytest.raises(UserError, match="a checkpoint of vgg13, not of --model beit"):
@@ -179,15 +189,20 @@ def test_run_folder_checkpoint_files(tmp_path):
     run.start({"lr": 0.1})
     state = {"model": {"w": torch.zeros(2)}, "optimizer": {"state": {}}, "arch": "vgg13", "problem": "p1",
              "model_kwargs": {}}
-    run.end_epoch({"epoch": 1}, {**state, "epoch": 1}, is_best=True, snapshot=True)
+    run.end_epoch({"epoch": 1}, {**state, "epoch": 1, "rng": {"cpu": torch.zeros(3)}}, is_best=True, snapshot=True)
     best, last = tmp_path / "run" / "best.pth", tmp_path / "run" / "last.pth"
-    assert best.stat().st_ino == last.stat().st_ino  # one file, two names: no second write
+    # best.pth keeps what inference needs, not the optimiser (last.pth has it, for --resume)...
+    assert "optimizer" not in load_checkpoint(best) and "rng" not in load_checkpoint(best)
+    assert "optimizer" in load_checkpoint(last) and "rng" in load_checkpoint(last)
+    # ...and a snapshot of the best epoch is the same file under a second name: no second write.
+    assert best.stat().st_ino == (tmp_path / "run" / "epoch_001.pth").stat().st_ino
     snapshot = load_checkpoint(tmp_path / "run" / "epoch_001.pth")
     assert "optimizer" not in snapshot and snapshot["epoch"] == 1
     run.end_epoch({"epoch": 2}, {**state, "epoch": 2}, is_best=False, snapshot=False)
     assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(best)["epoch"] == 1
     run.end_epoch({"epoch": 3}, {**state, "epoch": 3}, is_best=True, snapshot=False)
     assert load_checkpoint(best)["epoch"] == 3 == load_checkpoint(last)["epoch"]
+    assert load_checkpoint(tmp_path / "run" / "epoch_001.pth")["epoch"] == 1  # the new best left it alone
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "args.json", "best.pth", "epoch_001.pth", "last.pth", "metrics.jsonl"]
 

@@ -1,6 +1,10 @@
 """Report figures: features, embeddings, mask grids and overlays, architectures, curves, index.md."""
+import json
+import shutil
+
 import numpy as np
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -8,11 +12,14 @@ import make_report
 import p1_features
 import p2_masks
 from datasets.p1 import load_folder
-from models import load_trained
+from datasets.p2 import CLASS_NAMES, PALETTE
+from models import get_model, load_trained
 from tests.conftest import assert_one_line_error, run_script
+from utils import plotting
 from utils.errors import UserError
-from utils.plotting import class_boundaries, mask_overlay, plot_architecture, plot_confusion, trace_blocks
-from utils.report import first_middle_last
+from utils.architecture import architecture_summary, layout, plot_architecture, shape_text, trace_blocks, trace_graph
+from utils.plotting import class_boundaries, mask_overlay, plot_class_iou, plot_confusion, plot_curves
+from utils.report import command_line, first_middle_last
 
 
 def parse(module, *argv):
@@ -46,6 +53,33 @@ def test_p2_mask_grid_and_overlay(p2_run, p2_data, tmp_path):
     assert result["progress"]["epochs"] == [1, 2]
     assert result["progress"]["rows"] == 2 and result["progress"]["cols"] == 1 + 2 + 1
     assert result["overlay"]["panels"] == 4
+
+
+def test_the_overlay_shows_best_pth_not_the_last_epoch(p2_run, p2_data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(p2_run, run)
+    shutil.copy(run / "epoch_001.pth", run / "best.pth")  # a run whose best epoch is not its last
+    result = p2_masks.main(parse(p2_masks, "--run", run, "--val-dir", p2_data[1], "--out", tmp_path / "o",
+                                 "--ids", "0100"))
+    assert result["overlay"]["title"] == "prediction, best.pth (epoch 1)"
+    assert result["progress"]["epochs"] == [1, 2]
+
+
+def test_the_overlay_keeps_white_apart_from_every_other_colour():
+    # Barren (white) must read as white on the darkest tile next to any other class on the lightest
+    # one: at the course visualiser's plain 0.3 blend, yellow over a white tile is lighter than
+    # white over a black one.
+    palette = np.array(PALETTE, dtype=np.uint8)
+    barren = CLASS_NAMES.index("barren")
+
+    def lightest_channel(tile_value, cls, **overlay):
+        tile = np.full((1, 1, 3), tile_value, dtype=np.uint8)
+        return mask_overlay(tile, np.full((1, 1), cls), palette, **overlay)[0, 0].min()
+
+    assert lightest_channel(0, barren, alpha=0.3) < lightest_channel(255, 1, alpha=0.3)
+    for cls in range(len(PALETTE)):
+        if cls != barren:
+            assert lightest_channel(0, barren, **p2_masks.OVERLAY) > lightest_channel(255, cls, **p2_masks.OVERLAY)
 
 
 def test_p2_masks_defaults_to_the_runs_folder_and_its_first_tiles(p2_run, tmp_path):
@@ -116,7 +150,7 @@ def test_make_report_everything(p1_run, p1_data, p2_run, p2_data, tmp_path):
                                   "--p2-arch-size", "64", "--out", tmp_path))
     expected = ["p1_tsne.png", "p1_pca.png", "p1_confusion.png", "p1_curves.png", "p2_mask_progress.png",
                 "p2_overlay.png", "p2_class_iou.png", "p2_curves.png"]
-    expected += [f"arch_{m}.{ext}" for m in ("vgg13", "beit", "fcn32s", "deeplabv3") for ext in ("png", "txt")]
+    expected += [f"arch_{m}.{ext}" for m in ("vgg13", "beit", "fcn32s", "deeplabv3", "lraspp") for ext in ("png", "txt")]
     index = (tmp_path / "index.md").read_text()
     for name in expected:
         assert (tmp_path / name).is_file(), name
@@ -126,6 +160,97 @@ def test_make_report_everything(p1_run, p1_data, p2_run, p2_data, tmp_path):
     for name, meta in made["arch"].items():  # the traced blocks hold every parameter of the model
         assert meta["params"] == meta["total_params"], name
     assert "python3 p1_train.py" in index and f"best val acc **{made['p1_best']['val_acc']:.4f}**" in index
+    assert "--momentum" not in index  # neither run used SGD
+
+
+def test_make_report_names_its_own_flag_for_the_tiles(p2_run, tmp_path):
+    with pytest.warns(UserWarning, match=r"showing 0100, 0101, 0102 \(choose with --p2-ids\)"):
+        made = make_report.main(parse(make_report, "--p2-run", p2_run, "--only", "masks", "--out", tmp_path))
+    assert made["masks"]["progress"]["rows"] == 3
+
+
+def test_the_report_lists_only_the_flags_that_apply(p1_run, p2_run, tmp_path):
+    p1 = command_line(p1_run, "p1_train.py")  # vgg13 with AdamW
+    assert "--opt adamw" in p1 and "--dropout 0.5" in p1
+    assert "--momentum" not in p1 and "--global-pool" not in p1
+    p2 = command_line(p2_run, "p2_train.py")  # fcn32s, cross-entropy, AdamW
+    assert "--dropout 0.5" in p2 and "--loss ce" in p2
+    for flag in ("--momentum", "--focal-alpha", "--focal-gamma", "--aux-weight", "--bn-momentum"):
+        assert flag not in p2, flag
+    run = tmp_path / "deeplab"
+    run.mkdir()
+    args = {**json.loads((p2_run / "args.json").read_text()), "model": "deeplabv3", "opt": "sgd",
+            "momentum": 0.9, "loss": "focal", "aux_weight": 1.0}
+    (run / "args.json").write_text(json.dumps(args))
+    deeplab = command_line(run, "p2_train.py")
+    assert "--momentum 0.9" in deeplab and "--focal-alpha 0.2" in deeplab and "--aux-weight 1.0" in deeplab
+    assert "--dropout" not in deeplab
+
+
+def test_class_iou_labels_are_not_struck_through(tmp_path, monkeypatch):
+    drawn = []
+
+    def look_then_save(fig, path, save=plotting.save_figure):
+        fig.canvas.draw()
+        labels = [(t.get_text(), t.get_window_extent()) for t in fig.axes[0].texts]
+        drawn.append((np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int), labels))
+        save(fig, path)
+
+    monkeypatch.setattr(plotting, "save_figure", look_then_save)
+    plot_class_iou([0.0, 0.0, 0.12, None, 0.0, 0.02], CLASS_NAMES[:6], tmp_path / "iou.png", title="t")
+    pixels, labels = drawn[0]
+    red = np.array([214, 39, 40])  # tab:red, the dashed mIoU line at 0.028, through the labels' height
+    labels = [(text, box) for text, box in labels if text in ("0.000", "absent")]
+    assert len(labels) == 4
+    for text, box in labels:
+        top, bottom = pixels.shape[0] - int(box.y1), pixels.shape[0] - int(box.y0)
+        patch = pixels[top:bottom, int(box.x0):int(box.x1)]
+        assert patch.size and not (np.abs(patch - red).sum(-1) < 60).any(), text
+
+
+def test_a_constant_learning_rate_gets_an_axis_from_zero(tmp_path):
+    flat = [{"epoch": e, "lr": 1e-4, "train_loss": 1 / e, "val_loss": 1 / e, "val_miou": 0.1} for e in (1, 2, 3)]
+    assert plot_curves(flat, tmp_path / "c.png", metric="miou", title="t")["lr_axis"] == (0.0, 2e-4)
+    cosine = [dict(r, lr=1e-4 / r["epoch"]) for r in flat]
+    bottom, top = plot_curves(cosine, tmp_path / "c.png", metric="miou", title="t")["lr_axis"]
+    assert 0 < bottom < 1e-4 / 3 and 1e-4 < top < 2e-4  # a schedule keeps its autoscaled axis
+
+
+def test_the_architecture_graph_draws_branches_side_by_side(tmp_path):
+    torch.manual_seed(0)
+    graph = trace_graph(get_model("deeplabv3", num_classes=7), torch.randn(1, 3, 64, 64))
+    blocks = {b["name"]: b for b in graph["blocks"]}
+    aspp = [f"net.classifier.0.convs.{i}" for i in range(5)]
+    assert all(blocks[n]["sources"] == ["net.backbone.layer4.2"] for n in aspp)
+    assert blocks["net.classifier.0.project"]["sources"] == aspp
+    assert blocks["net.aux_classifier.0"]["sources"] == ["net.backbone.layer3.5"]  # the aux head branches off
+    assert blocks["net.backbone.layer3.5"]["sources"] == ["net.backbone.layer3.4"]  # residuals stay inside
+    assert graph["outputs"] == ["net.classifier.4", "net.aux_classifier.4"]
+    where = layout(graph["blocks"], graph["outputs"])
+    assert len({where[n][0] for n in aspp}) == 1 and sorted(where[n][1] for n in aspp) == [0, 1, 2, 3, 4]
+    main, aux = where["net.classifier.4"], where["net.aux_classifier.4"]
+    assert main[0] == aux[0] and main[1] != aux[1]  # the two heads end side by side
+    meta = plot_architecture(graph["blocks"], tmp_path / "a.png", title="t", input_shape=(1, 3, 64, 64),
+                             outputs=graph["outputs"])
+    assert meta["lanes"] == 5 and meta["params"] == sum(p.numel() for p in get_model("deeplabv3", num_classes=7)
+                                                        .parameters())
+
+
+def test_the_architecture_of_a_vision_transformer_shows_tokens_and_the_cls_token_first():
+    torch.manual_seed(0)
+    vit = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, embed_dim=32, depth=2,
+                            num_heads=2, num_classes=5)
+    graph = trace_graph(vit, torch.randn(1, 3, 32, 32), max_blocks=10)  # the cut at whole blocks, as for BEiT-base
+    names = [b["name"] for b in graph["blocks"]]
+    assert names.index("cls_token") < names.index("patch_embed")
+    blocks = {b["name"]: b for b in graph["blocks"]}
+    assert blocks["pos_drop"]["sources"] == ["cls_token", "patch_embed"]
+    assert shape_text(blocks["blocks.0"]["shape"]) == "5 tokens x 32"  # 4 patches and the cls token
+    assert shape_text(blocks["cls_token"]["shape"]) == "1 token x 32"
+    where = layout(graph["blocks"], graph["outputs"])
+    assert where["cls_token"] == (where["patch_embed"][0], 0)  # drawn first, beside the patches
+    summary = architecture_summary(graph["blocks"], title="t", input_shape=(1, 3, 32, 32))
+    assert "5 tokens x 32" in summary and "C x H x W, or tokens x width" in summary
 
 
 def test_make_report_needs_a_run(tmp_path):

@@ -20,6 +20,8 @@ from utils.io import atomic_write
 PROBLEM_NAMES = {"p1": "Problem 1 (classification)", "p2": "Problem 2 (segmentation)"}
 REQUIRED_KEYS = ("model", "arch", "problem", "model_kwargs")
 FORMAT = 2
+# torch.save writes a zip archive; files of torch before 1.6 are a pickle (protocol 2 opcode).
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
 
 
 def unwrap(model):
@@ -67,6 +69,13 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
 
 def _load(path, map_location, what):
     """``torch.load(weights_only=True)``, any failure becoming one line that starts with ``what``."""
+    # torch.load's own error for a file torch.save did not write ("Unsupported operand 35", a
+    # text file's '#') names a pickle opcode, not the problem; its first bytes tell it plainly.
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        kind = "empty" if not head else "text" if _is_text(path) else "in another format"
+        raise UserError(f"{what} (the file is {kind}, not one written by torch.save)")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
             warnings.simplefilter("ignore")
@@ -78,6 +87,13 @@ def _load(path, map_location, what):
         raise UserError(f"{what} (torch.load with weights_only=True refused it: {brief(detail, 100)})") from None
     except Exception as e:  # torch raises many types for a file that is not one (zip, pickle, EOF)
         raise UserError(f"{what} ({brief(e, 120)})") from None
+
+
+def _is_text(path, size=4096):
+    """Whether the start of ``path`` reads as UTF-8 text (a character cut at the end allowed)."""
+    with open(path, "rb") as f:
+        text = f.read(size).decode("utf-8", errors="replace")
+    return "\ufffd" not in text[:-1] and all(c.isprintable() or c in "\t\n\r\ufffd" for c in text)
 
 
 def load_weights_into(module, path, what, flag="--pretrained-file"):

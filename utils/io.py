@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.errors import UserError, brief
 
 
 @functools.cache
@@ -79,10 +79,19 @@ def check_writable(path, flag, folder=False):
     while not parent.exists():
         parent = parent.parent
     if parent == path and path.is_dir():
-        ok = os.access(path, os.W_OK | os.X_OK)
+        ok, where = os.access(path, os.W_OK | os.X_OK), path
     elif parent == path:
-        ok = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+        ok, where = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK), path.parent
     else:
-        ok = parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+        ok, where = parent.is_dir() and os.access(parent, os.W_OK | os.X_OK), parent
     if not ok:
-        raise UserError(f"{flag} {path}: cannot write there ({parent} is not a writable folder)")
+        raise UserError(f"{flag} {path}: cannot write there ({where} is not a writable folder)")
+    # Permission bits are not the whole story: root passes os.access everywhere, and /proc, /sys or
+    # a read-only mount refuse new files all the same. Creating one is the only real test.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write there (no file can be created in {where}: "
+                        f"{e.strerror or brief(e)})") from None

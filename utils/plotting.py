@@ -1,4 +1,4 @@
-"""Report figures: embeddings, mask grids and overlays, architectures, curves, confusion, IoU bars.
+"""Report figures: embeddings, mask grids and overlays, curves, confusion, IoU bars.
 
 Every function draws with matplotlib's Agg backend into a PNG and returns a small dict of
 metadata (the path, the number of panels, ...), which the tests check instead of pixels.
@@ -10,15 +10,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from utils.io import atomic_write  # noqa: E402
 
 DPI = 150
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     """Save atomically (a report never holds half a PNG) and close the figure."""
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
@@ -61,7 +61,7 @@ def plot_embeddings(panels, labels, path, *, num_classes, suptitle):
                frameon=False, handlelength=0.8, columnspacing=0.6, title="class", title_fontsize=7,
                bbox_to_anchor=(0.5, -0.02 - 0.025 * math.ceil(len(handles) / 25)))
     fig.suptitle(suptitle, fontsize=12)
-    _save(fig, path)
+    save_figure(fig, path)
     return {"path": str(path), "panels": len(panels), "points": len(labels)}
 
 
@@ -69,7 +69,7 @@ def plot_curves(records, path, *, metric, title):
     """Training curves from ``metrics.jsonl`` records: losses, the validation metric, the lr.
 
     Returns:
-        ``{"path", "panels": 3, "epochs"}``.
+        ``{"path", "panels": 3, "epochs", "lr_axis": (bottom, top) of the learning-rate panel}``.
     """
     epochs = [r["epoch"] for r in records]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -84,14 +84,23 @@ def plot_curves(records, path, *, metric, title):
                     label=f"best {values[best]:.4f} (epoch {epochs[best]})")
     axes[1].set_title(f"validation {metric}")
     axes[1].legend()
-    axes[2].plot(epochs, [r["lr"] for r in records], color="tab:purple")
+    lrs = [r["lr"] for r in records]
+    axes[2].plot(epochs, lrs, color="tab:purple")
     axes[2].set_title("learning rate (epoch start)")
+    if max(lrs) == min(lrs):
+        # Autoscaling a flat line spreads +-4% of it over the axis (0.000096 to 0.000104 for
+        # 1e-4), which reads as a schedule; a constant rate gets an axis from zero and says so.
+        axes[2].set_ylim(0, 2 * lrs[0] if lrs[0] > 0 else 1)
+        axes[2].set_yticks([0, lrs[0], 2 * lrs[0]] if lrs[0] > 0 else [0])
+        axes[2].set_title(f"learning rate: constant {lrs[0]:.3g}")
+    axes[2].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))  # no "1e-4" offset text
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.suptitle(title, y=1.03)
-    _save(fig, path)
-    return {"path": str(path), "panels": 3, "epochs": len(records)}
+    lr_axis = tuple(float(v) for v in axes[2].get_ylim())
+    save_figure(fig, path)
+    return {"path": str(path), "panels": 3, "epochs": len(records), "lr_axis": lr_axis}
 
 
 def plot_confusion(matrix, path, *, title, present_only=True):
@@ -121,7 +130,7 @@ def plot_confusion(matrix, path, *, title, present_only=True):
     ax.set_ylabel("true class")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    _save(fig, path)
+    save_figure(fig, path)
     return {"path": str(path), "panels": 1, "classes": n}
 
 
@@ -133,20 +142,22 @@ def plot_class_iou(ious, names, path, *, title):
     """
     fig, ax = plt.subplots(figsize=(8, 4))
     values = [0.0 if v is None else v for v in ious]
-    bars = ax.bar(range(len(ious)), values, color="tab:blue")
+    bars = ax.bar(range(len(ious)), values, color="tab:blue", zorder=2)
     for bar, v in zip(bars, ious):
+        # An opaque label above the dashed mIoU line: the line passes behind it, not through it.
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01,
-                "absent" if v is None else f"{v:.3f}", ha="center", fontsize=8)
+                "absent" if v is None else f"{v:.3f}", ha="center", va="bottom", fontsize=8, zorder=4,
+                bbox=dict(facecolor="white", edgecolor="none", pad=1.0))
     ax.set_xticks(range(len(ious)))
     ax.set_xticklabels([f"{i} {n}" for i, n in enumerate(names)], fontsize=8)
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.12)
     ax.set_ylabel("IoU")
     present = [v for v in ious if v is not None]
-    ax.axhline(np.mean(present) if present else 0, color="tab:red", linestyle="--",
+    ax.axhline(np.mean(present) if present else 0, color="tab:red", linestyle="--", zorder=3,
                label=f"mIoU {np.mean(present) if present else float('nan'):.4f}")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: bars reach up to 1
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
     return {"path": str(path), "panels": 1, "bars": len(ious)}
 
 
@@ -159,7 +170,7 @@ def class_boundaries(classes):
     return edge
 
 
-def mask_overlay(image, classes, palette, *, alpha=0.3, boundary=(0, 0, 0)):
+def mask_overlay(image, classes, palette, *, alpha=0.3, boundary=(0, 0, 0), dim=1.0):
     """The course visualiser's view: class colours blended at ``alpha`` over the photo, edges drawn.
 
     Args:
@@ -168,12 +179,14 @@ def mask_overlay(image, classes, palette, *, alpha=0.3, boundary=(0, 0, 0)):
         palette: (C, 3) colours.
         alpha: the colour's weight.
         boundary: the colour of class boundaries.
+        dim: the photo's brightness before blending (1 keeps it). White (barren) over a light
+            tile is invisible at 1; a darker photo lets every colour, white too, stand out.
 
     Returns:
         (H, W, 3) uint8.
     """
     colours = np.asarray(palette, dtype=np.float32)[np.asarray(classes)]
-    out = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * colours
+    out = (1 - alpha) * dim * np.asarray(image, dtype=np.float32) + alpha * colours
     out[class_boundaries(classes)] = boundary
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
@@ -202,104 +215,5 @@ def plot_image_grid(rows, col_titles, path, *, row_titles=None, suptitle=None, l
                    loc="lower center", ncol=len(legend), fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.03))
     if suptitle:
         fig.suptitle(suptitle)
-    _save(fig, path)
+    save_figure(fig, path)
     return {"path": str(path), "panels": n_rows * n_cols, "rows": n_rows, "cols": n_cols}
-
-
-def trace_blocks(model, example, max_blocks=50):
-    """The blocks a forward pass runs through, with output shapes and parameter counts.
-
-    Every submodule gets a forward hook; the blocks are the called modules cut at the deepest
-    nesting level that still gives at most ``max_blocks`` of them (a module deeper than the cut,
-    or a leaf above it, stands for its whole subtree), in the order they finish.
-
-    Returns:
-        A list of ``{"name", "type", "shape", "params"}``.
-    """
-    calls, handles = [], []
-
-    def hook(name):
-        def record(module, inputs, output):
-            out = output["out"] if isinstance(output, dict) else output
-            shape = tuple(out.shape) if torch.is_tensor(out) else None
-            calls.append((name, type(module).__name__, shape, sum(p.numel() for p in module.parameters())))
-        return record
-
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(hook(name)))
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            model(example)
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    first = {}
-    for name, kind, shape, params in calls:
-        first.setdefault(name, (kind, shape, params))
-    names = list(first)
-    # Nesting counted over called modules only: containers that are never called themselves
-    # (ModuleList, say) are transparent, so nothing under them is lost from the cut.
-    level = {n: 1 + sum(n.startswith(a + ".") for a in names) for n in names}
-
-    def cut(depth):
-        return [n for n in names if level[n] <= depth
-                and not any(o.startswith(n + ".") and level[o] <= depth for o in names)]
-
-    best = cut(1)
-    for depth in range(2, 10):
-        blocks = cut(depth)
-        if len(blocks) > max_blocks:
-            break
-        best = blocks
-    return [{"name": n, "type": first[n][0], "shape": first[n][1], "params": first[n][2]} for n in best]
-
-
-def plot_architecture(blocks, path, *, title, input_shape):
-    """Draw traced blocks as a column of boxes (name, type, output shape, parameters).
-
-    Returns:
-        ``{"path", "panels": 1, "blocks", "params"}``.
-    """
-    n = len(blocks) + 1
-    fig, ax = plt.subplots(figsize=(8.5, 0.42 * n + 1.0))
-    kinds = sorted({b["type"] for b in blocks})
-    colours = dict(zip(kinds, class_colors(max(len(kinds), 1)) if len(kinds) <= 60 else []))
-    rows = [("input", "", tuple(input_shape), 0, (0.9, 0.9, 0.9, 1))]
-    rows += [(b["name"], b["type"], b["shape"], b["params"], colours[b["type"]]) for b in blocks]
-    for i, (name, kind, shape, params, colour) in enumerate(rows):
-        y = n - 1 - i
-        ax.add_patch(plt.Rectangle((0, y + 0.08), 1, 0.84, facecolor=(*colour[:3], 0.35), edgecolor="0.3"))
-        shape_text = "x".join(map(str, shape[1:])) if shape else "-"
-        label = f"{name}" + (f"  [{kind}]" if kind else "")
-        ax.text(0.02, y + 0.5, label, va="center", fontsize=8, family="monospace")
-        ax.text(0.62, y + 0.5, shape_text, va="center", fontsize=8, family="monospace")
-        ax.text(0.98, y + 0.5, f"{params:,}" if params else "", va="center", ha="right", fontsize=8,
-                family="monospace")
-        if i:
-            ax.annotate("", xy=(0.5, y + 0.92), xytext=(0.5, y + 1.08),
-                        arrowprops=dict(arrowstyle="->", color="0.4", lw=0.6))
-    ax.text(0.62, n + 0.1, "output (C x H x W)", fontsize=8, weight="bold")
-    ax.text(0.98, n + 0.1, "parameters", fontsize=8, ha="right", weight="bold")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, n + 0.6)
-    ax.axis("off")
-    total = sum(b["params"] for b in blocks)
-    ax.set_title(title, fontsize=10)
-    _save(fig, path)
-    return {"path": str(path), "panels": 1, "blocks": len(blocks), "params": total}
-
-
-def architecture_summary(blocks, *, title, input_shape):
-    """A text table of the traced blocks (what ``plot_architecture`` draws)."""
-    width = max(len(b["name"]) for b in blocks) + 2
-    lines = [title, f"input {tuple(input_shape)}", "",
-             f"{'block':<{width}}{'type':<26}{'output':<22}{'parameters':>14}"]
-    for b in blocks:
-        shape = "x".join(map(str, b["shape"][1:])) if b["shape"] else "-"
-        lines.append(f"{b['name']:<{width}}{b['type']:<26}{shape:<22}{b['params']:>14,}")
-    lines.append(f"{'total':<{width + 48}}{sum(b['params'] for b in blocks):>14,}")
-    return "\n".join(lines) + "\n"

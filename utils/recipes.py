@@ -67,6 +67,21 @@ RECIPES = {
                            aux_weight=0.4, augment="d4", color_jitter=0.2, class_weights="median-freq", tta="d4",
                            backbone="resnet50", pretrained=True),
         },
+        "lraspp": {
+            # Not in the seed's report: torchvision's reference recipe for this model (SGD 0.01,
+            # momentum 0.9, weight decay 1e-6, ImageNet backbone, void pixels ignored, a schedule
+            # that decays to zero: cosine for its polynomial one), at this homework's 100 epochs
+            # and batch 8.
+            "reference": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="sgd", lr=0.01, momentum=0.9,
+                              weight_decay=1e-6, sched="cosine", loss="ce", ignore_unknown=True, aux_weight=0.0,
+                              augment="flip", pretrained=True),
+            # The segmenters' strong parts: poly after a warm-up, D4 augmentation and TTA, colour
+            # jitter, median-frequency class weights, norms and biases undecayed.
+            "strong": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="sgd", lr=0.01, momentum=0.9,
+                           weight_decay=1e-6, norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce",
+                           ignore_unknown=True, aux_weight=0.0, augment="d4", color_jitter=0.2,
+                           class_weights="median-freq", tta="d4", pretrained=True),
+        },
     },
 }
 RECIPE_NAMES = ("reference", "strong")

@@ -1,17 +1,22 @@
 """Reading training runs for the report: snapshots, metrics, and the command that made them."""
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from datasets.folder import list_files
+from datasets.p2 import image_id
+from models import get_model_spec, list_models, option_names
 from utils.errors import UserError
 from utils.io import check_writable
 from utils.recipes import DEFAULTS
 from utils.runtime import resolve_amp, resolve_device
 
 _SNAPSHOT = re.compile(r"^epoch_(\d+)\.pth$")
+DEFAULT_TILE_IDS = ("0013", "0062", "0104")  # the report's mask figures (the seed's choice)
 
 
 def check_run(folder, flag):
@@ -60,7 +65,7 @@ def command_line(folder, script):
     args = json.loads(path.read_text())
     parts = [f"python3 {script}"]
     for key, value in sorted(args.items()):
-        if value is None or key in ("resume", "overwrite", "progress", "device", "amp"):
+        if value is None or key in ("resume", "overwrite", "progress", "device", "amp") or not applies(args, key):
             continue
         flag = "--" + key.replace("_", "-")
         if value is True:
@@ -72,6 +77,24 @@ def command_line(folder, script):
         else:
             parts.append(f"{flag} {value}")
     return " ".join(parts)
+
+
+# Flags that matter only beside another flag's value: SGD's momentum, the focal loss's numbers.
+ONLY_WITH = {"momentum": ("opt", "sgd"), "focal_alpha": ("loss", "focal"), "focal_gamma": ("loss", "focal")}
+
+
+def applies(args, key):
+    """Whether flag ``key`` changes what the run of ``args`` (its ``args.json``) computes: not
+    ``--momentum`` for AdamW, nor ``--global-pool`` for vgg13 (another model's option)."""
+    if key in ONLY_WITH:
+        other, value = ONLY_WITH[key]
+        return args.get(other) == value
+    model = args.get("model")
+    if model not in list_models():
+        return True
+    if key in option_names():
+        return key in option_names(model)
+    return key != "aux_weight" or get_model_spec(model).aux_head
 
 
 @dataclass
@@ -87,11 +110,26 @@ class ReportInputs:
 
 
 def report_inputs(args, problem):
-    """Check a figure script's ``--out``, ``--run`` and ``--val-dir`` (default: the run's own,
-    else the course's layout) before any work, and resolve its device."""
+    """Check a figure script's ``--out``, ``--run`` and ``--val-dir`` before any work, and
+    resolve its device."""
     check_writable(args.out, "--out", folder=True)
     run = check_run(args.run, "--run")
     snaps = snapshots(run, "--run")
     device = resolve_device(args.device)
-    val_dir = Path(args.val_dir or run_arg(run, "val_dir") or DEFAULTS[problem]["val_dir"])
-    return ReportInputs(run, snaps, val_dir, device, resolve_amp(args.amp, device))
+    return ReportInputs(run, snaps, val_dir_of(run, args.val_dir, problem), device, resolve_amp(args.amp, device))
+
+
+def val_dir_of(run, given, problem):
+    """The validation folder a figure reads: ``given``, else the run's own, else the course's."""
+    return Path(given or run_arg(run, "val_dir") or DEFAULTS[problem]["val_dir"])
+
+
+def default_tile_ids(val_dir, flag):
+    """The report's tiles when ``val_dir`` has them all, else its first three, with a warning
+    that names ``flag``, the option that chooses others in the script at hand."""
+    if all((Path(val_dir) / f"{i}_sat.jpg").is_file() for i in DEFAULT_TILE_IDS):
+        return list(DEFAULT_TILE_IDS)
+    ids = [image_id(p) for p in list_files(val_dir, ".jpg")[:3]]
+    warnings.warn(f"{val_dir} lacks tiles {', '.join(DEFAULT_TILE_IDS)}; showing {', '.join(ids)} "
+                  f"(choose with {flag})")
+    return ids

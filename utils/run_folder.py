@@ -1,9 +1,11 @@
 """A training run's output folder: what it holds, and in which order an epoch writes it.
 
-A run folder holds ``args.json``, ``metrics.jsonl`` (one JSON line per epoch), ``last.pth``
-(every epoch), ``best.pth`` (best validation metric) and ``epoch_NNN.pth`` snapshots. Each
-epoch writes its metrics line first and ``last.pth`` last, every file atomically, so a crash at
-any moment leaves loadable checkpoints and a resume that drops the lines it will redo.
+A run folder holds ``args.json``, ``metrics.jsonl`` (one JSON line per epoch), ``last.pth`` (the
+whole state of the latest epoch: what ``--resume`` takes), ``best.pth`` (the weights of the best
+epoch and what inference needs, no optimiser: the file to grade with and publish) and
+``epoch_NNN.pth`` snapshots (weights, as best.pth, for the report's figures). Each epoch writes
+its metrics line first and ``last.pth`` last, every file atomically, so a crash at any moment
+leaves loadable checkpoints and a resume that drops the lines it will redo.
 """
 import json
 import math
@@ -13,10 +15,9 @@ from pathlib import Path
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_write, check_writable, write_json
+from utils.state import weights_only
 
 RUN_FILES = ("args.json", "metrics.jsonl", "best.pth", "last.pth")
-# Snapshots feed the report's figures, not a resume: they keep the weights, not the optimiser.
-RESUME_ONLY = ("optimizer", "scheduler", "scaler")
 
 
 class RunFolder:
@@ -57,18 +58,18 @@ class RunFolder:
     def end_epoch(self, record, checkpoint, *, is_best, snapshot):
         """Log one epoch and write its checkpoints (metrics line, best, snapshot, then last).
 
-        When the epoch is the best, ``last.pth`` becomes a second name of ``best.pth`` (a hard
-        link, renamed into place) instead of a second serialisation: FCN32s' checkpoints with
-        optimiser state weigh over a gigabyte.
+        ``best.pth`` and the snapshot keep the weights only (:func:`utils.state.weights_only`):
+        graded and published, best.pth need not carry the optimiser, which doubles (SGD with
+        momentum) or triples (AdamW) a file. When the epoch is both, the snapshot is a second
+        name of ``best.pth`` (a hard link, renamed into place) rather than a second write.
         """
         append_jsonl(self.path / "metrics.jsonl", record)
+        best, snap = self.path / "best.pth", self.path / f"epoch_{record['epoch']:03d}.pth"
+        weights = weights_only(checkpoint) if is_best or snapshot else None
         if is_best:
-            save_checkpoint(checkpoint, self.path / "best.pth")
-        if snapshot:
-            weights = {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY}
-            save_checkpoint(weights, self.path / f"epoch_{record['epoch']:03d}.pth")
-        if is_best and _link_replace(self.path / "best.pth", self.path / "last.pth"):
-            return
+            save_checkpoint(weights, best)
+        if snapshot and not (is_best and _link_replace(best, snap)):
+            save_checkpoint(weights, snap)
         save_checkpoint(checkpoint, self.path / "last.pth")
 
     def save_partial(self, checkpoint):

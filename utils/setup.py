@@ -44,6 +44,9 @@ def resolve_flags(args, problem):
     ckpt = None
     if args.resume is not None:
         ckpt = load_checkpoint(args.resume, problem=problem)
+        if "optimizer" not in ckpt:
+            raise UserError(f"--resume {args.resume}: holds weights only (best.pth and the epoch_NNN.pth "
+                            f"snapshots keep no optimiser state); resume from {Path(args.resume).parent / 'last.pth'}")
         if args.model is not None and args.model != ckpt["arch"]:
             raise UserError(f"--resume {args.resume}: a checkpoint of {ckpt['arch']}, "
                             f"not of --model {args.model}")

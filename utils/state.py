@@ -9,6 +9,10 @@ A checkpoint is one plain dict (format :data:`utils.checkpoint.FORMAT`):
   ``best_metric``, ``best_epoch``, ``metrics`` (the last epoch's line), and for an epoch stopped
   part-way ``step`` and ``partial`` (the steps done, the loss sums so far, the epoch's
   augmentation streams, and the device, batch size and seed they continue only with).
+
+``best.pth`` and the ``epoch_NNN.pth`` snapshots keep the first group and the progress entries
+(``epoch``, ``best_metric``, ``best_epoch``, ``metrics``), not what only a resume needs
+(:data:`RESUME_ONLY`): :func:`weights_only`.
 """
 import math
 from dataclasses import dataclass
@@ -18,6 +22,9 @@ import torch
 from utils.checkpoint import FORMAT, unwrap
 from utils.errors import UserError
 from utils.runtime import rng_state, set_rng_state
+
+# What only a resume reads: the optimiser's slots alone are as large as the weights, or twice.
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "step", "partial")
 
 
 @dataclass
@@ -67,6 +74,11 @@ class TrainState:
         if self.partial is not None:
             ckpt.update(step=self.partial["train"]["step"], partial=self.partial)
         return ckpt
+
+
+def weights_only(ckpt):
+    """``ckpt`` without :data:`RESUME_ONLY`: what inference and the report figures read."""
+    return {k: v for k, v in ckpt.items() if k not in RESUME_ONLY}
 
 
 def _cpu_state(state_dict):
