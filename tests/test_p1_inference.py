@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, assert_one_line_error, run_script, write_p1_folder
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.io import check_writable
 
@@ -89,8 +89,9 @@ def test_a_text_file_given_as_checkpoint_is_named_as_such(p1_data, tmp_path):
     assert "operand" not in proc.stderr
     other = tmp_path / "image.pth"
     other.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
-    assert_one_line_error(infer(other, p1_data[1], tmp_path / "p.csv"), other,
-                          "the file is in another format, not one written by torch.save")
+    with pytest.raises(UserError, match="image.pth: not a readable checkpoint \\(the file is in another format, "
+                                        "not one written by torch.save\\)"):
+        load_checkpoint(other)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")

@@ -1,6 +1,5 @@
 """Report figures: features, embeddings, mask grids and overlays, architectures, curves, index.md."""
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -56,9 +55,11 @@ def test_p2_mask_grid_and_overlay(p2_run, p2_data, tmp_path):
 
 
 def test_the_overlay_shows_best_pth_not_the_last_epoch(p2_run, p2_data, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(p2_run, run)
-    shutil.copy(run / "epoch_001.pth", run / "best.pth")  # a run whose best epoch is not its last
+    run = tmp_path / "run"  # p2_run's files, linked, not copied (FCN32s' are hundreds of megabytes)
+    run.mkdir()
+    for name in ("args.json", "metrics.jsonl", "epoch_001.pth", "epoch_002.pth"):
+        (run / name).symlink_to(p2_run / name)
+    (run / "best.pth").symlink_to(p2_run / "epoch_001.pth")  # a run whose best epoch is not its last
     result = p2_masks.main(parse(p2_masks, "--run", run, "--val-dir", p2_data[1], "--out", tmp_path / "o",
                                  "--ids", "0100"))
     assert result["overlay"]["title"] == "prediction, best.pth (epoch 1)"

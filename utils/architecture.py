@@ -125,7 +125,8 @@ def trace_graph(model, example, max_blocks=50):
     """The blocks a forward pass runs through and where each one's inputs come from.
 
     Parameters that belong to no block (BEiT's ``cls_token``) become blocks of their own, of
-    type ``Parameter``, placed just before their first user.
+    type ``Parameter``, listed before the other inputs of their first user. A source that also
+    feeds another source of the same block (a residual connection) is left out.
 
     Returns:
         ``{"blocks": [{"name", "type", "shape", "params", "sources"}], "outputs": sources}``:
@@ -224,7 +225,7 @@ def layout(blocks, outputs=None):
         ``{name: (row, lane)}``, the input in row 0.
     """
     names = [b["name"] for b in blocks]
-    sources = {b["name"]: [s for s in b["sources"]] for b in blocks}
+    sources = {b["name"]: list(b["sources"]) for b in blocks}
     if outputs is not None:
         sources[OUTPUT] = list(outputs)
         names = names + [OUTPUT]

@@ -15,7 +15,7 @@ from pathlib import Path
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_write, check_writable, write_json
-from utils.state import weights_only
+from utils.state import inference_checkpoint
 
 RUN_FILES = ("args.json", "metrics.jsonl", "best.pth", "last.pth")
 
@@ -58,14 +58,14 @@ class RunFolder:
     def end_epoch(self, record, checkpoint, *, is_best, snapshot):
         """Log one epoch and write its checkpoints (metrics line, best, snapshot, then last).
 
-        ``best.pth`` and the snapshot keep the weights only (:func:`utils.state.weights_only`):
-        graded and published, best.pth need not carry the optimiser, which doubles (SGD with
-        momentum) or triples (AdamW) a file. When the epoch is both, the snapshot is a second
+        ``best.pth`` and the snapshot keep what inference needs, weights included, not the
+        optimiser (:func:`utils.state.inference_checkpoint`): graded and published, best.pth
+        need not carry slots that double (SGD with momentum) or triple (AdamW) a file. When the epoch is both, the snapshot is a second
         name of ``best.pth`` (a hard link, renamed into place) rather than a second write.
         """
         append_jsonl(self.path / "metrics.jsonl", record)
         best, snap = self.path / "best.pth", self.path / f"epoch_{record['epoch']:03d}.pth"
-        weights = weights_only(checkpoint) if is_best or snapshot else None
+        weights = inference_checkpoint(checkpoint) if is_best or snapshot else None
         if is_best:
             save_checkpoint(weights, best)
         if snapshot and not (is_best and _link_replace(best, snap)):

@@ -12,7 +12,7 @@ A checkpoint is one plain dict (format :data:`utils.checkpoint.FORMAT`):
 
 ``best.pth`` and the ``epoch_NNN.pth`` snapshots keep the first group and the progress entries
 (``epoch``, ``best_metric``, ``best_epoch``, ``metrics``), not what only a resume needs
-(:data:`RESUME_ONLY`): :func:`weights_only`.
+(:data:`RESUME_ONLY`): :func:`inference_checkpoint`.
 """
 import math
 from dataclasses import dataclass
@@ -76,7 +76,7 @@ class TrainState:
         return ckpt
 
 
-def weights_only(ckpt):
+def inference_checkpoint(ckpt):
     """``ckpt`` without :data:`RESUME_ONLY`: what inference and the report figures read."""
     return {k: v for k, v in ckpt.items() if k not in RESUME_ONLY}
 
