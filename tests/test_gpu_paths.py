@@ -22,11 +22,11 @@ from datasets.transforms import Compose
 from models import get_model
 from tests.conftest import REPO, run_script
 from utils import distributed
-from utils.engine import MAX_SKIPPED_IN_A_ROW, evaluate, out_of_memory, predict, train_one_epoch
+from utils.engine import evaluate, out_of_memory, predict, train_one_epoch
 from utils.errors import UserError
 from utils.metrics import Accuracy
 from utils.optim import Updater, build_optimizer, build_scheduler
-from utils.runtime import memory_format_of
+from utils.runtime import MAX_SKIPPED_IN_A_ROW, memory_format_of
 
 CPU = torch.device("cpu")
 

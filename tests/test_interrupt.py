@@ -74,7 +74,7 @@ def test_stop_mid_epoch_saves_the_step_and_resumes_exactly(data, reference, tmp_
     signal_at_question(monkeypatch, 20, signal.SIGTERM)
     out = tmp_path / "run"
     with pytest.raises(Exception, match=r"stopped by SIGTERM in epoch 2 after step 5 of 15; saved .*last.pth; "
-                                        r"continue with: python3 .* --resume .*last.pth") as info:
+                                        r"continue with: python3 p1_train.py --resume .*last.pth") as info:
         p1_train.main(p1_train.get_args_parser().parse_args(flags(data, out)))
     assert info.value.exit_code == 128 + signal.SIGTERM
     ckpt = load_checkpoint(out / "last.pth")

@@ -7,8 +7,8 @@ recipe default to ``None`` and are filled in by the script from its recipe table
 import argparse
 from pathlib import Path
 
-from utils.engine import MAX_SKIPPED_IN_A_ROW
 from utils.errors import UserError
+from utils.runtime import MAX_SKIPPED_IN_A_ROW
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
-from utils.runtime import memory_format_of, peak_memory_gib
+from utils.runtime import MAX_SKIPPED_IN_A_ROW, memory_format_of, peak_memory_gib
 
 
 def autocast(device, amp_dtype):
@@ -111,11 +111,6 @@ class _Throttle:
             return True
         return False
 
-
-# Under float16 the gradient scaler skips a step whose gradients overflow and halves its scale;
-# 32 halvings take its first scale, 2**16, to 2**-16, where float16 gradients vanish: a step
-# still not finite then is no overflow but a run gone wrong (too high a learning rate, NaN data).
-MAX_SKIPPED_IN_A_ROW = 32
 
 
 class LossMeter:

@@ -6,10 +6,8 @@ and a :class:`Task` (what differs between the problems: data, model, losses, tra
 metric). The per-batch loops are :mod:`utils.engine`'s; what a checkpoint holds is
 :mod:`utils.state`'s; the run folder's files are :mod:`utils.run_folder`'s.
 """
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -199,7 +197,7 @@ class Trainer:
     def _stopped(self, stop, where):
         last = self.setup.folder.path / "last.pth"
         return Interrupted(f"stopped by {stop.name} {where}; saved {last}; continue with: python3 "
-                           f"{Path(sys.argv[0]).name} --resume {last}", stop.signum)
+                           f"{self.setup.problem}_train.py --resume {last}", stop.signum)
 
     def _result(self):
         return {f"best_{self.key}": self.state.best_metric, "best_epoch": self.state.best_epoch,
