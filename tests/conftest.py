@@ -82,12 +82,15 @@ def p2_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def p2_run(p2_data, tmp_path_factory):
-    """A finished 2-epoch FCN32s run (random init) on :func:`p2_data`; returns its folder."""
+    """A finished 2-epoch LR-ASPP run (random init) on :func:`p2_data`; returns its folder.
+
+    LR-ASPP, not FCN32s: its checkpoints are 13 MB, not 0.5-1 GB, which the many tests that load
+    this run feel; FCN32s is trained by its own tests."""
     import p2_train
 
     out = tmp_path_factory.mktemp("p2_run")
     args = p2_train.get_args_parser().parse_args([
-        "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]), "--output-dir", str(out),
+        "--model", "lraspp", "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]), "--output-dir", str(out),
         "--tile-size", "64", "--no-pretrained", "--epochs", "2", "--batch-size", "4",
         "--opt", "adamw", "--lr", "1e-4", "--device", "cpu", "--no-progress"])
     p2_train.main(args)

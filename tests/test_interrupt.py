@@ -157,7 +157,7 @@ def test_p2_train_stopped_mid_epoch_resumes_to_the_same_weights(p2_data, p2_run,
     signal_at_question(monkeypatch, 3, signal.SIGINT)
     out = tmp_path / "run"
     args = p2_train.get_args_parser().parse_args([
-        "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]), "--output-dir", str(out),
+        "--model", "lraspp", "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]), "--output-dir", str(out),
         "--tile-size", "64", "--no-pretrained", "--epochs", "2", "--batch-size", "4",
         "--opt", "adamw", "--lr", "1e-4", "--device", "cpu", "--no-progress"])
     with pytest.raises(Exception, match="stopped by SIGINT in epoch 2 after step 1 of 2"):

@@ -18,7 +18,7 @@ def test_run_folder_and_checkpoint(p2_run):
     assert [r["epoch"] for r in lines] == [1, 2]
     assert {"val_miou", "val_loss", "train_loss", "val_iou_0", "val_iou_5"} <= lines[0].keys()
     ckpt = load_checkpoint(p2_run / "best.pth", problem="p2")
-    assert ckpt["arch"] == "fcn32s" and ckpt["num_classes"] == 7
+    assert ckpt["arch"] == "lraspp" and ckpt["num_classes"] == 7
     assert ckpt["mean"] == pytest.approx([0.485, 0.456, 0.406])
     snapshot = load_checkpoint(p2_run / "epoch_001.pth", problem="p2")
     assert "optimizer" not in snapshot and snapshot["epoch"] == 1
@@ -128,7 +128,7 @@ def test_problems_do_not_take_each_others_checkpoints(p1_run, p2_run, p1_data, p
                           "Problem 1", "vgg13", "Problem 2 (segmentation) checkpoint is needed")
     proc = run_script("p1_inference.py", "--checkpoint", p2_run / "best.pth", p1_data[1], tmp_path / "p.csv",
                       "--device", "cpu")
-    assert_one_line_error(proc, "Problem 2", "fcn32s", "Problem 1 (classification) checkpoint is needed")
+    assert_one_line_error(proc, "Problem 2", "lraspp", "Problem 1 (classification) checkpoint is needed")
     assert not (tmp_path / "o").exists() and not (tmp_path / "p.csv").exists()
 
 

@@ -55,7 +55,7 @@ def test_p2_mask_grid_and_overlay(p2_run, p2_data, tmp_path):
 
 
 def test_the_overlay_shows_best_pth_not_the_last_epoch(p2_run, p2_data, tmp_path):
-    run = tmp_path / "run"  # p2_run's files, linked, not copied (FCN32s' are hundreds of megabytes)
+    run = tmp_path / "run"  # p2_run's files, linked, not copied
     run.mkdir()
     for name in ("args.json", "metrics.jsonl", "epoch_001.pth", "epoch_002.pth"):
         (run / name).symlink_to(p2_run / name)
@@ -174,9 +174,9 @@ def test_the_report_lists_only_the_flags_that_apply(p1_run, p2_run, tmp_path):
     p1 = command_line(p1_run, "p1_train.py")  # vgg13 with AdamW
     assert "--opt adamw" in p1 and "--dropout 0.5" in p1
     assert "--momentum" not in p1 and "--global-pool" not in p1
-    p2 = command_line(p2_run, "p2_train.py")  # fcn32s, cross-entropy, AdamW
-    assert "--dropout 0.5" in p2 and "--loss ce" in p2
-    for flag in ("--momentum", "--focal-alpha", "--focal-gamma", "--aux-weight", "--bn-momentum"):
+    p2 = command_line(p2_run, "p2_train.py")  # lraspp, cross-entropy, AdamW
+    assert "--loss ce" in p2 and "--opt adamw" in p2
+    for flag in ("--momentum", "--focal-alpha", "--focal-gamma", "--aux-weight", "--dropout"):
         assert flag not in p2, flag
     run = tmp_path / "deeplab"
     run.mkdir()
@@ -185,7 +185,10 @@ def test_the_report_lists_only_the_flags_that_apply(p1_run, p2_run, tmp_path):
     (run / "args.json").write_text(json.dumps(args))
     deeplab = command_line(run, "p2_train.py")
     assert "--momentum 0.9" in deeplab and "--focal-alpha 0.2" in deeplab and "--aux-weight 1.0" in deeplab
-    assert "--dropout" not in deeplab
+    assert "--dropout" not in deeplab and "--bn-momentum" not in deeplab
+    (run / "args.json").write_text(json.dumps({**args, "model": "fcn32s", "opt": "adamw"}))
+    fcn = command_line(run, "p2_train.py")
+    assert "--dropout 0.5" in fcn and "--bn-momentum" not in fcn and "--momentum" not in fcn
 
 
 def test_class_iou_labels_are_not_struck_through(tmp_path, monkeypatch):
