@@ -104,13 +104,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 sys.path.insert(0, ".")
 from datasets.p1 import MEAN, STD  # noqa: E402
 from datasets.synthetic import write_tiles  # noqa: E402
-from models import get_model, get_model_spec  # noqa: E402
+from models import untrained_checkpoint  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 
 root = Path(sys.argv[1])
@@ -127,14 +126,8 @@ for i in range(313):
     small.resize((512, 512), Image.BICUBIC).save(root / "p2_test" / f"{i:04d}_sat.jpg", quality=90)
 write_tiles(root / "p2_train", 48, size=512, seed=0)
 write_tiles(root / "p2_val", 16, size=512, seed=1, start=100)
-for arch, problem, classes in (("vgg13", "p1", 50), ("beit", "p1", 50), ("fcn32s", "p2", 7), ("deeplabv3", "p2", 7)):
-    spec = get_model_spec(arch)
-    mean, std = (spec.mean, spec.std) if spec.mean is not None else (MEAN, STD)
-    torch.manual_seed(0)
-    model = get_model(arch, num_classes=classes, pretrained=False)
-    save_checkpoint({"model": model.state_dict(), "arch": arch, "problem": problem,
-                     "model_kwargs": {"num_classes": classes}, "num_classes": classes,
-                     "mean": list(mean), "std": list(std), "epoch": 0}, root / f"{arch}.pth")
+for arch, classes in (("vgg13", 50), ("beit", 50), ("fcn32s", 7), ("deeplabv3", 7)):
+    save_checkpoint(untrained_checkpoint(arch, num_classes=classes, mean=MEAN, std=STD), root / f"{arch}.pth")
 EOF
 
 for arch in vgg13 beit; do

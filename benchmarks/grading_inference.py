@@ -37,10 +37,10 @@ sys.path.insert(0, str(REPO))
 
 import p1_inference  # noqa: E402
 import p2_inference  # noqa: E402
-from datasets.p1 import MEAN, STD  # noqa: E402
-from datasets.p2 import PALETTE, read_mask  # noqa: E402
+from datasets.p1 import MEAN, NUM_CLASSES as P1_CLASSES, STD  # noqa: E402
+from datasets.p2 import PALETTE, NUM_CLASSES as P2_CLASSES, read_mask  # noqa: E402
 from datasets.synthetic import write_tiles  # noqa: E402
-from models import get_model, get_model_spec, load_trained  # noqa: E402
+from models import load_trained, untrained_checkpoint  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 
@@ -48,16 +48,6 @@ from utils.runtime import resolve_device  # noqa: E402
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def write_checkpoint(path, arch, problem, num_classes):
-    spec = get_model_spec(arch)
-    mean, std = (spec.mean, spec.std) if spec.mean is not None else (MEAN, STD)
-    torch.manual_seed(0)
-    model = get_model(arch, num_classes=num_classes, pretrained=False)
-    save_checkpoint({"model": model.state_dict(), "arch": arch, "problem": problem,
-                     "model_kwargs": {"num_classes": num_classes}, "num_classes": num_classes,
-                     "mean": list(mean), "std": list(std), "epoch": 0}, path)
 
 
 def timed(fn):
@@ -145,8 +135,8 @@ def main():
         for mask in p2_dir.glob("*_mask.png"):
             mask.unlink()  # a test folder holds the tiles only
         p1_ckpt, p2_ckpt = tmp / "p1.pth", tmp / "p2.pth"
-        write_checkpoint(p1_ckpt, "vgg13", "p1", 50)
-        write_checkpoint(p2_ckpt, args.p2_model, "p2", 7)
+        save_checkpoint(untrained_checkpoint("vgg13", num_classes=P1_CLASSES, mean=MEAN, std=STD), p1_ckpt)
+        save_checkpoint(untrained_checkpoint(args.p2_model, num_classes=P2_CLASSES, mean=MEAN, std=STD), p2_ckpt)
         env = {"HW1_P1_CHECKPOINT": str(p1_ckpt), "HW1_P2_CHECKPOINT": str(p2_ckpt), "PYTHON": sys.executable}
 
         seconds = run_grading("hw1_1.sh", p1_dir, tmp / "graded.csv", env)

@@ -114,6 +114,29 @@ def load_trained(path, device, *, problem=None, compile=False):
     return (torch.compile(model) if compile else model), ckpt
 
 
+def untrained_checkpoint(name, *, num_classes, mean, std, seed=0):
+    """A checkpoint of ``name`` with seeded random weights, in the layout :func:`load_trained`
+    reads: what benchmarks and the GPU check grade with where no trained run exists.
+
+    Args:
+        name: a registered model.
+        num_classes: outputs of the head.
+        mean, std: the data's normalisation, kept only for a model whose weights bring none.
+        seed: the weights' seed (the global RNG is seeded with it).
+
+    Returns:
+        The checkpoint dict, for :func:`utils.checkpoint.save_checkpoint`.
+    """
+    spec = get_model_spec(name)
+    torch.manual_seed(seed)
+    model = get_model(name, num_classes=num_classes)
+    if spec.mean is not None:
+        mean, std = spec.mean, spec.std
+    return {"model": model.state_dict(), "arch": name, "problem": spec.problem,
+            "model_kwargs": {"num_classes": num_classes}, "num_classes": num_classes,
+            "mean": list(mean), "std": list(std), "epoch": 0, "args": {}}  # no run, so no flags: no TTA
+
+
 def model_options(name, namespace):
     """The model-specific options of ``name`` found in ``namespace`` (parsed flags).
 

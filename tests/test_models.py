@@ -2,10 +2,15 @@
 import pytest
 import timm
 import torch
+from PIL import Image
 from torch import nn
 
 import models.beit
-from models import get_model, get_model_spec, list_models
+import p1_inference
+import p2_inference
+from datasets.synthetic import write_tiles
+from models import get_model, get_model_spec, list_models, load_trained, untrained_checkpoint
+from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 from utils.recipes import RECIPES
 
@@ -203,3 +208,33 @@ def test_every_model_has_a_recipe(name):
     for recipe in RECIPES[spec.problem][name].values():
         assert {"epochs", "batch_size", "opt", "lr", "sched", "pretrained"} <= recipe.keys()
         assert recipe["pretrained"] is False or spec.has_pretrained
+
+
+@pytest.mark.parametrize("name, num_classes", [("vgg13", 50), ("lraspp", 7)])
+def test_untrained_checkpoint_loads_as_a_trained_one(name, num_classes, tmp_path):
+    data_mean, data_std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
+    ckpt = untrained_checkpoint(name, num_classes=num_classes, mean=data_mean, std=data_std, seed=3)
+    save_checkpoint(ckpt, tmp_path / "c.pth")
+    spec = get_model_spec(name)
+    model, loaded = load_trained(tmp_path / "c.pth", torch.device("cpu"), problem=spec.problem)
+    assert (loaded["arch"], loaded["problem"], loaded["num_classes"]) == (name, spec.problem, num_classes)
+    # The data's normalisation only where the weights bring none of their own.
+    assert loaded["mean"] == pytest.approx(spec.mean or data_mean)
+    assert loaded["std"] == pytest.approx(spec.std or data_std)
+    torch.manual_seed(3)
+    fresh = get_model(name, num_classes=num_classes).state_dict()
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, fresh[key]), key
+    # The grading inference takes it as it takes a trained run's best.pth.
+    script = p1_inference if spec.problem == "p1" else p2_inference
+    images = tmp_path / "images"
+    if spec.problem == "p1":
+        images.mkdir()
+        for i in range(3):
+            Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(images / f"{i:04d}.png")
+    else:
+        write_tiles(images, 2, size=64, seed=0)
+    result = script.main(script.get_args_parser().parse_args(
+        ["--checkpoint", str(tmp_path / "c.pth"), "--device", "cpu", "--no-progress", str(images),
+         str(tmp_path / "out")]))
+    assert result["tta"] == "none"
