@@ -3,18 +3,14 @@
 # Classifies every .png in <image_dir> into <out_csv> (filename,label). The checkpoint is
 # checkpoints/p1_best.pth beside this script (where hw1_download.sh puts it); set
 # HW1_P1_CHECKPOINT to use another. The interpreter is $PYTHON when set, else the
-# repository's .venv/bin/python when it exists (the README installs there), else python3.
+# repository's .venv/bin/python when it exists (the README installs there), else python3
+# (utils/python.sh).
 set -euo pipefail
 if [ "$#" -ne 2 ]; then
     echo "usage: bash hw1_1.sh <image_dir> <out_csv>" >&2
     exit 2
 fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-python="python3"
-if [ -n "${PYTHON:-}" ]; then
-    python="$PYTHON"
-elif [ -x "$here/.venv/bin/python" ]; then
-    python="$here/.venv/bin/python"
-fi
+. "$here/utils/python.sh" "$here"
 exec "$python" "$here/p1_inference.py" \
     --checkpoint "${HW1_P1_CHECKPOINT:-$here/checkpoints/p1_best.pth}" "$1" "$2"

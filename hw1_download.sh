@@ -3,13 +3,8 @@
 # The files and their sha256 are listed in checkpoints.txt; checkpoints land in checkpoints/
 # beside this script, where hw1_1.sh and hw1_2.sh look. Every flag goes to hw1_download.py (see
 # --help); HW1_MIRROR=URL fetches each file from URL/<name>. The interpreter is $PYTHON when
-# set, else the repository's .venv/bin/python when it exists, else python3 (as in hw1_1.sh).
+# set, else the repository's .venv/bin/python when it exists, else python3 (utils/python.sh).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-python="python3"
-if [ -n "${PYTHON:-}" ]; then
-    python="$PYTHON"
-elif [ -x "$here/.venv/bin/python" ]; then
-    python="$here/.venv/bin/python"
-fi
+. "$here/utils/python.sh" "$here"
 exec "$python" "$here/hw1_download.py" "$@"

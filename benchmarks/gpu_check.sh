@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device check: does this project work on this machine's CUDA GPU(s), and how fast?
 #
-# Usage: bash benchmarks/gpu_check.sh        (PYTHON selects the interpreter, default python3)
+# Usage: bash benchmarks/gpu_check.sh   (the interpreter: $PYTHON, else the repository's .venv, else python3)
 #
 # Runs, each timed and none stopping the others:
 #   1. pytest tests/test_cuda.py (training steps in bf16 and fp16 with an injected overflow,
@@ -23,7 +23,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
-py="${PYTHON:-python3}"
+. "$repo/utils/python.sh" "$repo"
+py="$python"
 
 status=0
 "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)' 2>/dev/null || status=$?

@@ -33,6 +33,8 @@ def test_the_interpreter_is_python_then_the_venv_then_python3(script, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(REPO / script, repo / script)
+    (repo / "utils").mkdir()
+    shutil.copy(REPO / "utils" / "python.sh", repo / "utils" / "python.sh")  # the choice they share
     fake_python(tmp_path / "bin" / "python3", "system-python3")
     target = str(repo / {"hw1_1.sh": "p1_inference.py", "hw1_2.sh": "p2_inference.py"}.get(script, "hw1_download.py"))
 
