@@ -22,7 +22,6 @@ Problem 2 (under a minute with lraspp):
 Then make_report.py draws every report figure from the two runs into <output-dir>/report/.
 Each part prints its time.
 """
-import csv
 import shutil
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import p1_train
 import p2_inference
 import p2_train
 from datasets.digits import write_digits
-from datasets.p1 import parse_label
+from datasets.p1 import csv_accuracy
 from datasets.synthetic import write_tiles
 from utils.args import REPO, make_parser, runtime_parser
 from utils.errors import run_cli
@@ -64,13 +63,6 @@ def get_args_parser():
                         help="Problem 2 training epochs (default: 15 for lraspp, 3 for fcn32s)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of both runs")
     return parser
-
-
-def csv_accuracy(path):
-    """Share of rows of a ``filename,label`` CSV whose label is the one in the file name."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return sum(int(r["label"]) == parse_label(Path(r["filename"])) for r in rows) / len(rows), len(rows)
 
 
 def demo_p1(args, common):

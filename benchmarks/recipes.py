@@ -16,7 +16,6 @@ held-out mIoU from p2_inference.py's masks scored by mean_iou_evaluate.py. Print
 and a table of means, and the difference strong - reference.
 """
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import p1_train  # noqa: E402
 import p2_inference  # noqa: E402
 import p2_train  # noqa: E402
 from datasets.digits import write_digits  # noqa: E402
-from datasets.p1 import parse_label  # noqa: E402
+from datasets.p1 import csv_accuracy  # noqa: E402
 from datasets.synthetic import write_tiles  # noqa: E402
 from utils.recipes import RECIPES  # noqa: E402
 
@@ -64,38 +63,27 @@ def get_args_parser():
     return p
 
 
-def p1_score(runs, data, model, recipe, seed, extra, args):
+def score(runs, data, model, recipe, seed, extra, args):
+    """Train one run on the training folder (best.pth picked on the selection folder), grade the
+    held-out folder with the problem's inference script, and return (selection, held-out) figures."""
     train, select, test = data
-    out = runs / f"{model}_{recipe}_{seed}_{len(extra)}_{'_'.join(extra)}".replace("-", "")
+    out = runs / f"{model}_{recipe}_{seed}_{'_'.join(extra)}".replace("-", "")
     flags = ["--model", model, "--recipe", recipe, "--train-dir", str(train), "--val-dir", str(select),
              "--output-dir", str(out), "--epochs", str(args.epochs), "--seed", str(seed), "--device", args.device,
              "--no-progress", "--overwrite", "--save-epochs", *extra]
     if args.batch_size:
         flags += ["--batch-size", str(args.batch_size)]
-    result = p1_train.main(p1_train.get_args_parser().parse_args(flags))
-    pred = out / "test.csv"
-    p1_inference.main(p1_inference.get_args_parser().parse_args(
-        ["--checkpoint", str(out / "best.pth"), "--device", args.device, "--no-progress", str(test), str(pred)]))
-    with open(pred, newline="") as f:
-        rows = list(csv.DictReader(f))
-    held_out = sum(int(r["label"]) == parse_label(Path(r["filename"])) for r in rows) / len(rows)
-    return result["best_val_acc"], held_out
-
-
-def p2_score(runs, data, model, recipe, seed, extra, args):
-    train, select, test = data
-    out = runs / f"{model}_{recipe}_{seed}_{'_'.join(extra)}".replace("-", "")
-    flags = ["--model", model, "--recipe", recipe, "--no-pretrained", "--train-dir", str(train),
-             "--val-dir", str(select), "--tile-size", str(args.tile_size), "--output-dir", str(out),
-             "--epochs", str(args.epochs), "--seed", str(seed), "--device", args.device, "--no-progress",
-             "--overwrite", "--save-epochs", *extra]
-    if args.batch_size:
-        flags += ["--batch-size", str(args.batch_size)]
-    result = p2_train.main(p2_train.get_args_parser().parse_args(flags))
-    masks = out / "test_masks"
-    p2_inference.main(p2_inference.get_args_parser().parse_args(
-        ["--checkpoint", str(out / "best.pth"), "--device", args.device, "--no-progress", str(test), str(masks)]))
-    scored = mean_iou_evaluate.main(mean_iou_evaluate.get_args_parser().parse_args(["-g", str(test), "-p", str(masks)]))
+    if args.problem == "p2":
+        flags += ["--no-pretrained", "--tile-size", str(args.tile_size)]
+    train_script, inference = (p1_train, p1_inference) if args.problem == "p1" else (p2_train, p2_inference)
+    result = train_script.main(train_script.get_args_parser().parse_args(flags))
+    graded = out / ("test.csv" if args.problem == "p1" else "test_masks")
+    inference.main(inference.get_args_parser().parse_args(
+        ["--checkpoint", str(out / "best.pth"), "--device", args.device, "--no-progress", str(test), str(graded)]))
+    if args.problem == "p1":
+        return result["best_val_acc"], csv_accuracy(graded)[0]
+    scored = mean_iou_evaluate.main(mean_iou_evaluate.get_args_parser().parse_args(
+        ["-g", str(test), "-p", str(graded)]))
     return result["best_val_miou"], scored["miou"]
 
 
@@ -104,13 +92,13 @@ def main(args):
     args.epochs = args.epochs or (10 if args.problem == "p1" else 6)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="recipes-"))
     if args.problem == "p1":
-        data, score, metric = write_digits(work / "digits", val_fraction=0.2, test_fraction=0.2), p1_score, "accuracy"
+        data, metric = write_digits(work / "digits", val_fraction=0.2, test_fraction=0.2), "accuracy"
     else:
         n_train, n_select, n_test = args.tiles
         data = (write_tiles(work / "tiles" / "train", n_train, size=args.tile_size, seed=0),
                 write_tiles(work / "tiles" / "select", n_select, size=args.tile_size, seed=1, start=5000),
                 write_tiles(work / "tiles" / "test", n_test, size=args.tile_size, seed=2, start=9000))
-        score, metric = p2_score, "mIoU"
+        metric = "mIoU"
     lines, table = [], {}
     for model in args.models:
         variants = [("reference", []), ("strong", [])]

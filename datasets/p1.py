@@ -7,6 +7,7 @@ import csv
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,3 +100,14 @@ def write_predictions(path, names, labels):
         writer = csv.writer(f)
         writer.writerow(["filename", "label"])
         writer.writerows(zip(names, labels))
+
+
+def csv_accuracy(path):
+    """Score a grading CSV against the labels in its file names (``{label}_{id}.png``).
+
+    Returns:
+        ``(accuracy, rows)``: the share of rows whose label is the file name's, and their number.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return sum(int(r["label"]) == parse_label(Path(r["filename"])) for r in rows) / len(rows), len(rows)

@@ -1,24 +1,16 @@
 """Training on several processes through torchrun (gloo on the CPU), as a user launches it."""
-import csv
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 import mean_iou_evaluate
 from tests.conftest import REPO, run_script
-from datasets.p1 import parse_label
+from datasets.p1 import csv_accuracy
 from utils.checkpoint import load_checkpoint
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 ENV = {"OMP_NUM_THREADS": "1"}
-
-
-def accuracy_of(csv_path):
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return sum(parse_label(Path(r["filename"])) == int(r["label"]) for r in rows) / len(rows)
 
 
 def test_torchrun_two_processes_write_one_run_with_exact_validation(p1_data, tmp_path):
@@ -47,7 +39,7 @@ def test_torchrun_two_processes_write_one_run_with_exact_validation(p1_data, tmp
     proc = run_script("p1_inference.py", "--checkpoint", out / "last.pth", "--device", "cpu",
                       "--no-progress", val, csv_path)
     assert proc.returncode == 0, proc.stderr
-    assert accuracy_of(csv_path) == records[-1]["val_acc"]
+    assert csv_accuracy(csv_path)[0] == records[-1]["val_acc"]
 
     # A two-process run resumes on one process (the permutations come from (seed, epoch) alone).
     proc = run_script("p1_train.py", "--resume", out / "last.pth", "--epochs", "4", "--device", "cpu",

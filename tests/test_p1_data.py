@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from datasets.digits import write_digits
-from datasets.p1 import load_folder, parse_label
+from datasets.p1 import csv_accuracy, load_folder, parse_label
 from utils.errors import UserError
 
 
@@ -90,3 +90,9 @@ def test_digits_demo_layout(tmp_path):
     assert not set(a.names) & set(b.names)
     # Greyscale scans written as RGB: the three channels agree, and the digits use the range.
     assert torch.equal(a.images[:, 0], a.images[:, 1]) and a.images.max() == 255
+
+
+def test_csv_accuracy_scores_labels_against_file_names(tmp_path):
+    path = tmp_path / "pred.csv"
+    path.write_text("filename,label\n3_450.png,3\n3_451.png,7\n49_452.png,49\n")
+    assert csv_accuracy(path) == (2 / 3, 3)
