@@ -8,7 +8,6 @@ samples are reduced over every process at the end, so the returned figures are g
 """
 import contextlib
 import functools
-import math
 import time
 import warnings
 
