@@ -10,6 +10,7 @@ The whole training set is decoded once and kept on the device; batches, augmenta
 normalisation are tensor operations there. The run folder gets args.json, metrics.jsonl,
 best.pth, last.pth and epoch_NNN.pth snapshots (first, middle and last epoch by default).
 """
+import argparse
 from pathlib import Path
 
 from torch import nn
@@ -38,6 +39,11 @@ def get_args_parser():
                    help="label smoothing of the cross-entropy (the beit presets smooth inside mixup) (recipe)")
     g.add_argument("--random-erasing", type=float, default=None,
                    help="probability of erasing a random rectangle of each training image (recipe)")
+    g.add_argument("--trivial-augment", default=None, action=argparse.BooleanOptionalAction,
+                   help="crop-flip: TrivialAugmentWide on each training image after the crop and flip (recipe)")
+    g.add_argument("--cutmix", type=float, default=None, metavar="P",
+                   help="crop-flip: probability that a training batch is mixed by CutMix (alpha 1), 0 for never "
+                        "(recipe)")
     g.add_argument("--layer-decay", type=float, default=None,
                    help="beit: layer-wise lr decay, each block's lr this factor times the next one's (recipe)")
     g.add_argument("--drop-path", type=float, default=None, help="beit: stochastic depth rate (recipe)")
@@ -55,7 +61,8 @@ def main(args):
     val_set = load_folder(args.val_dir, labeled=True).to(setup.device)
     model, meta = setup.build_model(num_classes=NUM_CLASSES, mean=MEAN, std=STD)
     train_tf, eval_tf = p1_transforms(args.augment, mean=meta["mean"], std=meta["std"], num_classes=NUM_CLASSES,
-                                      random_erasing=args.random_erasing)
+                                      random_erasing=args.random_erasing, trivial_augment=args.trivial_augment,
+                                      cutmix=args.cutmix)
     task = Task(model=model, train_data=(train_set.images, train_set.labels),
                 val_data=(val_set.images, val_set.labels),
                 criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),

@@ -1,13 +1,13 @@
 """Augmentation presets of the recipes, as batched transforms (train, eval), and inference's."""
 from datasets.transforms import (ColorJitter, Compose, MixupCutmix, Normalize, PadTo, RandomCrop, RandomErasing,
-                                 RandomFlip, RandomTranspose, Resize)
+                                 RandomFlip, RandomScale, RandomTranspose, Resize, TrivialAugmentWide)
 
 P2_STRIDE = 32  # the segmenters' output stride (or a multiple of theirs): inputs are padded to it
 
-P1_AUGMENTS = ("crop-flip", "beit", "beit-224", "none")
+P1_AUGMENTS = ("crop-flip", "beit", "beit-224", "beit-ft", "none")
 
 
-def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0):
+def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0, trivial_augment=False, cutmix=0.0):
     """The (train, eval) batch transforms of a Problem 1 recipe.
 
     Args:
@@ -16,15 +16,31 @@ def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0):
             0.1 or cutmix alpha 1.0 with equal probability and label smoothing 0.1), ``beit-224``
             (the same scale as evaluation, which resizes to 224: resize to 224, random crop 224
             with padding 28 (the 4 of 32, scaled), flip, then the BEiT paper's mixup alpha 0.8 or
-            cutmix 1.0, smoothing 0.1), or ``none``.
+            cutmix 1.0, smoothing 0.1), ``beit-ft`` (the same crop and flip without mixup or cutmix,
+            as BEiT fine-tunes its ImageNet-22k fine-tuned weights; the loss smooths the labels), or
+            ``none``.
         mean, std: the normalisation of the model.
         num_classes: for the soft targets of mixup/cutmix.
         random_erasing: the probability of :class:`RandomErasing` per image (0: none).
+        trivial_augment: ``crop-flip`` only: :class:`TrivialAugmentWide` on the uint8 crops, before
+            normalisation.
+        cutmix: ``crop-flip`` only: the probability that a batch gets CutMix (alpha 1.0), last
+            (0: none). The targets are then always soft rows, mixed or not.
     """
+    asked = [name for name, value in (("trivial_augment", trivial_augment), ("cutmix", cutmix)) if value]
+    if asked and augment != "crop-flip":
+        raise ValueError(f"{' and '.join(asked)}: an option of the crop-flip preset only, not of {augment!r}")
     normalize = Normalize(mean, std)
     erase = [RandomErasing(random_erasing)] if random_erasing else []
     if augment == "crop-flip":
-        train = Compose([RandomCrop(32, padding=4), RandomFlip(), normalize, *erase])
+        trivial = [TrivialAugmentWide()] if trivial_augment else []
+        mix = []
+        if cutmix:
+            # No smoothing here: CrossEntropyLoss applies its label_smoothing to probability targets too
+            # (t * (1 - e) + e / C), which is linear and the mix convex, so smoothing the mixed rows once
+            # in the criterion equals smoothing before mixing; smoothing here as well would do it twice.
+            mix = [MixupCutmix(num_classes, cutmix_alpha=1.0, switch_prob=1.0, smoothing=0.0, prob=cutmix)]
+        train = Compose([RandomCrop(32, padding=4), RandomFlip(), *trivial, normalize, *erase, *mix])
     elif augment == "beit":
         train = Compose([normalize, Resize(256), RandomCrop(224), RandomFlip(), *erase,
                          MixupCutmix(num_classes, mixup_alpha=0.1, cutmix_alpha=1.0,
@@ -33,6 +49,8 @@ def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0):
         train = Compose([normalize, Resize(224), RandomCrop(224, padding=28), RandomFlip(), *erase,
                          MixupCutmix(num_classes, mixup_alpha=0.8, cutmix_alpha=1.0,
                                      switch_prob=0.5, smoothing=0.1)])
+    elif augment == "beit-ft":
+        train = Compose([normalize, Resize(224), RandomCrop(224, padding=28), RandomFlip(), *erase])
     elif augment == "none":
         train = Compose([normalize, *erase])
     else:
@@ -43,7 +61,7 @@ def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0):
 P2_AUGMENTS = ("flip", "d4", "none")
 
 
-def p2_transforms(augment, *, mean, std, color_jitter=0.0):
+def p2_transforms(augment, *, mean, std, color_jitter=0.0, scale_range=None):
     """The (train, eval) batch transforms of a Problem 2 recipe.
 
     Args:
@@ -52,9 +70,11 @@ def p2_transforms(augment, *, mean, std, color_jitter=0.0):
             rotations equally likely) or ``none``.
         mean, std: the normalisation of the model's pretrained backbone.
         color_jitter: the strength of :class:`ColorJitter` (0: none).
+        scale_range: ``(lo, hi)`` of :class:`RandomScale`, first (``None`` or ``(1, 1)``: none).
     """
     normalize = Normalize(mean, std)
     jitter = [ColorJitter(color_jitter)] if color_jitter else []
+    scale = [RandomScale(*scale_range)] if scale_range and tuple(scale_range) != (1.0, 1.0) else []
     if augment == "flip":
         geometry = [RandomFlip(dim=-1), RandomFlip(dim=-2)]
     elif augment == "d4":
@@ -63,7 +83,7 @@ def p2_transforms(augment, *, mean, std, color_jitter=0.0):
         geometry = []
     else:
         raise ValueError(f"unknown augmentation preset {augment!r}")
-    return Compose([*geometry, *jitter, normalize]), Compose([normalize])
+    return Compose([*scale, *geometry, *jitter, normalize]), Compose([normalize])
 
 
 def p2_inference_transform(*, mean, std):

@@ -1,11 +1,17 @@
 """Batched augmentation: shapes, exact semantics, and seeded determinism."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF1
+import torchvision.transforms.v2.functional as TF2
+from torchvision.transforms import TrivialAugmentWide as TorchvisionTrivialAugmentWide
 
 from datasets.loader import TensorBatches
 from datasets.presets import p1_transforms
-from datasets.transforms import MixupCutmix, Normalize, RandomCrop, RandomFlip, smooth_one_hot
+from datasets.transforms import (MixupCutmix, Normalize, RandomCrop, RandomFlip, TrivialAugmentWide,
+                                 smooth_one_hot)
 from utils.runtime import EpochRNG
 
 CPU = torch.device("cpu")
@@ -80,6 +86,46 @@ def test_mixup_cutmix_targets(switch_prob):
             assert torch.all((out == x) | (out == x.flip(0)))
 
 
+def test_mixup_cutmix_prob_zero_keeps_images_and_gives_smoothed_one_hot_rows():
+    x, y = batch(8)
+    x = x.float()
+    out, target = MixupCutmix(num_classes=5, smoothing=0.1, prob=0.0)(x, y, EpochRNG(0, 1, CPU))
+    assert torch.equal(out, x)
+    assert torch.equal(target, smooth_one_hot(y, 5, 0.1))
+
+
+@pytest.mark.parametrize("switch_prob", [0.0, 1.0])
+def test_mixup_cutmix_prob_one_makes_the_draws_it_always_made(switch_prob):
+    x, y = batch(8)
+    x = x.float()
+    rng, default_rng, replay = (EpochRNG(4, 2, CPU) for _ in range(3))
+    out, target = MixupCutmix(num_classes=5, switch_prob=switch_prob, prob=1.0)(x, y, rng)
+    ref_out, ref_target = MixupCutmix(num_classes=5, switch_prob=switch_prob)(x, y, default_rng)
+    assert torch.equal(out, ref_out) and torch.equal(target, ref_target)
+    # The draws before prob existed: the switch, the ratio, and for cutmix the box centre; no more.
+    if replay.np.random() < switch_prob:
+        replay.np.beta(1.0, 1.0)
+        replay.np.integers(0, 32), replay.np.integers(0, 32)
+    else:
+        replay.np.beta(0.1, 0.1)
+    assert rng.np.bit_generator.state == replay.np.bit_generator.state
+    assert not torch.equal(out, x)
+
+
+@pytest.mark.parametrize("prob", [-0.1, 1.5])
+def test_mixup_cutmix_prob_outside_zero_one_is_refused(prob):
+    with pytest.raises(ValueError, match="not in \\[0, 1\\]"):
+        MixupCutmix(num_classes=5, prob=prob)
+
+
+def test_mixup_cutmix_prob_half_mixes_some_batches_only():
+    x, y = batch(8)
+    x = x.float()
+    op = MixupCutmix(num_classes=5, switch_prob=1.0, prob=0.5, smoothing=0.0)
+    mixed = [not torch.equal(op(x, y, EpochRNG(0, epoch, CPU))[0], x) for epoch in range(20)]
+    assert 0 < sum(mixed) < 20
+
+
 def test_mixup_of_identical_images_changes_nothing():
     x = torch.rand(1, 3, 8, 8).expand(6, 3, 8, 8).contiguous()
     out, _ = MixupCutmix(num_classes=5)(x, torch.zeros(6, dtype=torch.long), EpochRNG(3, 1, CPU))
@@ -97,6 +143,162 @@ def test_presets_are_seeded(augment):
     assert a[0].shape == (4, 3, size, size) and a[0].dtype == torch.float32
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
+
+
+def test_p1_defaults_keep_the_crop_flip_preset():
+    train, _ = p1_transforms("crop-flip", mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5)
+    assert repr(train) == ("Compose(RandomCrop(32, padding=4), RandomFlip(p=0.5, dim=-1), "
+                           "Normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))")
+
+
+def test_p1_trivial_augment_and_cutmix_give_soft_targets():
+    x, y = batch(8)
+    train, _ = p1_transforms("crop-flip", mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5,
+                             trivial_augment=True, cutmix=0.5)
+    names = [type(op).__name__ for op in train.ops]
+    assert names == ["RandomCrop", "RandomFlip", "TrivialAugmentWide", "Normalize", "MixupCutmix"]
+    for epoch in range(4):  # mixed batches and unmixed ones alike
+        out, target = train(x, y, EpochRNG(0, epoch, CPU))
+        assert out.shape == x.shape and out.dtype == torch.float32
+        assert target.shape == (8, 5) and torch.allclose(target.sum(1), torch.ones(8))
+
+
+@pytest.mark.parametrize("option", [dict(trivial_augment=True), dict(cutmix=0.5)])
+@pytest.mark.parametrize("augment", ["beit", "beit-224", "none"])
+def test_p1_trivial_augment_and_cutmix_only_with_crop_flip(augment, option):
+    with pytest.raises(ValueError, match="crop-flip"):
+        p1_transforms(augment, mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5, **option)
+
+
+def _ta_apply(ta, x, name, magnitude_bin=0, negative=False):
+    """``ta``'s op ``name`` at one bin and sign for every sample of ``x``."""
+    b = x.shape[0]
+    return ta.apply(x, torch.full((b,), ta.OPS.index(name)), torch.full((b,), magnitude_bin),
+                    torch.full((b,), negative))
+
+
+def _ta_magnitude(name, magnitude_bin, negative):
+    """The signed magnitude torchvision's TrivialAugmentWide gives op ``name`` at that bin and sign."""
+    values, signed = TrivialAugmentWide().space()[name]
+    m = float(values[magnitude_bin]) if values.dim() else 0.0
+    return -m if signed and negative else m
+
+
+def test_trivial_augment_keeps_dtype_shape_and_labels():
+    x, y = batch(32)
+    ta = TrivialAugmentWide()
+    out, y2 = ta(x, y, EpochRNG(0, 1, CPU))
+    assert out.shape == x.shape and out.dtype == torch.uint8 and torch.equal(y2, y)
+    changed = [not torch.equal(out[i], x[i]) for i in range(32)]
+    assert 0 < sum(changed) < 32  # Identity (and a few bins of other ops) leave a sample as it is
+    assert repr(ta) == "TrivialAugmentWide(num_magnitude_bins=31)"
+    with pytest.raises(TypeError, match="uint8"):
+        ta(x.float(), y, EpochRNG(0, 1, CPU))
+    with pytest.raises(ValueError, match="masks"):
+        ta(x, torch.zeros(32, 32, 32, dtype=torch.long), EpochRNG(0, 1, CPU))
+
+
+def test_trivial_augment_is_seeded():
+    x, y = batch(32)
+    ta = TrivialAugmentWide()
+    a, _ = ta(x, y, EpochRNG(5, 1, CPU))
+    b, _ = ta(x, y, EpochRNG(5, 1, CPU))
+    c, _ = ta(x, y, EpochRNG(5, 2, CPU))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_trivial_augment_draws_every_op_bin_and_sign():
+    op, magnitude_bin, negative = TrivialAugmentWide().draw(4096, EpochRNG(0, 1, CPU), CPU)
+    # 4096 draws miss one of 14 ops with probability about 14 * (13/14)**4096: never.
+    assert set(op.tolist()) == set(range(14))
+    assert set(magnitude_bin.tolist()) == set(range(31))
+    assert set(negative.tolist()) == {False, True}
+
+
+def test_trivial_augment_op_space_is_torchvisions():
+    # Torchvision's table is a private method; this pins the ops, bins, ranges and signs to it.
+    theirs = TorchvisionTrivialAugmentWide()._augmentation_space(31)
+    ours = TrivialAugmentWide().space()
+    assert list(ours) == list(theirs) == list(TrivialAugmentWide.OPS)
+    for name, (values, signed) in theirs.items():
+        assert torch.equal(ours[name][0], values) and ours[name][1] == signed, name
+
+
+def test_trivial_augment_identity_and_zero_magnitudes_leave_samples_unchanged():
+    x, _ = batch(8)
+    ta = TrivialAugmentWide()
+    for name in ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Posterize"):
+        for negative in (False, True):  # bin 0: magnitude 0, factor 1, or 8 bits
+            assert torch.equal(_ta_apply(ta, x, name, 0, negative), x), name
+
+
+def _torchvision_op(image, name, m):
+    """Torchvision's TrivialAugmentWide op ``name`` at signed magnitude ``m``, as its public functional calls."""
+    if name in ("ShearX", "ShearY"):
+        shear = [math.degrees(math.atan(m)), 0.0] if name == "ShearX" else [0.0, math.degrees(math.atan(m))]
+        return TF2.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, center=[0, 0])
+    if name in ("TranslateX", "TranslateY"):
+        translate = [int(m), 0] if name == "TranslateX" else [0, int(m)]
+        return TF2.affine(image, angle=0.0, translate=translate, scale=1.0, shear=[0.0, 0.0])
+    if name == "Rotate":
+        return TF2.rotate(image, m)
+    # The colour ops as torchvision.transforms.TrivialAugmentWide calls them (the v1 kernels).
+    return {"Brightness": lambda: TF1.adjust_brightness(image, 1.0 + m),
+            "Color": lambda: TF1.adjust_saturation(image, 1.0 + m),
+            "Contrast": lambda: TF1.adjust_contrast(image, 1.0 + m),
+            "Sharpness": lambda: TF1.adjust_sharpness(image, 1.0 + m),
+            "Posterize": lambda: TF1.posterize(image, int(m)),
+            "Solarize": lambda: TF1.solarize(image, m),
+            "AutoContrast": lambda: TF2.autocontrast(image),
+            "Equalize": lambda: TF1.equalize(image)}[name]()
+
+
+@pytest.mark.parametrize("name", TrivialAugmentWide.GEOMETRIC)
+def test_trivial_augment_geometry_matches_torchvision(name):
+    x, _ = batch(4)
+    ta = TrivialAugmentWide()
+    for magnitude_bin in (7, 20, 30):  # Rotate bin 20 is 90 degrees, which torchvision does with rot90
+        for negative in (False, True):
+            ours = _ta_apply(ta, x, name, magnitude_bin, negative)
+            m = _ta_magnitude(name, magnitude_bin, negative)
+            theirs = torch.stack([_torchvision_op(image, name, m) for image in x])
+            # Same float32 matrices and grid, so bit-identical here (every bin and sign, 64 random images);
+            # 1% slack for a BLAS that rounds torchvision's grid matmul differently, which can move a
+            # nearest-neighbour pick only where a sampling point falls within rounding of a pixel edge.
+            agree = (ours == theirs).all(1).float().mean().item()
+            assert agree >= 0.99, (name, magnitude_bin, negative, agree)
+
+
+@pytest.mark.parametrize("name", ["Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
+                                  "AutoContrast", "Equalize"])
+def test_trivial_augment_colour_ops_match_torchvision(name):
+    x, _ = batch(4)
+    ta = TrivialAugmentWide()
+    for magnitude_bin in (9, 30):
+        for negative in (False, True):
+            ours = _ta_apply(ta, x, name, magnitude_bin, negative)
+            m = _ta_magnitude(name, magnitude_bin, negative)
+            theirs = torch.stack([_torchvision_op(image, name, m) for image in x])
+            # Bit-identical here; a blend truncated to uint8 may land one level apart on another CPU.
+            assert (ours.int() - theirs.int()).abs().max() <= 1, (name, magnitude_bin, negative)
+            assert (ours == theirs).float().mean() >= 0.99, (name, magnitude_bin, negative)
+
+
+def test_trivial_augment_posterize_and_solarize_exact():
+    values = [0, 1, 127, 128, 200, 238, 246, 247, 255]
+    x = torch.tensor(values, dtype=torch.uint8).view(1, 1, 1, 9).expand(1, 3, 1, 9)
+    ta = TrivialAugmentWide()
+
+    def pixels(name, magnitude_bin):
+        return _ta_apply(ta, x, name, magnitude_bin)[0, 0, 0].tolist()
+
+    # Bits 8 - round(bin / 5): bin 15 keeps 5 bits (mask 0b11111000), bin 30 keeps 2 (0b11000000).
+    assert pixels("Posterize", 15) == [0, 0, 120, 128, 200, 232, 240, 240, 248]
+    assert pixels("Posterize", 30) == [0, 0, 64, 128, 192, 192, 192, 192, 192]
+    # Threshold 255 - 8.5 * bin, pixels at or above it inverted: 255, 246.5, 0.
+    assert pixels("Solarize", 0) == [0, 1, 127, 128, 200, 238, 246, 247, 0]
+    assert pixels("Solarize", 1) == [0, 1, 127, 128, 200, 238, 246, 8, 0]
+    assert pixels("Solarize", 30) == [255 - v for v in values]
 
 
 def test_batches_cover_every_sample_once():
