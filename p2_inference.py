@@ -6,7 +6,7 @@ Usage:
 Every ``xxxx.jpg`` of IMG_DIR (other files, such as the validation folder's ``_mask.png``, are
 ignored) gets ``OUT_DIR/xxxx.png`` (so ``0013_sat.jpg`` -> ``0013_sat.png``): a palette PNG of
 the input's size in the course's seven colours, predicted with the test-time augmentation the
-checkpoint's run validated with (``--tta`` overrides). Tiles are decoded on the CPU, by the
+checkpoint's run validated with (``--tta`` and ``--tta-scales`` override). Tiles are decoded on the CPU, by the
 decoder training and validation use; tiles of any size are padded to a multiple of 32 and the
 prediction cropped back. Masks are written to a temporary folder and moved into OUT_DIR
 only when all of them are done, so a failure leaves nothing behind.
@@ -16,7 +16,7 @@ from pathlib import Path
 from datasets.p2 import load_tiles, write_masks
 from datasets.presets import p2_inference_transform
 from models import load_trained
-from utils.args import check_positive, inference_parser, make_parser
+from utils.args import check_positive, check_scales, inference_parser, make_parser, segmentation_tta_parser
 from utils.engine import segment, tta_mode
 from utils.errors import run_cli
 from utils.io import check_writable
@@ -24,7 +24,7 @@ from utils.runtime import peak_memory_gib, resolve_amp, resolve_device
 
 
 def get_args_parser():
-    parser = make_parser(__doc__, [inference_parser("p2")])
+    parser = make_parser(__doc__, [inference_parser("p2"), segmentation_tta_parser()])
     parser.add_argument("img_dir", type=Path, help="folder of .jpg tiles to segment")
     parser.add_argument("out_dir", type=Path, help="folder for the .png masks (created if needed)")
     return parser
@@ -32,18 +32,23 @@ def get_args_parser():
 
 def main(args):
     check_positive(args, "batch_size")
+    check_scales(args, "tta_scales")
     check_writable(args.out_dir, "OUT_DIR", folder=True)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
     names, images = load_tiles(args.img_dir)
     model, ckpt = load_trained(args.checkpoint, device, problem="p2", compile=args.compile)
-    tta = args.tta or tta_mode(ckpt["args"].get("tta"))  # as the run validated, unless --tta says
+    # As the run validated, unless --tta / --tta-scales say otherwise.
+    tta = args.tta or tta_mode(ckpt["args"].get("tta"))
+    scales = args.tta_scales or ckpt["args"].get("tta_scales") or [1.0]
     masks = segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
-                    batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, tta=tta, progress=args.progress)
+                    batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, tta=tta, tta_scales=scales,
+                    progress=args.progress)
     write_masks(args.out_dir, names, masks)
     peak = peak_memory_gib(device)
     print(f"wrote {len(masks)} masks to {args.out_dir}{'' if peak is None else f' (peak GPU memory {peak:.2f} GiB)'}")
-    return {"masks": len(masks), "out_dir": str(args.out_dir), "peak_memory_gib": peak, "tta": tta}
+    return {"masks": len(masks), "out_dir": str(args.out_dir), "peak_memory_gib": peak, "tta": tta,
+            "tta_scales": scales}
 
 
 if __name__ == "__main__":

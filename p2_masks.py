@@ -60,7 +60,7 @@ def main(args):
         model, ckpt = load_trained(checkpoint, device, problem="p2")
         return segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
                        batch_size=4, device=device, amp_dtype=amp_dtype, tta=tta_mode(ckpt["args"].get("tta")),
-                       progress=args.progress), ckpt
+                       tta_scales=ckpt["args"].get("tta_scales") or [1.0], progress=args.progress), ckpt
 
     epochs = first_middle_last(snaps)
     predictions = {}

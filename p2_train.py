@@ -20,7 +20,7 @@ from datasets.p2 import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES, UNKNOWN, class
 from datasets.presets import P2_AUGMENTS, p2_transforms
 from models import list_models
 from utils import distributed
-from utils.args import make_parser, training_parser
+from utils.args import make_parser, segmentation_tta_parser, training_parser
 from utils.errors import run_cli
 from utils.losses import SegmentationLoss
 from utils.metrics import MeanIoU
@@ -30,7 +30,7 @@ from utils.trainer import Task, Trainer
 
 
 def get_args_parser():
-    parser = make_parser(__doc__, [training_parser()], epilog=describe("p2"))
+    parser = make_parser(__doc__, [training_parser(), segmentation_tta_parser()], epilog=describe("p2"))
     g = parser.add_argument_group("problem 2")
     g.add_argument("--model", default=None, choices=list_models("p2"), help="network (default: fcn32s)")
     g.add_argument("--train-dir", type=Path, default=None,
@@ -42,9 +42,15 @@ def get_args_parser():
     g.add_argument("--focal-gamma", type=float, default=None, help="focal loss gamma (default: 2)")
     g.add_argument("--aux-weight", type=float, default=None,
                    help="weight of the auxiliary head's loss, for models that have one (recipe)")
+    g.add_argument("--aux-lr-scale", type=float, default=None,
+                   help="learning rate of the auxiliary head, times --lr (deeplabv3) (recipe)")
     g.add_argument("--ignore-unknown", default=None, action=argparse.BooleanOptionalAction,
                    help="leave Unknown pixels out of the loss (recipe)")
     g.add_argument("--augment", default=None, choices=P2_AUGMENTS, help="augmentation preset (recipe)")
+    g.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="scale each training tile and its mask by a factor drawn from [LO, HI] and take a random "
+                        "window of the tile size (mirrored where a shrunk tile does not fill it); 1 1 for none "
+                        "(recipe)")
     g.add_argument("--color-jitter", type=float, default=None,
                    help="strength of the random brightness, contrast and saturation change of each "
                         "training tile, 0 for none (recipe)")
@@ -77,7 +83,8 @@ def main(args):
         # on an 11 GB card that would leave too little for DeepLabv3's activations.
         train_set, val_set = train_set.to(setup.device), val_set.to(setup.device)
     model, meta = setup.build_model(num_classes=NUM_CLASSES)
-    train_tf, eval_tf = p2_transforms(args.augment, mean=meta["mean"], std=meta["std"], color_jitter=args.color_jitter)
+    train_tf, eval_tf = p2_transforms(args.augment, mean=meta["mean"], std=meta["std"], color_jitter=args.color_jitter,
+                                      scale_range=args.scale_range)
     weights = None
     if args.class_weights == "median-freq":
         # Counted once from the training masks; the checkpoints record them.

@@ -29,6 +29,10 @@ class DeepLabV3(nn.Module):
     def forward(self, x):
         return dict(self.net(x))
 
+    def is_aux(self, name):
+        """Whether parameter ``name`` is the auxiliary head's (``--aux-lr-scale``)."""
+        return name.startswith("net.aux_classifier.")
+
 
 @register_model(problem="p2", mean=tuple(_NORM.mean), std=tuple(_NORM.std), has_pretrained=True,
                 aux_head=True)

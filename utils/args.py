@@ -69,6 +69,16 @@ def speed_parser():
     return p
 
 
+def segmentation_tta_parser():
+    """The multi-scale test-time augmentation flag of the segmenters, in training and in inference."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--tta-scales", type=float, nargs="+", default=None, metavar="S",
+                   help="also run every --tta view at these scales of the input (bilinear), resizing the outputs "
+                        "back before averaging: 0.75 1 1.25 costs 3.1x the compute of scale 1 alone; default: the "
+                        "recipe's in training, the checkpoint's run's in inference")
+    return p
+
+
 def training_parser():
     """Flags every training script shares (Problem 1 and Problem 2).
 
@@ -112,6 +122,10 @@ def training_parser():
                    help="Nesterov momentum for SGD (recipe)")
     g.add_argument("--norm-bias-decay", default=None, action=argparse.BooleanOptionalAction,
                    help="apply weight decay to normalisation weights and biases too (recipe)")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="validate, keep as best.pth and grade an exponential moving average of the weights, whose "
+                        "per-step decay rises as 1 - t^(-2/3) over the run's first steps up to DECAY (timm's "
+                        "warm-up: a short run averages a share of its steps); 0 for none (recipe)")
     g.add_argument("--eval-batch-size", type=int, default=None,
                    help="validation batch size (default: 256 for Problem 1, 8 for Problem 2)")
     g.add_argument("--seed", type=int, default=None,
@@ -157,6 +171,18 @@ def check_positive(args, *names):
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
+
+
+def check_scales(args, *names):
+    """Raise a one-line error for a scale flag (a list of factors) holding one that is not > 0, or
+    a range whose low end is above its high end."""
+    for name in names:
+        values = getattr(args, name, None)
+        flag = "--" + name.replace("_", "-")
+        if values and not all(v > 0 for v in values):
+            raise UserError(f"{flag}: every scale must be positive (got {' '.join(map(str, values))})")
+        if name == "scale_range" and values and values[0] > values[1]:
+            raise UserError(f"{flag} {values[0]} {values[1]}: LO is above HI")
 
 
 def args_to_dict(args):

@@ -12,6 +12,7 @@ import time
 import warnings
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.distributed import all_reduce_sum
@@ -70,25 +71,45 @@ def _unrot_flip(x, k):
     return _rot(x, -k).flip(-1)
 
 
-def forward(model, x, tta="none"):
+def forward(model, x, tta="none", scales=(1.0,)):
     """``model(x)``, or with test-time augmentation the mean of the outputs of every view.
 
     Spatial outputs (a segmenter's dict of (B, C, H, W) maps) are brought back to the input's
     frame before averaging; a classifier's logits are averaged as they are. ``tta`` is a mode of
-    :func:`tta_views` (``True`` means ``flip``).
+    :func:`tta_views` (``True`` means ``flip``). ``scales`` (segmenters only) runs every view at
+    each scale of the input too (bilinear resizing), and resizes the outputs back before averaging
+    (multi-scale inference: Chen et al., DeepLab, TPAMI 2018). The sum is taken in float32, whatever
+    dtype autocast computes the outputs in: eight or twenty-four bfloat16 terms would keep ~3 digits.
     """
     views = tta_views(tta)
-    if len(views) == 1:
+    scales = tuple(float(s) for s in scales)
+    if len(views) == 1 and scales == (1.0,):
         return model(x)
-    total = None
-    for view, undo in views:
-        out = model(view(x))
-        out = {k: undo(v) for k, v in out.items()} if isinstance(out, dict) else out
-        total = out if total is None else (
-            {k: total[k] + v for k, v in out.items()} if isinstance(out, dict) else total + out)
+    size = x.shape[-2:]
+    total, count = None, 0
+    for scale in scales:
+        xs = x if scale == 1.0 else F.interpolate(
+            x, size=[max(1, round(n * scale)) for n in size], mode="bilinear", align_corners=False)
+        for view, undo in views:
+            out = model(view(xs))
+            if isinstance(out, dict):
+                out = {k: _resized(undo(v), size).float() for k, v in out.items() if v is not None}
+                total = out if total is None else {k: total[k] + v for k, v in out.items()}
+            elif scale != 1.0:
+                raise ValueError("multi-scale test-time augmentation needs a segmenter's spatial outputs")
+            else:
+                total = out.float() if total is None else total + out.float()
+            count += 1
     if isinstance(total, dict):
-        return {k: v / len(views) for k, v in total.items()}
-    return total / len(views)
+        return {k: v / count for k, v in total.items()}
+    return total / count
+
+
+def _resized(t, size):
+    """A (B, C, h, w) map resized (bilinearly) to ``size`` when it is not that size already."""
+    if t.shape[-2:] == size:
+        return t
+    return F.interpolate(t.float(), size=list(size), mode="bilinear", align_corners=False)
 
 
 def _sums(*values, device):
@@ -238,7 +259,7 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, am
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=None, tta="none",
+def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=None, tta="none", tta_scales=(1.0,),
              desc="eval", progress=True):
     """Evaluate over every sample of ``batches`` (no dropping, no padding).
 
@@ -251,6 +272,7 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
         device: the ``torch.device``.
         amp_dtype: the autocast dtype, or ``None``.
         tta: the test-time augmentation mode (see :func:`forward`).
+        tta_scales: the input scales of multi-scale test-time augmentation (see :func:`forward`).
         desc: the progress bar's label.
         progress: show a progress bar.
 
@@ -266,7 +288,7 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
         x, y = transform(x, y)
         x = x.contiguous(memory_format=layout)
         with autocast(device, amp_dtype):
-            output = forward(model, x, tta)
+            output = forward(model, x, tta, tta_scales)
             loss = criterion(output, y)
         loss_sum += loss.float() * x.shape[0]
         seen += x.shape[0]
@@ -276,8 +298,8 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
 
 
 @torch.inference_mode()
-def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta="none", keep=None,
-            desc="predict", progress=True):
+def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta="none", tta_scales=(1.0,),
+            keep=None, desc="predict", progress=True):
     """Run the model over every sample of ``inputs``, ``batch_size`` at a time.
 
     When the GPU runs out of memory the batch size halves (with a warning) and the batch is run
@@ -292,7 +314,7 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
         transform: ``(x, None) -> (x, None)`` (normalisation).
         keep: ``keep(output) -> tensor or tuple of tensors``, what to keep of each batch's output
             (the class map rather than the logits, say); the output itself by default.
-        device, amp_dtype, tta, desc, progress: as in :func:`evaluate`.
+        device, amp_dtype, tta, tta_scales, desc, progress: as in :func:`evaluate`.
 
     Returns:
         What ``keep`` returns, concatenated over batches, on the CPU.
@@ -310,7 +332,8 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
             x = inputs[done: done + batch_size].to(device, non_blocking=True)
             try:
                 with autocast(device, amp_dtype):
-                    kept = keep(forward(model, transform(x, None)[0].contiguous(memory_format=layout), tta))
+                    batch = transform(x, None)[0].contiguous(memory_format=layout)
+                    kept = keep(forward(model, batch, tta, tta_scales))
             except Exception as e:  # torch.compile wraps an out-of-memory error in errors of its own
                 if not out_of_memory(e):
                     raise
@@ -343,7 +366,8 @@ def out_of_memory(error):
     return False
 
 
-def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta="none", progress=True):
+def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta="none", tta_scales=(1.0,),
+            progress=True):
     """Class maps for a list of images of any sizes: (H, W) uint8 arrays, one per image.
 
     Images of the same size are predicted together by :func:`predict`; ``transform`` may pad
@@ -352,7 +376,7 @@ def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta
     Args:
         model: a segmenter returning ``{"out": logits (B, C, H, W), ...}``.
         images: uint8 tensors (3, H, W).
-        transform, batch_size, device, amp_dtype, tta, progress: as in :func:`predict`.
+        transform, batch_size, device, amp_dtype, tta, tta_scales, progress: as in :func:`predict`.
     """
     by_size = {}
     for i, image in enumerate(images):
@@ -361,8 +385,8 @@ def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta
     for (h, w), indices in by_size.items():
         stack = torch.stack([images[i] for i in indices]).to(device)
         classes = predict(model, stack, batch_size=batch_size, transform=transform, device=device,
-                          amp_dtype=amp_dtype, tta=tta, desc=f"segment {w}x{h}", progress=progress,
-                          keep=lambda out: out["out"][..., :h, :w].argmax(1).to(torch.uint8))
+                          amp_dtype=amp_dtype, tta=tta, tta_scales=tta_scales, desc=f"segment {w}x{h}",
+                          progress=progress, keep=lambda out: out["out"][..., :h, :w].argmax(1).to(torch.uint8))
         for i, c in zip(indices, classes):
             results[i] = c.numpy()
     return results

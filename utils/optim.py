@@ -1,8 +1,10 @@
-"""Optimisers, their parameter groups, per-iteration learning-rate schedules, and the update step."""
+"""Optimisers, their parameter groups, per-iteration learning-rate schedules, the update step, and an
+exponential moving average of the weights."""
 import math
 import warnings
 
 import torch
+from timm.utils import ModelEmaV3
 
 from utils.checkpoint import unwrap
 from utils.errors import UserError
@@ -10,7 +12,7 @@ from utils.errors import UserError
 POLY_POWER = 0.9  # DeepLab's (Chen et al., TPAMI 2018)
 
 
-def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0):
+def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, aux_lr_scale=1.0):
     """The optimiser's parameter groups: all parameters in one, or split by decay and depth.
 
     Args:
@@ -23,17 +25,24 @@ def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0):
             the parameters of depth ``d`` of a model with ``L`` layers get the learning rate times
             ``layer_decay ** (L + 1 - d)``; the model says each parameter's depth through
             ``layer_id(name)`` and its ``num_layers``. 1 turns it off.
+        aux_lr_scale: the learning rate of a segmenter's auxiliary head, times the others' (the
+            model says which parameters are its through ``is_aux(name)``); torchvision's
+            segmentation reference trains it at 10x. 1 turns it off.
 
     Returns:
         ``model.parameters()`` itself when nothing is split (the reference recipes), else a list
         of groups with their ``weight_decay`` and ``lr_scale``.
 
     Raises:
-        UserError: ``layer_decay`` for a model that has no layers to decay over.
+        UserError: ``layer_decay`` for a model that has no layers to decay over, ``aux_lr_scale``
+            for one without an auxiliary head.
     """
     net = unwrap(model)
-    if norm_bias_decay and layer_decay == 1.0:
+    if norm_bias_decay and layer_decay == 1.0 and aux_lr_scale == 1.0:
         return model.parameters()
+    if aux_lr_scale != 1.0 and not hasattr(net, "is_aux"):
+        raise UserError(f"--aux-lr-scale {aux_lr_scale}: {type(net).__name__} has no auxiliary head "
+                        "(use --aux-lr-scale 1)")
     if layer_decay != 1.0 and not hasattr(net, "layer_id"):
         raise UserError(f"--layer-decay {layer_decay}: {type(net).__name__} has no layers to decay the "
                         "learning rate over (use --layer-decay 1)")
@@ -45,7 +54,9 @@ def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0):
         undecayed = not norm_bias_decay and (param.ndim <= 1 or name in skip)
         depth = net.layer_id(name) if layer_decay != 1.0 else 0
         scale = layer_decay ** (net.num_layers + 1 - depth) if layer_decay != 1.0 else 1.0
-        key = (depth, undecayed)
+        aux = aux_lr_scale != 1.0 and net.is_aux(name)
+        scale *= aux_lr_scale if aux else 1.0
+        key = (depth, aux, undecayed)
         groups.setdefault(key, {"params": [], "weight_decay": 0.0 if undecayed else weight_decay,
                                 "lr_scale": scale})["params"].append(param)
     return [groups[key] for key in sorted(groups)]
@@ -74,13 +85,13 @@ def build_scheduler(name, optimizer, *, total_steps, warmup_steps=0):
     ``poly`` decays it as ``(1 - t) ** 0.9``; both rise linearly from 0 over ``warmup_steps``
     first. ``onecycle`` is PyTorch's OneCycleLR with its defaults (its own warm-up), except that
     it does not cycle momentum (the reference code's silent momentum change is a known defect).
-    Each parameter group keeps its own ratio to the others (layer-wise decay).
+    Each parameter group keeps its own ratio to the others (layer-wise decay). Cosine and poly are
+    one ``LambdaLR`` with or without a warm-up, so a resume that changes ``--epochs`` (and with it
+    the number of warm-up steps) loads the state it saved into a scheduler of the same kind.
     """
     total_steps = max(total_steps, 1)
     if name == "constant" and not warmup_steps:
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if name == "cosine" and not warmup_steps:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if name == "onecycle":
         if warmup_steps:
             raise UserError("--warmup: onecycle has its own warm-up (use --warmup 0, or --sched cosine or poly)")
@@ -108,27 +119,31 @@ def warmup_factor(name, step, *, total_steps, warmup_steps):
 
 class Updater:
     """One optimisation step: backward (through the gradient scaler under float16), the optimiser's
-    step, then the schedule's; and the state of all three for a checkpoint.
+    step, the schedule's, and the update of the weights' moving average; and the state of all four
+    for a checkpoint.
 
     Args:
         optimizer: the optimiser.
         scheduler: a per-iteration learning-rate scheduler.
         scaler: a ``torch.amp.GradScaler`` (float16 autocast), or ``None``.
+        ema: a :class:`WeightAverage` of the model, or ``None``.
         epochs, steps_per_epoch: the run's length the schedule was laid out for.
     """
 
-    def __init__(self, optimizer, scheduler, scaler=None, *, epochs, steps_per_epoch):
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+    def __init__(self, optimizer, scheduler, scaler=None, ema=None, *, epochs, steps_per_epoch):
+        self.optimizer, self.scheduler, self.scaler, self.ema = optimizer, scheduler, scaler, ema
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
 
     @classmethod
     def from_flags(cls, args, model, *, steps_per_epoch, device, amp_dtype):
         """The updater of ``model`` for a run's ``--opt``, ``--lr``, ``--weight-decay``,
-        ``--momentum``, ``--nesterov``, ``--norm-bias-decay``, ``--layer-decay``, ``--sched``,
-        ``--warmup`` and ``--epochs``; fused kernels on CUDA, a gradient scaler under float16."""
+        ``--momentum``, ``--nesterov``, ``--norm-bias-decay``, ``--layer-decay``, ``--aux-lr-scale``,
+        ``--sched``, ``--warmup``, ``--ema`` and ``--epochs``; fused kernels on CUDA, a gradient
+        scaler under float16."""
         params = param_groups(model, weight_decay=args.weight_decay,
                               norm_bias_decay=getattr(args, "norm_bias_decay", True),
-                              layer_decay=getattr(args, "layer_decay", 1.0))
+                              layer_decay=getattr(args, "layer_decay", 1.0),
+                              aux_lr_scale=getattr(args, "aux_lr_scale", 1.0))
         optimizer = build_optimizer(args.opt, params, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum, nesterov=getattr(args, "nesterov", False),
                                     fused=device.type == "cuda")
@@ -136,7 +151,9 @@ class Updater:
         scheduler = build_scheduler(args.sched, optimizer, total_steps=total,
                                     warmup_steps=round(getattr(args, "warmup", 0.0) * total))
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-        return cls(optimizer, scheduler, scaler, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
+        decay = getattr(args, "ema", 0.0) or 0.0
+        ema = WeightAverage(model, decay) if decay else None
+        return cls(optimizer, scheduler, scaler, ema, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
 
     @property
     def lr(self):
@@ -177,12 +194,17 @@ class Updater:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
+        if self.ema is not None:
+            # The schedule's count is the run's step count, and it survives a resume.
+            self.ema.update(self.scheduler.last_epoch)
         return skipped
 
     def state_dict(self):
-        """``{"optimizer", "scheduler", "scaler"}``, as a checkpoint holds them."""
+        """``{"optimizer", "scheduler", "scaler", "ema"}``, as a checkpoint holds them (``ema``: the
+        averaged weights on the CPU, or ``None``)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None}
 
     def load_state_dict(self, state):
         """Continue from :meth:`state_dict`'s entries (a checkpoint's).
@@ -203,3 +225,52 @@ class Updater:
                             "start a new run")
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            # A run that turns --ema on at resume averages from the weights it resumes with.
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                self.ema.restart()
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak & Juditsky 1992), for validation,
+    ``best.pth`` and grading; timm's ``ModelEmaV3`` does the averaging.
+
+    After step ``t`` the average moves ``1 - d_t`` of the way to the weights, with
+    ``d_t = min(decay, 1 - t ** (-2/3))`` (timm's warm-up; ``d_1 = 0``, a copy): early on the average
+    spans a share of the steps taken rather than the starting weights, so one ``decay`` suits a run
+    of any length, and it caps the horizon (``1 / (1 - decay)`` steps) of a long one. Floating-point
+    buffers (BatchNorm's running statistics) are averaged too; integer ones are copied.
+
+    Args:
+        model: the network (wrapped or not); its bare module is averaged.
+        decay: the cap of the per-step decay, in (0, 1).
+    """
+
+    def __init__(self, model, decay):
+        self.model = unwrap(model)
+        self.decay = decay
+        self.average = ModelEmaV3(self.model, decay=decay, use_warmup=True)
+        self.average.module.requires_grad_(False)
+
+    @property
+    def module(self):
+        """The averaged network (what validation runs)."""
+        return self.average.module
+
+    def update(self, step):
+        """Move the average towards the weights after the run's ``step``-th step (from 1)."""
+        self.average.update(self.model, step=step)
+
+    def restart(self):
+        """Start the average anew from the current weights."""
+        self.average.set(self.model)
+
+    def state_dict(self):
+        """The averaged weights, on the CPU, keyed as the model's own."""
+        return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+
+    def load_state_dict(self, state):
+        """Continue from :meth:`state_dict`."""
+        self.module.load_state_dict(state)

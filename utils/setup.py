@@ -13,7 +13,7 @@ import torch
 
 from models import get_model, get_model_spec, model_options
 from utils import distributed
-from utils.args import REPO, RUNTIME_DEFAULTS, args_to_dict, check_positive
+from utils.args import REPO, RUNTIME_DEFAULTS, args_to_dict, check_positive, check_scales
 from utils.checkpoint import load_checkpoint
 from utils.engine import tta_mode
 from utils.errors import UserError
@@ -66,6 +66,9 @@ def resolve_flags(args, problem):
     if args.output_dir is None:
         args.output_dir = REPO / "runs" / f"{problem}_{args.model}"
     check_positive(args, "epochs", "batch_size", "eval_batch_size", "lr")
+    check_scales(args, "scale_range", "tta_scales")
+    if not 0 <= args.ema < 1:
+        raise UserError(f"--ema {args.ema}: a decay in [0, 1) (0 for none)")
     if args.save_epochs is None:
         args.save_epochs = default_save_epochs(args.epochs)
     bad = [e for e in args.save_epochs if not 1 <= e <= args.epochs]

@@ -4,7 +4,8 @@ A checkpoint is one plain dict (format :data:`utils.checkpoint.FORMAT`):
 
 - to rebuild the model: ``problem``, ``arch``, ``model_kwargs``, ``num_classes``, ``mean``, ``std``
   and the run's ``args`` (the task's ``meta``), and the weights, ``model``;
-- to continue the run: ``optimizer``, ``scheduler``, ``scaler`` (:class:`utils.optim.Updater`),
+- to continue the run: ``optimizer``, ``scheduler``, ``scaler``, ``ema`` (the moving average of
+  the weights, or ``None``; :class:`utils.optim.Updater`),
   the global RNG states ``rng``, and this module's :class:`TrainState`: ``epoch`` (finished),
   ``best_metric``, ``best_epoch``, ``metrics`` (the last epoch's line), and for an epoch stopped
   part-way ``step`` and ``partial`` (the steps done, the loss sums so far, the epoch's
@@ -12,7 +13,8 @@ A checkpoint is one plain dict (format :data:`utils.checkpoint.FORMAT`):
 
 ``best.pth`` and the ``epoch_NNN.pth`` snapshots keep the first group and the progress entries
 (``epoch``, ``best_metric``, ``best_epoch``, ``metrics``), not what only a resume needs
-(:data:`RESUME_ONLY`): :func:`inference_checkpoint`.
+(:data:`RESUME_ONLY`): :func:`inference_checkpoint`. A run with ``--ema`` validates the average, so
+there ``model`` is the average (``"weights": "ema"``).
 """
 import math
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from utils.errors import UserError
 from utils.runtime import rng_state, set_rng_state
 
 # What only a resume reads: the optimiser's slots alone are as large as the weights, or twice.
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "step", "partial")
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "ema", "rng", "step", "partial")
 
 
 @dataclass
@@ -77,8 +79,12 @@ class TrainState:
 
 
 def inference_checkpoint(ckpt):
-    """``ckpt`` without :data:`RESUME_ONLY`: what inference and the report figures read."""
-    return {k: v for k, v in ckpt.items() if k not in RESUME_ONLY}
+    """``ckpt`` without :data:`RESUME_ONLY`: what inference and the report figures read, with the
+    weights that were validated (the moving average, when the run keeps one)."""
+    weights = {k: v for k, v in ckpt.items() if k not in RESUME_ONLY}
+    if ckpt.get("ema") is not None:
+        weights.update(model=ckpt["ema"], weights="ema")
+    return weights
 
 
 def _cpu_state(state_dict):

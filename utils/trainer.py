@@ -102,16 +102,21 @@ class Trainer:
         # pass; validation runs the bare model, outside DDP's collectives.
         train_model = distributed.wrap(task.model, setup.device, setup.ctx, sync_bn=setup.sync_bn)
         train_model = torch.compile(train_model) if args.compile else train_model
-        val_model = torch.compile(task.model) if args.compile else task.model
+        # With --ema the moving average is what is validated, kept as best.pth and graded.
+        val_model = task.model if self.updater.ema is None else self.updater.ema.module
+        val_model = torch.compile(val_model) if args.compile else val_model
         with StopOnSignal(setup.ctx.distributed) as stop:
             for epoch in range(state.epoch + 1, args.epochs + 1):
                 start = time.perf_counter()
                 reset_peak_memory(setup.device)
                 train = self._train_epoch(train_model, epoch, stop)
                 distributed.broadcast_buffers(task.model, setup.ctx)
+                if self.updater.ema is not None:
+                    distributed.broadcast_buffers(self.updater.ema.module, setup.ctx)
                 val = evaluate(val_model, task.eval_criterion, self.val_batches, task.make_metric(),
                                transform=task.eval_transform, device=setup.device, amp_dtype=setup.amp_dtype,
-                               tta=args.tta, desc="validate", progress=self._progress)
+                               tta=args.tta, tta_scales=getattr(args, "tta_scales", (1.0,)), desc="validate",
+                               progress=self._progress)
                 self._end_epoch(epoch, train, val, time.perf_counter() - start)
                 if epoch < args.epochs and stop():
                     raise self._stopped(stop, f"after epoch {epoch}")
