@@ -13,13 +13,13 @@ import p1_train
 import p2_train
 from datasets.p2 import class_weights
 from datasets.presets import p1_transforms, p2_transforms
-from datasets.transforms import ColorJitter, RandomErasing
+from datasets.transforms import ColorJitter, RandomErasing, RandomScale
 from models import get_model
 from utils.checkpoint import load_checkpoint
 from utils.engine import forward, tta_views
 from utils.losses import SegmentationLoss, focal_loss
-from utils.optim import Updater, param_groups, warmup_factor
-from utils.recipes import RECIPES
+from utils.optim import Updater, WeightAverage, param_groups, warmup_factor
+from utils.recipes import PARTS, RECIPES, ablations
 from utils.runtime import EpochRNG
 
 
@@ -94,7 +94,7 @@ def test_strong_beit_trains_one_step(p1_data, tmp_path):
         "--no-progress"]))
     assert math.isfinite(result["last"]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "run" / "last.pth")
-    assert ckpt["args"]["layer_decay"] == 0.65 and ckpt["args"]["augment"] == "beit-224"
+    assert ckpt["args"]["layer_decay"] == 0.85 and ckpt["args"]["augment"] == "beit-ft"
     assert "drop_path" not in ckpt["model_kwargs"]  # training alone: inference rebuilds without it
     assert len(ckpt["optimizer"]["param_groups"]) == 2 * 14  # 14 depths, decayed or not
 
@@ -235,3 +235,140 @@ def test_colour_jitter_keeps_range_and_is_the_identity_at_zero_strength():
     assert torch.allclose(same, x.float() / 255, atol=1e-6)
     jittered, _ = ColorJitter(0.4)(x, None, rng)
     assert jittered.min() >= 0 and jittered.max() <= 1 and not torch.allclose(jittered, same)
+
+
+# --- the strong recipes' sources, and the parts issue 17 added -----------------------------
+
+def test_each_strong_lr_is_its_source_rows_lr_scaled_by_the_rule_its_comment_states():
+    strong = {m: r["strong"] for problem in RECIPES.values() for m, r in problem.items()}
+    assert strong["vgg13"]["lr"] == 0.1  # CIFAR VGG13-BN: 0.1 at batch 128, our batch
+    assert strong["beit"]["lr"] == pytest.approx(5e-6)  # BEiT pt22k_ft22k: 2e-5 at 512, x sqrt(32 / 512)
+    assert strong["fcn32s"]["lr"] == 1e-4  # the 0.734 FCN32s report's AdamW lr, kept
+    assert strong["deeplabv3"]["lr"] == pytest.approx(0.0025)  # torchvision: 0.02 at 32, x 4 / 32
+    assert strong["lraspp"]["lr"] == pytest.approx(0.0025)  # torchvision: 0.01 at 32, x 8 / 32
+    assert (strong["deeplabv3"]["aux_weight"], strong["deeplabv3"]["aux_lr_scale"]) == (0.5, 10.0)
+    assert strong["beit"]["layer_decay"] == 0.85 and strong["beit"]["weight_decay"] == 1e-8
+    assert all(s["ema"] > 0 for s in strong.values())
+
+
+def test_every_strong_part_is_ablated_and_its_flags_set_the_reference_back():
+    for problem, models in RECIPES.items():
+        script = p1_train if problem == "p1" else p2_train
+        for model, recipes in models.items():
+            differing = {k for k, v in recipes["strong"].items() if recipes["reference"].get(k) != v}
+            listed = [k for keys in PARTS[problem][model].values() for k in keys]
+            assert sorted(listed) == sorted(differing), model  # each differing flag in exactly one part
+            for part, flags in ablations(problem, model).items():
+                args = script.get_args_parser().parse_args(["--model", model, "--recipe", "strong", *flags])
+                for key in PARTS[problem][model][part]:
+                    assert getattr(args, key) == recipes["reference"][key], (model, part, key)
+
+
+def test_the_weight_average_follows_timms_warm_up_then_its_cap():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.ones_(model.weight)
+    ema = WeightAverage(model, decay=0.9)
+    ema.update(1)  # the first step copies
+    assert ema.module.weight.item() == 1.0
+    expected = 1.0
+    for step in range(2, 40):
+        model.weight.data.fill_(float(step))
+        ema.update(step)
+        decay = min(0.9, 1 - step ** (-2 / 3))
+        expected = decay * expected + (1 - decay) * step
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    assert 1 - 39 ** (-2 / 3) > 0.9  # so the last steps ran at the cap
+
+
+def test_a_run_with_ema_validates_saves_and_resumes_the_average_exactly(p1_data, tmp_path):
+    flags = ["--ema", "0.9", "--seed", "3"]
+    p1_train.main(p1_train.get_args_parser().parse_args(p1_flags(p1_data, tmp_path / "straight", "--epochs", "2",
+                                                                 *flags)))
+    p1_train.main(p1_train.get_args_parser().parse_args(p1_flags(p1_data, tmp_path / "split", "--epochs", "1",
+                                                                 *flags)))
+    p1_train.main(p1_train.get_args_parser().parse_args(
+        ["--resume", str(tmp_path / "split" / "last.pth"), "--epochs", "2", "--no-progress"]))
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pth"), load_checkpoint(tmp_path / "split" / "last.pth")
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert not all(torch.equal(a["ema"][k], a["model"][k]) for k in a["model"])  # an average, not a copy
+    best = load_checkpoint(tmp_path / "straight" / "best.pth")
+    epoch = best["best_epoch"]
+    snapshot = load_checkpoint(tmp_path / "straight" / f"epoch_{epoch:03d}.pth")
+    assert best["weights"] == "ema" and "ema" not in best
+    assert all(torch.equal(best["model"][k], snapshot["model"][k]) for k in best["model"])
+    if epoch == 2:
+        assert all(torch.equal(best["model"][k], a["ema"][k]) for k in a["ema"])
+
+
+def test_tta_averages_in_float32_whatever_the_models_dtype():
+    x = torch.linspace(0, 1, 2 * 3 * 4 * 4).view(2, 3, 4, 4)
+
+    class Half(nn.Module):  # outputs in bfloat16, as under autocast
+        def forward(self, x):
+            return {"out": (1000 + x * torch.linspace(0, 1, x.shape[-1])).to(torch.bfloat16)}
+
+    model = Half()
+    out = forward(model, x, "d4")["out"]
+    expected = sum(undo(model(view(x))["out"]).double() for view, undo in tta_views("d4")) / 8
+    assert out.dtype == torch.float32
+    assert torch.allclose(out.double(), expected, rtol=0, atol=1e-4)  # bfloat16 sums step by 4 near 1000
+
+
+def test_multi_scale_tta_of_a_scale_equivariant_model_is_its_single_scale_answer():
+    torch.manual_seed(0)
+    pointwise = nn.Conv2d(3, 7, 1)
+
+    class Segmenter(nn.Module):
+        def forward(self, x):
+            return {"out": pointwise(x)}
+
+    # A pixel-wise model on images constant over space: resizing the input and the output back changes
+    # nothing, so every scale gives the scale-1 answer.
+    x = torch.randn(2, 3, 1, 1).expand(2, 3, 32, 32).contiguous()
+    with torch.no_grad():
+        single = Segmenter()(x)["out"]
+        multi = forward(Segmenter(), x, "d4", scales=(0.75, 1.0, 1.25))["out"]
+    assert multi.shape == single.shape and torch.allclose(multi, single, atol=1e-6)
+    # A non-constant image at other scales does differ: the scales are really run.
+    y = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(forward(Segmenter(), y, "none", scales=(0.5, 1.0))["out"], Segmenter()(y)["out"])
+    with pytest.raises(ValueError, match="segmenter"):
+        forward(nn.Flatten(), y, "none", scales=(0.5,))
+
+
+def test_the_auxiliary_head_trains_at_its_own_lr():
+    model = get_model("deeplabv3", num_classes=7)
+    args = argparse.Namespace(opt="sgd", lr=0.01, weight_decay=1e-4, momentum=0.9, sched="constant", epochs=1,
+                              norm_bias_decay=False, aux_lr_scale=10.0)
+    updater = Updater.from_flags(args, model, steps_per_epoch=1, device=torch.device("cpu"), amp_dtype=None)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in updater.optimizer.param_groups:
+        aux = {names[id(p)].startswith("net.aux_classifier.") for p in group["params"]}
+        assert len(aux) == 1 and group["lr"] == pytest.approx(0.1 if aux.pop() else 0.01)
+    with pytest.raises(Exception, match="--aux-lr-scale 10.0: FCN32s has no auxiliary head"):
+        param_groups(get_model("fcn32s", num_classes=7), weight_decay=0.0, aux_lr_scale=10.0)
+
+
+def test_multi_scale_training_keeps_masks_hard_labels_aligned_with_their_tiles():
+    # Each tile pixel holds its own coordinates (row and column, times 4); the mask is a function of
+    # them. Whatever scale and window a sample draws, the mask pixel must be the label of the source
+    # pixel the tile's pixel came from.
+    n, size = 64, 64
+    rows = torch.arange(size).view(size, 1).expand(size, size)
+    cols = torch.arange(size).view(1, size).expand(size, size)
+    label = (rows // 8 + cols // 8) % 7
+    tile = torch.stack([rows * 4, cols * 4, torch.zeros_like(rows)]).to(torch.uint8).expand(n, 3, size, size)
+    mask = label.to(torch.uint8).expand(n, size, size)
+    x, y = RandomScale(0.5, 2.0)(tile.contiguous(), mask.contiguous(), EpochRNG(0, 1, torch.device("cpu")))
+    assert x.shape == (n, 3, size, size) and y.shape == (n, size, size) and y.dtype == torch.uint8
+    assert set(y.unique().tolist()) <= set(range(7))  # hard labels, no blends
+    src_row, src_col = (x[:, 0] * 255 / 4).round().long(), (x[:, 1] * 255 / 4).round().long()
+    aligned = (y.long() == label[src_row.clamp(0, size - 1), src_col.clamp(0, size - 1)]).float().mean()
+    # Nearest and bilinear sampling agree except where a source coordinate falls on a pixel's edge
+    # (x.5), which rounds either way: a handful of pixels in 262,144.
+    assert aligned > 0.995
+    zoom = (x[:, 0, 1:] - x[:, 0, :-1]).abs().amax((1, 2))  # how fast the row coordinate moves down a column
+    assert zoom.min() < zoom.max()  # the samples drew different scales
+    same, kept = RandomScale(1.0, 1.0)(tile.contiguous(), mask.contiguous(), EpochRNG(0, 1, torch.device("cpu")))
+    assert torch.equal(kept, mask) and torch.allclose(same * 255, tile.float(), atol=1e-3)  # scale 1: identity

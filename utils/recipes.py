@@ -4,15 +4,37 @@
 ``RECIPES[problem][model]["strong"]`` is ours, at the same epochs and batch (the same training
 compute), each of its parts a flag of its own. ``DEFAULTS[problem]`` holds the flags that do not
 depend on the model. A training run fills every flag the user left out from the resumed checkpoint
-first, then from these tables (:mod:`utils.setup`). :func:`describe` renders them into ``--help``.
+first, then from these tables (:mod:`utils.setup`). :func:`describe` renders them into ``--help``;
+:data:`PARTS` names each part of a strong recipe, and :func:`ablations` gives the flags that turn
+one off (``benchmarks/recipes.py --ablate``).
+
+Each strong recipe starts from a published recipe *for the weights it loads* (or, from scratch,
+for the same network and batch); its comment names the source row and how its learning rate was
+brought to our batch by :func:`scale_lr`.
 """
 from utils.args import REPO
 
+
+def scale_lr(lr, *, batch, to_batch, rule):
+    """A published learning rate ``lr`` at ``batch``, brought to ``to_batch``.
+
+    ``linear`` (SGD: Goyal et al., "Accurate, Large Minibatch SGD", 2017) multiplies it by
+    ``to_batch / batch``; ``sqrt`` (Adam and AdamW: Malladi et al., "On the SDEs and Scaling Rules
+    for Adaptive Gradient Algorithms", NeurIPS 2022) by the square root of that ratio.
+    """
+    ratio = to_batch / batch
+    if rule == "linear":
+        return lr * ratio
+    if rule == "sqrt":
+        return lr * ratio ** 0.5
+    raise ValueError(f"unknown scaling rule {rule!r}")
+
+
 # What the reference recipes leave as they were: the parts of the strong recipes that are off.
 _PLAIN = dict(nesterov=False, warmup=0.0, norm_bias_decay=True, label_smoothing=0.0, random_erasing=0.0,
-              layer_decay=1.0, drop_path=0.0, tta="none")
+              layer_decay=1.0, drop_path=0.0, tta="none", ema=0.0, trivial_augment=False, cutmix=0.0)
 _PLAIN_P2 = dict(nesterov=False, warmup=0.0, norm_bias_decay=True, color_jitter=0.0, class_weights="none",
-                 backbone="resnet50", tta="none")
+                 backbone="resnet50", tta="none", ema=0.0, scale_range=[1.0, 1.0], tta_scales=[1.0], aux_lr_scale=1.0)
 
 RECIPES = {
     "p1": {
@@ -20,25 +42,36 @@ RECIPES = {
             # The seed's: AdamW at a constant lr.
             "reference": dict(_PLAIN, epochs=300, batch_size=128, opt="adamw", lr=1e-3, momentum=0.0,
                               weight_decay=0.0, sched="constant", augment="crop-flip", pretrained=False),
-            # CIFAR practice for VGG/ResNet from scratch (He et al. 2016; "Bag of Tricks", He et
-            # al. CVPR 2019): SGD + Nesterov at a peak lr after a linear warm-up, cosine decay,
-            # weight decay 5e-4 kept off BatchNorm and biases, label smoothing 0.1; random erasing
-            # (Zhong et al. AAAI 2020) on top of crop+flip; flip TTA at evaluation.
-            "strong": dict(_PLAIN, epochs=300, batch_size=128, opt="sgd", nesterov=True, lr=0.05, momentum=0.9,
-                           weight_decay=5e-4, norm_bias_decay=False, sched="cosine", warmup=0.02,
-                           label_smoothing=0.1, augment="crop-flip", random_erasing=0.25, tta="flip",
+            # Source row: VGG13-BN on CIFAR-100 from scratch (72.0% top-1; SGD momentum 0.9, lr 0.1 at
+            # batch 128, weight decay 5e-4): our batch, so the lr as it is (scale_lr by 1). Then "Bag of
+            # Tricks" (He et al., CVPR 2019): Nesterov, no decay on BatchNorm and biases, label smoothing
+            # 0.1, cosine decay after a linear warm-up, here a share of the run (15%, one-cycle style:
+            # Smith & Topin 2019), so a run of 10 epochs warms up over 1.5 of them and one of 300 over
+            # 45, instead of a fixed count that is all or nothing of a short run. Flip TTA at evaluation
+            # and an EMA of the weights (horizon ~5,000 of the run's 52,800 steps, shorter while warming).
+            "strong": dict(_PLAIN, epochs=300, batch_size=128, opt="sgd", nesterov=True,
+                           lr=scale_lr(0.1, batch=128, to_batch=128, rule="linear"), momentum=0.9,
+                           weight_decay=5e-4, norm_bias_decay=False, sched="cosine", warmup=0.15,
+                           label_smoothing=0.1, augment="crop-flip", random_erasing=0.25, tta="flip", ema=0.9998,
                            pretrained=False),
         },
         "beit": {
             "reference": dict(_PLAIN, epochs=6, batch_size=32, opt="sgd", lr=0.003, momentum=0.0, weight_decay=0.0,
                               sched="constant", augment="beit", pretrained=True),
-            # The BEiT paper's fine-tuning (Bao et al. ICLR 2022, appendix: AdamW, weight decay
-            # 0.05, layer-wise lr decay 0.65, drop path 0.1, warm-up then cosine, mixup 0.8 /
-            # cutmix 1.0 with smoothing 0.1), its lr 4e-3 at batch 1024 scaled to batch 32, and
-            # training at the scale it evaluates at (resize to 224, crop with padding).
-            "strong": dict(_PLAIN, epochs=6, batch_size=32, opt="adamw", lr=2e-4, momentum=0.0, weight_decay=0.05,
-                           norm_bias_decay=False, layer_decay=0.65, drop_path=0.1, sched="cosine", warmup=0.1,
-                           augment="beit-224", pretrained=True),
+            # Source row: BEiT's own fine-tuning of these very weights (microsoft/unilm,
+            # beit/get_started_for_image_classification.md, BEiT-base from beit_base_patch16_224_pt22k_ft22k:
+            # self-supervised, then fine-tuned on ImageNet-22k): AdamW lr 2e-5 at an effective batch of
+            # 512 (64 x 8 GPUs; run_class_finetuning.py does not rescale it), warm-up 5 of 30 epochs, layer
+            # decay 0.85, drop path 0.1, weight decay 1e-8, label smoothing 0.1 (its default), random erasing
+            # 0.25 (its default), and no mixup or cutmix (those are for the self-supervised-only pt22k
+            # weights). lr 2e-5 at 512 -> batch 32 by the square-root rule of Adam: 5e-6. Warm-up 1/6 of the
+            # run, as theirs; cosine to 0. Inputs trained at the scale evaluation sees (resize to 224, crop
+            # with padding 28, flip: the beit-ft preset); flip TTA; an EMA over ~400 of the 4,218 steps.
+            "strong": dict(_PLAIN, epochs=6, batch_size=32, opt="adamw",
+                           lr=scale_lr(2e-5, batch=512, to_batch=32, rule="sqrt"), momentum=0.0,
+                           weight_decay=1e-8, norm_bias_decay=False, layer_decay=0.85, drop_path=0.1, sched="cosine",
+                           warmup=1 / 6, label_smoothing=0.1, random_erasing=0.25, augment="beit-ft", tta="flip",
+                           ema=0.998, pretrained=True),
         },
     },
     "p2": {
@@ -46,45 +79,89 @@ RECIPES = {
             "reference": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="sgd", lr=0.003, momentum=0.9, weight_decay=0.0,
                               sched="constant", loss="ce", ignore_unknown=False, aux_weight=0.0, augment="none",
                               pretrained=True),
-            # What took FCN32s to 0.734 on this data (AdamW 1e-4, class-weighted cross-entropy,
-            # flips, rotations, colour jitter), with median-frequency class weights (Eigen &
-            # Fergus, ICCV 2015), a poly schedule (Chen et al., DeepLab, TPAMI 2018) and D4 TTA.
-            "strong": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="adamw", lr=1e-4, momentum=0.9, weight_decay=1e-4,
+            # Source row: what took FCN32s to 0.734 on this very data (AdamW 1e-4, class-weighted
+            # cross-entropy, flips, rotations, colour jitter; its batch is not reported, so its lr is
+            # kept, scale_lr by 1), with median-frequency class weights (Eigen & Fergus, ICCV 2015), a
+            # poly schedule (Chen et al., DeepLab, TPAMI 2018), D4 augmentation and TTA. Random scaling
+            # 0.75-1.5 (narrower than DeepLab's 0.5-2: FCN32s predicts at stride 32, and a tile shrunk
+            # by half leaves it 8x8 cells), 3-scale TTA, an EMA over ~2,500 of its 25,000 steps.
+            "strong": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="adamw",
+                           lr=scale_lr(1e-4, batch=8, to_batch=8, rule="sqrt"), momentum=0.9, weight_decay=1e-4,
                            norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce", ignore_unknown=True,
                            aux_weight=0.0, augment="d4", color_jitter=0.2, class_weights="median-freq", tta="d4",
-                           pretrained=True),
+                           scale_range=[0.75, 1.5], tta_scales=[0.75, 1.0, 1.25], ema=0.9996, pretrained=True),
         },
         "deeplabv3": {
             "reference": dict(_PLAIN_P2, epochs=100, batch_size=4, opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-5,
                               sched="onecycle", loss="focal", ignore_unknown=True, aux_weight=1.0, augment="flip",
                               pretrained=True),
-            # DeepLab's own training (Chen et al. 2017: SGD momentum 0.9, poly lr from 0.01,
-            # weight decay 1e-4), with the reference's focal loss, median-frequency class weights,
-            # D4 augmentation and TTA, mild colour jitter. ResNet-50 as the reference: the same
-            # compute per step (--backbone resnet101 is a choice, about 1.6x the compute).
-            "strong": dict(_PLAIN_P2, epochs=100, batch_size=4, opt="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4,
-                           norm_bias_decay=False, sched="poly", warmup=0.01, loss="focal", ignore_unknown=True,
-                           aux_weight=0.4, augment="d4", color_jitter=0.2, class_weights="median-freq", tta="d4",
-                           backbone="resnet50", pretrained=True),
+            # Source row: torchvision's recipe that made these very COCO weights (references/segmentation:
+            # deeplabv3_resnet50, SGD momentum 0.9, lr 0.02 at batch 32 (4 x 8 GPUs), weight decay 1e-4,
+            # poly 0.9, cross-entropy, auxiliary loss weight 0.5 with the auxiliary head at 10x the lr).
+            # lr 0.02 at 32 -> batch 4 by the linear rule of SGD: 0.0025. Cross-entropy with
+            # median-frequency class weights rather than focal: its step is the recipe's (the weights'
+            # median is 1, and the mean is over the weights), where focal alpha 0.2, gamma 2 shrinks it
+            # 5-50x and re-weights the classes a second time. DeepLab's own multi-scale training (random
+            # scale 0.5-2.0, Chen et al. 2017) and 3-scale + D4 TTA, colour jitter 0.2, an EMA over ~5,000
+            # of the 50,000 steps. ResNet-50 as the reference, so the same compute per step
+            # (--backbone resnet101 is a choice: 502 against 346 GFLOPs a tile, 1.45x).
+            "strong": dict(_PLAIN_P2, epochs=100, batch_size=4, opt="sgd",
+                           lr=scale_lr(0.02, batch=32, to_batch=4, rule="linear"), momentum=0.9, weight_decay=1e-4,
+                           norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce", ignore_unknown=True,
+                           aux_weight=0.5, aux_lr_scale=10.0, augment="d4", color_jitter=0.2,
+                           class_weights="median-freq", tta="d4", scale_range=[0.5, 2.0], tta_scales=[0.75, 1.0, 1.25],
+                           ema=0.9998, backbone="resnet50", pretrained=True),
         },
         "lraspp": {
             # Not in the seed's report: torchvision's reference recipe for this model (SGD 0.01,
-            # momentum 0.9, weight decay 1e-6, ImageNet backbone, void pixels ignored, a schedule
-            # that decays to zero: cosine for its polynomial one), at this homework's 100 epochs
-            # and batch 8.
+            # momentum 0.9, weight decay 1e-6, ImageNet backbone, void pixels ignored, a schedule that
+            # decays to zero: cosine for its polynomial one), at this homework's 100 epochs and batch 8.
             "reference": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="sgd", lr=0.01, momentum=0.9,
                               weight_decay=1e-6, sched="cosine", loss="ce", ignore_unknown=True, aux_weight=0.0,
                               augment="flip", pretrained=True),
-            # The segmenters' strong parts: poly after a warm-up, D4 augmentation and TTA, colour
-            # jitter, median-frequency class weights, norms and biases undecayed.
-            "strong": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="sgd", lr=0.01, momentum=0.9,
+            # Source row: torchvision's recipe for lraspp_mobilenet_v3_large (lr 0.01 at batch 32, 4 x 8
+            # GPUs, weight decay 1e-6, poly 0.9): lr 0.01 at 32 -> batch 8 by the linear rule of SGD,
+            # 0.0025. The segmenters' strong parts: D4 augmentation and TTA, random scale 0.5-2.0 (that
+            # recipe's) and 3-scale TTA, colour jitter, median-frequency class weights, norms and biases
+            # undecayed, an EMA over ~2,500 of the 25,000 steps.
+            "strong": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="sgd",
+                           lr=scale_lr(0.01, batch=32, to_batch=8, rule="linear"), momentum=0.9,
                            weight_decay=1e-6, norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce",
                            ignore_unknown=True, aux_weight=0.0, augment="d4", color_jitter=0.2,
-                           class_weights="median-freq", tta="d4", pretrained=True),
+                           class_weights="median-freq", tta="d4", scale_range=[0.5, 2.0], tta_scales=[0.75, 1.0, 1.25],
+                           ema=0.9996, pretrained=True),
         },
     },
 }
 RECIPE_NAMES = ("reference", "strong")
+
+# The parts of each strong recipe, for --ablate: each turns the flags it lists back to the reference
+# recipe's values. Every flag where strong and reference differ belongs to exactly one part.
+PARTS = {
+    "p1": {
+        "vgg13": {"sgd-cosine": ("opt", "lr", "momentum", "weight_decay", "sched"), "nesterov": ("nesterov",),
+                  "warmup": ("warmup",), "norm-bias-decay": ("norm_bias_decay",),
+                  "label-smoothing": ("label_smoothing",), "random-erasing": ("random_erasing",),
+                  "ema": ("ema",), "tta": ("tta",)},
+        "beit": {"adamw-cosine": ("opt", "lr", "weight_decay", "sched", "warmup", "norm_bias_decay"),
+                 "layer-decay": ("layer_decay",), "drop-path": ("drop_path",),
+                 "label-smoothing": ("label_smoothing",), "random-erasing": ("random_erasing",),
+                 "augment": ("augment",), "ema": ("ema",), "tta": ("tta",)},
+    },
+    "p2": {
+        "fcn32s": {"adamw-poly": ("opt", "lr", "weight_decay", "sched", "warmup", "norm_bias_decay"),
+                   "ignore-unknown": ("ignore_unknown",), "class-weights": ("class_weights",), "d4": ("augment",),
+                   "color-jitter": ("color_jitter",), "scale-range": ("scale_range",), "ema": ("ema",),
+                   "tta": ("tta",), "tta-scales": ("tta_scales",)},
+        "deeplabv3": {"sgd-poly": ("lr", "weight_decay", "sched", "warmup", "norm_bias_decay"),
+                      "ce-class-weights": ("loss", "class_weights"), "aux-head": ("aux_weight", "aux_lr_scale"),
+                      "d4": ("augment",), "color-jitter": ("color_jitter",), "scale-range": ("scale_range",),
+                      "ema": ("ema",), "tta": ("tta",), "tta-scales": ("tta_scales",)},
+        "lraspp": {"sgd-poly": ("lr", "sched", "warmup", "norm_bias_decay"), "class-weights": ("class_weights",),
+                   "d4": ("augment",), "color-jitter": ("color_jitter",), "scale-range": ("scale_range",),
+                   "ema": ("ema",), "tta": ("tta",), "tta-scales": ("tta_scales",)},
+    },
+}
 
 DEFAULTS = {
     "p1": dict(model="vgg13", recipe="reference", train_dir=REPO / "hw1_data" / "p1_data" / "train_50",
@@ -94,6 +171,24 @@ DEFAULTS = {
                val_dir=REPO / "hw1_data" / "p2_data" / "validation", focal_alpha=0.2, focal_gamma=2.0,
                tile_size=512, eval_batch_size=8, dropout=0.5, seed=0),
 }
+
+
+def ablations(problem, model):
+    """``{part: flags}``: for each part of ``model``'s strong recipe (:data:`PARTS`), the command-line
+    flags that set it back to the reference recipe's values, given after ``--recipe strong``."""
+    reference = RECIPES[problem][model]["reference"]
+    return {part: [flag for key in keys for flag in as_flags(key, reference[key])]
+            for part, keys in PARTS[problem][model].items()}
+
+
+def as_flags(key, value):
+    """One flag and its value as command-line words (``--no-x`` for False, several for a list)."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + key.replace("_", "-")]
+    if isinstance(value, (list, tuple)):
+        return [flag, *map(str, value)]
+    return [flag, str(value)]
 
 
 def describe(problem):
@@ -114,4 +209,8 @@ def _flags(recipe):
 
 
 def _show(value):
-    return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return f"{value:.4g}" if isinstance(value, float) else value
