@@ -3,6 +3,7 @@
 Usage:
     python3 make_report.py --p1-run runs/p1_vgg13 --p2-run runs/p2_deeplabv3 --out report/
     python3 make_report.py --p2-run runs/p2_fcn32s --only masks iou      # some figures only
+    python3 make_report.py --compare runs/p1_vgg13 runs/p1_vgg13_lr0.01 --out report/   # recipes side by side
 
 Figures (each also alone through --only, and the feature and mask figures through
 p1_features.py and p2_masks.py):
@@ -13,6 +14,10 @@ p1_features.py and p2_masks.py):
   curves     p1_curves.png, p2_curves.png: losses, validation metric and learning rate per epoch
   arch       arch_<model>.png and .txt for every registered model: blocks traced by a forward pass
 index.md embeds each figure with its numbers and the command that produced each run.
+
+--compare makes only compare.png (each run's validation metric per epoch, its best epoch marked, and
+its training loss) and compare.md: a row per run with its epochs, best and last validation metric and
+the flags (from args.json) whose values differ between the runs, for runs of one problem.
 """
 from pathlib import Path
 
@@ -27,8 +32,9 @@ from utils.args import REPO, make_parser, runtime_parser
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, check_writable
 from utils.architecture import architecture_summary, plot_architecture, trace_graph
-from utils.plotting import plot_class_iou, plot_confusion, plot_curves
-from utils.report import check_run, command_line, default_tile_ids, read_metrics, val_dir_of
+from utils.plotting import plot_class_iou, plot_compare, plot_confusion, plot_curves
+from utils.report import (PROBLEMS, check_run, command_line, compare_runs, comparison_table, default_tile_ids,
+                          read_metrics, val_dir_of)
 
 FIGURES = ("features", "confusion", "masks", "iou", "curves", "arch")
 NUM_CLASSES = {"p1": p1_data.NUM_CLASSES, "p2": p2_data.NUM_CLASSES}
@@ -38,6 +44,9 @@ def get_args_parser():
     parser = make_parser(__doc__, [runtime_parser()])
     parser.add_argument("--p1-run", type=Path, default=None, help="a p1_train.py run folder")
     parser.add_argument("--p2-run", type=Path, default=None, help="a p2_train.py run folder")
+    parser.add_argument("--compare", type=Path, nargs="+", default=None, metavar="RUN",
+                        help="two or more run folders of one problem: write only compare.png and compare.md "
+                             "(their curves and a table of their results and differing flags), no other figure")
     parser.add_argument("--p1-val-dir", type=Path, default=None,
                         help="Problem 1 validation folder (default: the run's own --val-dir)")
     parser.add_argument("--p2-val-dir", type=Path, default=None,
@@ -48,7 +57,8 @@ def get_args_parser():
     parser.add_argument("--p2-arch-size", type=int, default=512,
                         help="tile size the segmenters' architectures are traced at (classifiers use "
                              "32x32, or the size a model resizes its input to)")
-    parser.add_argument("--out", type=Path, default=REPO / "report", help="folder for the figures and index.md")
+    parser.add_argument("--out", type=Path, default=REPO / "report",
+                        help="folder for the figures and index.md (compare.png and compare.md with --compare)")
     return parser
 
 
@@ -80,9 +90,34 @@ def _run_section(lines, title, run, script, records, metric):
     return best
 
 
+def compare(runs, out):
+    """Write ``compare.png`` and ``compare.md`` for some runs of one problem; returns what was written."""
+    check_writable(out, "--out", folder=True)
+    comparison = compare_runs(runs, "--compare")
+    out.mkdir(parents=True, exist_ok=True)
+    m, problem = comparison.metric, PROBLEMS[comparison.metric]
+    figure = plot_compare(list(comparison.records.items()), out / "compare.png", metric=m,
+                          title=f"{problem}: {len(runs)} runs compared")
+    lines = [f"# {problem}: {len(runs)} runs compared", "", *comparison_table(comparison), ""]
+    if not comparison.differing:
+        lines += ["The runs' flags are all equal (leaving aside where and how they computed).", ""]
+    lines += [f"![validation {m} and training loss per epoch](compare.png)", ""]
+    with atomic_write(out / "compare.md") as f:
+        f.write("\n".join(lines))
+    print(f"wrote the comparison to {out / 'compare.md'}")
+    return {"compare.md": str(out / "compare.md"), "compare.png": figure, "metric": m,
+            "rows": comparison.rows, "differing": comparison.differing}
+
+
 def main(args):
+    if args.compare is not None:
+        if args.p1_run is not None or args.p2_run is not None:
+            given = " and ".join(f for f, v in (("--p1-run", args.p1_run), ("--p2-run", args.p2_run)) if v)
+            raise UserError(f"--compare makes only the comparison; drop {given}, or make those figures in a "
+                            "second command")
+        return compare(args.compare, args.out)
     if args.p1_run is None and args.p2_run is None and set(args.only) - {"arch"}:
-        raise UserError("give --p1-run and/or --p2-run (or --only arch)")
+        raise UserError("give --p1-run and/or --p2-run (or --only arch, or --compare RUN RUN ...)")
     check_writable(args.out, "--out", folder=True)
     p1 = check_run(args.p1_run, "--p1-run") if args.p1_run else None
     p2 = check_run(args.p2_run, "--p2-run") if args.p2_run else None

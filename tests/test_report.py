@@ -18,7 +18,7 @@ from utils import plotting
 from utils.errors import UserError
 from utils.architecture import architecture_summary, layout, plot_architecture, shape_text, trace_blocks, trace_graph
 from utils.plotting import class_boundaries, mask_overlay, plot_class_iou, plot_confusion, plot_curves
-from utils.report import command_line, first_middle_last
+from utils.report import command_line, compare_runs, first_middle_last
 
 
 def parse(module, *argv):
@@ -269,3 +269,74 @@ def test_confusion_draws_the_classes_present(tmp_path):
     matrix[2, 2], matrix[2, 7], matrix[7, 7] = 3, 1, 4
     assert plot_confusion(matrix, tmp_path / "c.png", title="t")["classes"] == 2
     assert plot_confusion(matrix, tmp_path / "c.png", title="t", present_only=False)["classes"] == 50
+
+
+@pytest.fixture(scope="module")
+def p1_run_lr(p1_data, tmp_path_factory):
+    """A second, shorter Problem 1 run beside :func:`p1_run`, differing in --lr and --epochs, and in
+    --save-epochs (no snapshots, less to write), which a comparison leaves out."""
+    import p1_train
+
+    out = tmp_path_factory.mktemp("p1_run_lr")
+    train, val = p1_data
+    p1_train.main(parse(p1_train, "--train-dir", train, "--val-dir", val, "--output-dir", out,
+                        "--lr", "0.002", "--epochs", "2", "--batch-size", "16", "--save-epochs"))
+    return out
+
+
+def test_compare_tables_and_draws_two_runs(p1_run, p1_run_lr, tmp_path):
+    made = make_report.main(parse(make_report, "--compare", p1_run, p1_run_lr, "--out", tmp_path))
+    assert made["differing"] == ["epochs", "lr"] and made["metric"] == "acc"
+    assert not (tmp_path / "index.md").exists()  # the comparison alone
+    table = (tmp_path / "compare.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    for run, epochs in ((p1_run, 4), (p1_run_lr, 2)):
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        best = max(r["val_acc"] for r in records)
+        row = next(r for r in made["rows"] if r["run"] == run.name)
+        assert row["best"] == best and row["epochs"] == epochs and row["last"] == records[-1]["val_acc"]
+        assert records[row["best_epoch"] - 1]["val_acc"] == best
+        lr = json.loads((run / "args.json").read_text())["lr"]
+        assert row["flags"] == f"epochs {epochs}, lr {lr}"  # nothing else differs
+        cells = [c.strip() for c in rows[run.name].strip("|").split("|")]
+        assert cells == [run.name, str(epochs), f"{best:.4f}", str(row["best_epoch"]),
+                         f"{records[-1]['val_acc']:.4f}", row["flags"]]
+    assert "![validation acc and training loss per epoch](compare.png)" in table
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert made["compare.png"]["lines"] == 2 and made["compare.png"]["panels"] == 2
+
+
+def test_compare_refuses_one_run_mixed_problems_and_mixed_modes(p1_run, p1_run_lr, p2_run, tmp_path):
+    with pytest.raises(UserError, match=f"--compare needs at least two runs to compare, got only {p1_run}"):
+        make_report.main(parse(make_report, "--compare", p1_run, "--out", tmp_path))
+    with pytest.raises(UserError) as error:
+        make_report.main(parse(make_report, "--compare", p1_run, p2_run, "--out", tmp_path))
+    message = str(error.value)
+    assert "\n" not in message and str(p1_run) in message and str(p2_run) in message
+    assert "Problem 1" in message and "Problem 2" in message
+    with pytest.raises(UserError, match=f"--compare {tmp_path}: not a run folder"):
+        make_report.main(parse(make_report, "--compare", p1_run, tmp_path, "--out", tmp_path / "o"))
+    with pytest.raises(UserError, match="--compare makes only the comparison; drop --p1-run"):
+        make_report.main(parse(make_report, "--compare", p1_run, p1_run_lr, "--p1-run", p1_run, "--out", tmp_path))
+    with pytest.raises(UserError, match=f"{p1_run_lr}.* is the same run as"):
+        make_report.main(parse(make_report, "--compare", p1_run_lr, p1_run, p1_run_lr, "--out", tmp_path))
+    assert not list(tmp_path.iterdir())  # refused before writing anything
+
+
+def test_compare_rows_without_drawing(p1_run, tmp_path):
+    # Runs told apart by path when their folders share a name; a flag one args.json lacks differs.
+    base, runs = json.loads((p1_run / "args.json").read_text()), []
+    for seed, extra in ((0, {}), (1, {"tta": None, "cache_dir": "/elsewhere", "pretrained": False})):
+        run = tmp_path / f"seed{seed}" / "vgg"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_bytes((p1_run / "metrics.jsonl").read_bytes())
+        args = {**base, "seed": seed, "device": f"dev{seed}", **extra}
+        if seed == 0:
+            del args["pretrained"]
+        (run / "args.json").write_text(json.dumps(args))
+        runs.append(run)
+    comparison = compare_runs(runs)
+    assert comparison.differing == ["pretrained", "seed", "tta"]
+    assert [r["run"] for r in comparison.rows] == [str(r) for r in runs]
+    assert comparison.rows[0]["flags"] == f"pretrained missing, seed 0, tta {base['tta']}"
+    assert comparison.rows[1]["flags"] == "no-pretrained, seed 1, tta unset"

@@ -1,4 +1,4 @@
-"""Report figures: embeddings, mask grids and overlays, curves, confusion, IoU bars.
+"""Report figures: embeddings, mask grids and overlays, curves and their comparison, confusion, IoU bars.
 
 Every function draws with matplotlib's Agg backend into a PNG and returns a small dict of
 metadata (the path, the number of panels, ...), which the tests check instead of pixels.
@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from utils.io import atomic_write  # noqa: E402
 
@@ -101,6 +101,45 @@ def plot_curves(records, path, *, metric, title):
     lr_axis = tuple(float(v) for v in axes[2].get_ylim())
     save_figure(fig, path)
     return {"path": str(path), "panels": 3, "epochs": len(records), "lr_axis": lr_axis}
+
+
+def plot_compare(runs, path, *, metric, title):
+    """Several runs' curves on shared axes: the validation metric with each best epoch marked, and the
+    training loss.
+
+    Args:
+        runs: a list of ``(label, metrics.jsonl records)``.
+        path: the PNG to write.
+        metric: the validation metric (``acc``, ``miou``): ``val_<metric>`` of each record.
+        title: the figure's title.
+
+    Returns:
+        ``{"path", "panels": 2, "lines", "best": {label: (epoch, value)}}``.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    best_of = {}
+    for i, (label, records) in enumerate(runs):
+        colour = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")(i % 20)
+        epochs = [r["epoch"] for r in records]
+        values = [r[f"val_{metric}"] for r in records]
+        best = int(np.argmax(values))  # the first of equals, as the trainer keeps
+        best_of[label] = (epochs[best], values[best])
+        axes[0].plot(epochs, values, color=colour, marker=".", label=f"{label}: best {values[best]:.4f} "
+                     f"(epoch {epochs[best]})")
+        axes[0].scatter([epochs[best]], [values[best]], s=90, marker="*", color=colour, edgecolors="black",
+                        linewidths=0.6, zorder=3)
+        axes[1].plot(epochs, [r["train_loss"] for r in records], color=colour, marker=".")
+    axes[0].set_title(f"validation {metric} (star: best epoch)")
+    axes[1].set_title("training loss")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # short runs would get ticks at 1.5, 2.5
+        ax.grid(alpha=0.3)
+    # Below the panels, not inside them: the lines of good runs end in the corner a legend takes.
+    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(2, len(runs)), fontsize=9, frameon=False)
+    fig.suptitle(title)
+    save_figure(fig, path)
+    return {"path": str(path), "panels": 2, "lines": len(runs), "best": best_of}
 
 
 def plot_confusion(matrix, path, *, title, present_only=True):

@@ -1,8 +1,9 @@
-"""Reading training runs for the report: snapshots, metrics, and the command that made them."""
+"""Reading training runs for the report: snapshots, metrics, the command that made them, and how
+several runs of one problem compare."""
 import json
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -133,3 +134,108 @@ def default_tile_ids(val_dir, flag):
     warnings.warn(f"{val_dir} lacks tiles {', '.join(DEFAULT_TILE_IDS)}; showing {', '.join(ids)} "
                   f"(choose with {flag})")
     return ids
+
+
+# What a run's args.json records about where and how it computed rather than what it trained: runs
+# of one recipe on other machines, folders or validation batch sizes are the same recipe.
+NOT_RECIPE = ("output_dir", "resume", "overwrite", "progress", "device", "amp", "train_dir", "val_dir",
+              "save_epochs", "cache_dir", "eval_batch_size")
+PROBLEMS = {"acc": "Problem 1", "miou": "Problem 2"}  # a run's problem, told by the metric it logs
+_MISSING = object()  # a key one run's args.json lacks (an older script's) differs from every value
+
+
+@dataclass
+class Comparison:
+    """Several runs of one problem side by side (what ``make_report.py --compare`` reports).
+
+    Attributes:
+        metric: the validation metric the runs log (``acc`` or ``miou``).
+        rows: one dict per run: ``run`` (its label), ``folder``, ``epochs``, ``best``, ``best_epoch``,
+            ``last`` (the last epoch's metric) and ``flags`` (its values of the differing flags, rendered).
+        differing: the ``args.json`` keys whose values are not all equal across the runs, sorted.
+        records: each run's ``metrics.jsonl`` records by label, for the figure.
+    """
+
+    metric: str
+    rows: list
+    differing: list
+    records: dict = field(repr=False)
+
+
+def run_metric(folder, records, flag):
+    """The validation metric a run logs (``acc`` or ``miou``); refuses a run with no epochs."""
+    if not records:
+        raise UserError(f"{flag} {folder}: no epochs in its metrics.jsonl yet")
+    found = [m for m in PROBLEMS if f"val_{m}" in records[0]]
+    if not found:
+        raise UserError(f"{flag} {folder}: its metrics.jsonl has neither val_acc nor val_miou")
+    return found[0]
+
+
+def compare_runs(folders, flag="--compare"):
+    """Read several runs of one problem into a :class:`Comparison`, refusing bad input before anything is drawn.
+
+    Args:
+        folders: the run folders: at least two, all Problem 1 or all Problem 2.
+        flag: the option that named them, for the messages.
+    """
+    folders = [Path(f) for f in folders]
+    if len(folders) < 2:
+        raise UserError(f"{flag} needs at least two runs to compare, got only {' '.join(map(str, folders))} "
+                        "(one run's figures come from --p1-run or --p2-run)")
+    seen = {}
+    for folder in folders:
+        check_run(folder, flag)
+        if folder.resolve() in seen:
+            raise UserError(f"{flag}: {folder} is the same run as {seen[folder.resolve()]}")
+        seen[folder.resolve()] = folder
+    records = [read_metrics(f) for f in folders]
+    metrics = [run_metric(f, r, flag) for f, r in zip(folders, records)]
+    for folder, metric in zip(folders, metrics):
+        if metric != metrics[0]:
+            raise UserError(f"{flag}: {folders[0]} is a {PROBLEMS[metrics[0]]} run (val_{metrics[0]}) and {folder} "
+                            f"a {PROBLEMS[metric]} run (val_{metric}); compare runs of one problem")
+    metric = metrics[0]
+    args = [json.loads((f / "args.json").read_text()) if (f / "args.json").is_file() else None for f in folders]
+    differing = differing_keys([a for a in args if a is not None])
+    # Folder names label the runs, unless two share one (runs/seed0/vgg13, runs/seed1/vgg13).
+    names = [f.name for f in folders]
+    labels = names if len(set(names)) == len(names) else [str(f) for f in folders]
+    rows = []
+    for label, folder, recs, run_args in zip(labels, folders, records, args):
+        best = max(recs, key=lambda r: r[f"val_{metric}"])  # the first of equals, as the trainer keeps
+        flags = "args.json missing" if run_args is None else ", ".join(
+            flag_text(key, run_args.get(key, _MISSING)) for key in differing)
+        rows.append({"run": label, "folder": str(folder), "epochs": len(recs), "best": best[f"val_{metric}"],
+                     "best_epoch": best["epoch"], "last": recs[-1][f"val_{metric}"], "flags": flags})
+    return Comparison(metric, rows, differing, dict(zip(labels, records)))
+
+
+def differing_keys(all_args):
+    """The keys of some ``args.json`` dicts whose values are not all equal, less :data:`NOT_RECIPE`."""
+    keys = sorted({k for a in all_args for k in a} - set(NOT_RECIPE))
+    return [k for k in keys if any(a.get(k, _MISSING) != all_args[0].get(k, _MISSING) for a in all_args)]
+
+
+def flag_text(key, value):
+    """A flag's value as the comparison table shows it: ``lr 0.1``, ``pretrained``, ``no-pretrained``."""
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return name if value else f"no-{name}"
+    if value is _MISSING:
+        return f"{name} missing"
+    if value is None:
+        return f"{name} unset"  # not "none", which --tta takes as a value of its own
+    return f"{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+
+
+def comparison_table(comparison):
+    """The Markdown table of a :class:`Comparison`, one line per run."""
+    m = comparison.metric
+    lines = [f"| run | epochs | best val {m} | best epoch | last val {m} | differing flags |",
+             "|---|---:|---:|---:|---:|---|"]
+    for row in comparison.rows:
+        cells = [row["run"], row["epochs"], f"{row['best']:.4f}", row["best_epoch"], f"{row['last']:.4f}",
+                 row["flags"] or "-"]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return lines
