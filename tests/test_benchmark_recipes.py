@@ -1,0 +1,178 @@
+"""benchmarks/recipes.py end to end on tiny data: the table and each run's result.json, a second call that
+trains nothing, a run continued from its last.pth, the course layout of --data, and the refusals."""
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+import p1_train
+from datasets.p1 import csv_accuracy
+from tests.conftest import REPO, write_p1_folder
+from utils import recipes
+from utils.errors import run_cli
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """The benchmark as a module (benchmarks/ is not a package), with vgg13's strong recipe cut to one
+    part: --tta none, cheap, and parsed by today's training flags whatever the other parts need."""
+    spec = importlib.util.spec_from_file_location("bench_recipes", REPO / "benchmarks" / "recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(recipes.PARTS["p1"], "vgg13", {"tta": ("tta",)})
+    return module
+
+
+def tiny_digits(root, *, val_fraction, test_fraction):
+    """Stands in for write_digits: 2 classes, 4 training (one step of --batch-size 8), 2 selection and 2
+    held-out images each."""
+    return tuple(write_p1_folder(root / name, range(2), n, seed=seed)
+                 for name, n, seed in (("train_50", 4, 0), ("val_50", 2, 1), ("test_50", 2, 2)))
+
+
+def call(bench, *argv):
+    return bench.main(bench.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def run_dir(work, variant, problem="p1", model="vgg13", seed=0):
+    return work / "runs" / problem / model / variant.replace(" ", "-") / f"seed{seed}"
+
+
+def result_of(work, variant):
+    return json.loads((run_dir(work, variant) / "result.json").read_text())
+
+
+def test_ablate_writes_one_table_and_a_later_call_continues_run_by_run(bench, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench, "write_digits", tiny_digits)
+    work = tmp_path / "work"
+    argv = ["--problem", "p1", "--ablate", "--epochs", 1, "--seeds", 0, "--batch-size", 8, "--work-dir", work]
+    first = call(bench, *argv)
+    rows = first["rows"]
+    assert [r["variant"] for r in rows] == ["reference", "strong", "strong without tta"]
+    assert result_of(work, "strong without tta")["flags"][4:6] == ["--tta", "none"]  # after --recipe strong
+
+    head, table = (work / "recipes.md").read_text().split("\n\n")
+    assert head.startswith("`python3 benchmarks/recipes.py --epochs 1 --batch-size 8 --seeds 0 --ablate --work-dir ")
+    assert "p1: 1 epochs, batch 8" in head and "held-out accuracy" in head
+    lines = table.splitlines()
+    assert lines[0] == "| model | variant | seed 0 | mean | difference |"
+    assert len(lines) == 2 + len(rows)
+    for row, line in zip(rows, lines[2:]):
+        figure = result_of(work, row["variant"])["graded"]
+        assert row["figures"] == [figure]
+        assert line.startswith(f"| vgg13 | {row['variant']} | {figure:.4f} | {figure:.4f} | ")
+    reference, strong, ablated = rows
+    assert reference["difference"] is None and lines[2].endswith("|  |")
+    assert strong["difference"] == pytest.approx(strong["mean"] - reference["mean"])
+    assert lines[3].endswith(f"{strong['difference']:+.4f} vs reference |")
+    assert ablated["difference"] == pytest.approx(ablated["mean"] - strong["mean"])
+    assert lines[4].endswith(f"{ablated['difference']:+.4f} vs strong |")
+
+    def no_training(args):
+        raise AssertionError("a run with a result.json was trained again")
+
+    real_main = p1_train.main
+    capsys.readouterr()
+    monkeypatch.setattr(p1_train, "main", no_training)
+    assert call(bench, *argv)["rows"] == rows
+    assert capsys.readouterr().out.count("(done before)") == 3
+
+    # A run killed after its training but before its result: continued from its last.pth, and only that one.
+    (run_dir(work, "strong without tta") / "result.json").unlink()
+    continued = []
+
+    def resume_only(args):
+        continued.append(dict(vars(args)))  # before the script fills in the checkpoint's flags
+        return real_main(args)
+
+    monkeypatch.setattr(p1_train, "main", resume_only)
+    assert call(bench, *argv)["rows"] == rows
+    [args] = continued
+    given = {key: value for key, value in args.items() if value not in (None, False)}
+    assert given == {"resume": run_dir(work, "strong without tta") / "last.pth", "device": "cpu"}
+    assert result_of(work, "strong without tta")["resumed"] is True
+
+
+def test_a_run_trained_otherwise_is_refused_not_reused(bench, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench, "write_digits", tiny_digits)
+    work = tmp_path / "work"
+    folder = run_dir(work, "reference")
+    folder.mkdir(parents=True)
+    flags = ["--model", "vgg13", "--recipe", "reference", "--seed", "0", "--train-dir", "x", "--val-dir", "y",
+             "--output-dir", str(folder), "--save-epochs", "--epochs", "1", "--no-pretrained"]
+    (folder / "result.json").write_text(json.dumps({"data": "digits", "flags": flags, "graded": 0.5}))
+    code = run_cli(bench.main, bench.get_args_parser(),
+                   ["--problem", "p1", "--epochs", "2", "--seeds", "0", "--work-dir", str(work)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert str(folder) in err[0] and "--epochs 1" in err[0] and "--epochs 2" in err[0]
+
+
+def test_data_trains_on_the_course_training_folder_and_grades_validation(bench, tmp_path):
+    root = tmp_path / "hw1_data"
+    train = write_p1_folder(root / "p1_data" / "train_50", range(2), 4, seed=0)
+    val = write_p1_folder(root / "p1_data" / "val_50", range(2), 3, seed=1)
+    work = tmp_path / "work"
+    out = call(bench, "--data", root, "--problem", "p1", "--models", "vgg13", "--epochs", 1, "--device", "cpu",
+               "--batch-size", 8, "--seeds", 0, "--work-dir", work)
+    assert [r["variant"] for r in out["rows"]] == ["reference", "strong"]
+    for row in out["rows"]:
+        folder = run_dir(work, row["variant"])
+        used = json.loads((folder / "args.json").read_text())
+        assert (Path(used["train_dir"]), Path(used["val_dir"]), used["device"]) == (train, val, "cpu")
+        result = json.loads((folder / "result.json").read_text())
+        assert (result["data"], result["graded_dir"]) == ("course data", str(val))
+        assert result["graded"] == csv_accuracy(folder / "graded.csv")[0] == row["figures"][0]
+        assert csv_accuracy(folder / "graded.csv")[1] == 6  # every validation image
+        assert "--no-pretrained" not in result["flags"] and "--tile-size" not in result["flags"]
+    head = (work / "recipes.md").read_text().splitlines()[0]
+    assert f"--data {root}" in head and f"validation accuracy ({val})" in head
+
+
+def test_data_defaults_each_recipes_own_epochs_weights_and_both_problems(bench, tmp_path):
+    root = tmp_path / "hw1_data"
+    for sub in ("p1_data/train_50", "p1_data/val_50", "p2_data/train", "p2_data/validation"):
+        (root / sub).mkdir(parents=True)
+    args = bench.get_args_parser().parse_args(["--data", str(root), "--problem", "all", "--work-dir", str(tmp_path),
+                                               "--pretrained-file", "beit=w/beit.pth"])
+    plan = bench.check_args(args)
+    assert plan == {"p1": ["vgg13", "beit"], "p2": ["fcn32s", "deeplabv3"]} and args.device == "auto"
+    data = {problem: bench.prepare_data(problem, tmp_path, args) for problem in plan}
+    assert (data["p2"].train, data["p2"].select, data["p2"].graded) == (
+        root / "p2_data/train", root / "p2_data/validation", root / "p2_data/validation")
+    for problem, models in plan.items():
+        for run in bench.plan_runs(problem, models, args):
+            flags = shlex.join(bench.training_flags(run, data[problem], tmp_path / "run", args))
+            assert "--epochs" not in flags and "--no-pretrained" not in flags and "--tile-size" not in flags
+            assert ("--pretrained-file" in flags) == (run.model == "beit")
+    assert str(Path("w/beit.pth").absolute()) in bench.training_flags(
+        bench.Run("p1", "beit", "strong", 0), data["p1"], tmp_path / "run", args)
+
+
+def test_proxy_defaults_are_short_random_weight_runs_on_the_cpu(bench, tmp_path):
+    args = bench.get_args_parser().parse_args(["--problem", "p2"])
+    assert bench.check_args(args) == {"p2": ["fcn32s", "deeplabv3"]}
+    assert (args.epochs, args.device, args.tile_size, tuple(args.tiles)) == (6, "cpu", 128, (48, 16, 16))
+    data = bench.Data("tiles", tmp_path / "a", tmp_path / "b", tmp_path / "c", "held-out mIoU")
+    flags = shlex.join(bench.training_flags(bench.Run("p2", "fcn32s", "strong", 1), data, tmp_path / "run", args))
+    assert "--epochs 6" in flags and "--no-pretrained" in flags and "--tile-size 128" in flags
+    args = bench.get_args_parser().parse_args([])
+    assert bench.check_args(args) == {"p1": ["vgg13"]} and (args.epochs, args.device) == (10, "cpu")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--data", "{tmp}", "--problem", "p1"], "--data needs --work-dir"),
+    (["--problem", "all"], "add --data"),
+    (["--pretrained-file", "beit=w.pth"], "--pretrained-file goes with --data"),
+    (["--data", "{tmp}", "--work-dir", "{tmp}/w"], "no p1_data/train_50"),
+    (["--data", "{tmp}", "--work-dir", "{tmp}/w", "--tiles", "4", "4", "4"], "--tiles"),
+    (["--problem", "p1", "--models", "fcn32s"], "--models fcn32s"),
+    (["--seeds", "1", "1"], "seed 1 given twice"),
+])
+def test_bad_input_is_one_line(bench, tmp_path, capsys, argv, needle):
+    code = run_cli(bench.main, bench.get_args_parser(), [a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "w").exists()
