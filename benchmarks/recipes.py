@@ -97,8 +97,12 @@ def get_args_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="a run of every variant for each seed (--seed of the training scripts)")
     p.add_argument("--ablate", action="store_true",
-                   help="also train, for every model and seed, the strong recipe with each of its parts set back "
-                        "to the reference (one row per part)")
+                   help="also train, for every model, the strong recipe with each of its parts set back to the "
+                        "reference (utils.recipes.PARTS; one row per part) and with each part tried and left out "
+                        "of it (utils.recipes.CANDIDATES)")
+    p.add_argument("--ablate-seeds", type=int, default=None, metavar="N",
+                   help="with --ablate: run those rows on the first N seeds only (their differences are then "
+                        "taken over those seeds); default: every seed")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                    help="where to train and grade (default: cpu on the proxies; auto, CUDA when there is one, "
                         "with --data)")
@@ -236,14 +240,18 @@ def prepare_data(problem, work, args):
 
 
 def plan_runs(problem, models, args):
-    """Every run of ``problem``: per model, reference, strong and (--ablate) strong less each part, per seed."""
+    """Every run of ``problem``: per model, reference and strong on every seed, and (--ablate) strong less
+    each part and strong with each candidate part, on the first --ablate-seeds seeds."""
     runs = []
     for model in models:
-        variants = [("reference", ()), ("strong", ())]
+        runs += [Run(problem, model, name, seed) for name in ("reference", "strong") for seed in args.seeds]
         if args.ablate:
-            variants += [(f"strong without {part}", tuple(flags))
-                         for part, flags in recipes.ablations(problem, model).items()]
-        runs += [Run(problem, model, name, seed, extra) for name, extra in variants for seed in args.seeds]
+            variants = [(f"strong without {part}", tuple(flags))
+                        for part, flags in recipes.ablations(problem, model).items()]
+            variants += [(f"strong with {part}", tuple(flags))
+                         for part, flags in recipes.CANDIDATES[problem].get(model, {}).items()]
+            seeds = args.seeds[:args.ablate_seeds] if args.ablate_seeds else args.seeds
+            runs += [Run(problem, model, name, seed, extra) for name, extra in variants for seed in seeds]
     return runs
 
 
@@ -353,7 +361,13 @@ def table_rows(runs, results):
     for (problem, model, variant), row in rows.items():
         against = None if variant == "reference" else "reference" if variant == "strong" else "strong"
         row["against"] = against
-        row["difference"] = None if against is None else row["mean"] - rows[(problem, model, against)]["mean"]
+        if against is not None:
+            # Over the seeds this row ran (an ablation may run on fewer seeds than strong).
+            other = rows[(problem, model, against)]
+            base = [f for s, f in zip(other["seeds"], other["figures"]) if s in row["seeds"]]
+            row["difference"] = row["mean"] - statistics.mean(base)
+        else:
+            row["difference"] = None
     return list(rows.values())
 
 
@@ -362,8 +376,9 @@ def markdown(rows, seeds):
              "|---|---|" + "---|" * len(seeds) + "---|---|"]
     for row in rows:
         diff = "" if row["against"] is None else f"{row['difference']:+.4f} vs {row['against']}"
-        lines.append(f"| {row['model']} | {row['variant']} | " + " | ".join(f"{v:.4f}" for v in row["figures"])
-                     + f" | {row['mean']:.4f} | {diff} |")
+        figures = dict(zip(row["seeds"], row["figures"]))
+        cells = [f"{figures[s]:.4f}" if s in figures else "" for s in seeds]
+        lines.append(f"| {row['model']} | {row['variant']} | " + " | ".join(cells) + f" | {row['mean']:.4f} | {diff} |")
     return "\n".join(lines)
 
 

@@ -17,11 +17,12 @@ from utils.errors import run_cli
 @pytest.fixture
 def bench(monkeypatch):
     """The benchmark as a module (benchmarks/ is not a package), with vgg13's strong recipe cut to one
-    part: --tta none, cheap, and parsed by today's training flags whatever the other parts need."""
+    part: --tta none, cheap (and no candidate parts)."""
     spec = importlib.util.spec_from_file_location("bench_recipes", REPO / "benchmarks" / "recipes.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setitem(recipes.PARTS["p1"], "vgg13", {"tta": ("tta",)})
+    monkeypatch.setitem(recipes.CANDIDATES, "p1", {})
     return module
 
 
@@ -176,3 +177,18 @@ def test_bad_input_is_one_line(bench, tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "w").exists()
+
+
+def test_ablation_and_candidate_rows_on_fewer_seeds_compare_with_strong_on_those_seeds(bench, monkeypatch):
+    monkeypatch.setitem(recipes.CANDIDATES, "p1", {"vgg13": {"cutmix": ["--cutmix", "0.5"]}})
+    args = bench.get_args_parser().parse_args(["--ablate", "--seeds", "0", "1", "--ablate-seeds", "1"])
+    runs = bench.plan_runs("p1", ["vgg13"], args)
+    assert [(r.variant, r.seed) for r in runs] == [("reference", 0), ("reference", 1), ("strong", 0), ("strong", 1),
+                                                   ("strong without tta", 0), ("strong with cutmix", 0)]
+    graded = {("reference", 0): 0.5, ("reference", 1): 0.25, ("strong", 0): 0.75, ("strong", 1): 0.5,
+              ("strong without tta", 0): 0.5, ("strong with cutmix", 0): 1.0}
+    rows = {r["variant"]: r for r in bench.table_rows(runs, {r: {"graded": graded[(r.variant, r.seed)]} for r in runs})}
+    assert rows["strong"]["difference"] == 0.25  # mean 0.625 against 0.375
+    assert rows["strong without tta"]["difference"] == -0.25  # against strong's seed 0 alone
+    assert rows["strong with cutmix"]["difference"] == 0.25
+    assert "| vgg13 | strong with cutmix | 1.0000 |  | 1.0000 | +0.2500 vs strong |" in bench.markdown(rows.values(), [0, 1])

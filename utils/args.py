@@ -124,8 +124,8 @@ def training_parser():
                    help="apply weight decay to normalisation weights and biases too (recipe)")
     g.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="validate, keep as best.pth and grade an exponential moving average of the weights, whose "
-                        "per-step decay rises as 1 - t^(-2/3) over the run's first steps up to DECAY (timm's "
-                        "warm-up: a short run averages a share of its steps); 0 for none (recipe)")
+                        "per-step decay after step t is min(DECAY, (t - 1) / (t + 19)): it spans about the last "
+                        "5%% of the steps taken, up to 1 / (1 - DECAY) steps; 0 for none (recipe)")
     g.add_argument("--eval-batch-size", type=int, default=None,
                    help="validation batch size (default: 256 for Problem 1, 8 for Problem 2)")
     g.add_argument("--seed", type=int, default=None,

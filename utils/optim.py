@@ -238,10 +238,13 @@ class WeightAverage:
     ``best.pth`` and grading; timm's ``ModelEmaV3`` does the averaging.
 
     After step ``t`` the average moves ``1 - d_t`` of the way to the weights, with
-    ``d_t = min(decay, 1 - t ** (-2/3))`` (timm's warm-up; ``d_1 = 0``, a copy): early on the average
-    spans a share of the steps taken rather than the starting weights, so one ``decay`` suits a run
-    of any length, and it caps the horizon (``1 / (1 - decay)`` steps) of a long one. Floating-point
-    buffers (BatchNorm's running statistics) are averaged too; integer ones are copied.
+    ``d_t = min(decay, (t - 1) / (t + 19))`` (timm's warm-up with gamma 20 and power 1; ``d_1 = 0``, a
+    copy): its horizon ``1 / (1 - d_t)`` is about a twentieth of the steps taken, so the average
+    spans the last 5% of a run of any length (an 80-step proxy as well as a 300-epoch run), until
+    ``decay`` caps it (``1 / (1 - decay)`` steps). timm's default (power 2/3) spans 23% of an
+    80-step run, a tenth 10%: both lagged the digits proxy's fast last epochs (docs/RECIPES.md).
+    Floating-point buffers (BatchNorm's running statistics) are averaged too; integer ones are
+    copied.
 
     Args:
         model: the network (wrapped or not); its bare module is averaged.
@@ -251,7 +254,7 @@ class WeightAverage:
     def __init__(self, model, decay):
         self.model = unwrap(model)
         self.decay = decay
-        self.average = ModelEmaV3(self.model, decay=decay, use_warmup=True)
+        self.average = ModelEmaV3(self.model, decay=decay, use_warmup=True, warmup_gamma=20.0, warmup_power=1.0)
         self.average.module.requires_grad_(False)
 
     @property

@@ -163,6 +163,13 @@ PARTS = {
     },
 }
 
+# Parts tried on a strong recipe and left out of it (docs/RECIPES.md gives the measurement): --ablate
+# also runs the strong recipe with each of them, as "strong with <part>".
+CANDIDATES = {
+    "p1": {"vgg13": {"trivial-augment": ["--trivial-augment"], "cutmix": ["--cutmix", "0.5"]}},
+    "p2": {},
+}
+
 DEFAULTS = {
     "p1": dict(model="vgg13", recipe="reference", train_dir=REPO / "hw1_data" / "p1_data" / "train_50",
                val_dir=REPO / "hw1_data" / "p1_data" / "val_50", global_pool="avg", dropout=0.5,
