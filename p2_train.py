@@ -20,7 +20,7 @@ from datasets.p2 import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES, UNKNOWN, class
 from datasets.presets import P2_AUGMENTS, p2_transforms
 from models import list_models
 from utils import distributed
-from utils.args import make_parser, segmentation_tta_parser, training_parser
+from utils.args import float_list, make_parser, segmentation_tta_parser, training_parser
 from utils.errors import run_cli
 from utils.losses import SegmentationLoss
 from utils.metrics import MeanIoU
@@ -47,9 +47,9 @@ def get_args_parser():
     g.add_argument("--ignore-unknown", default=None, action=argparse.BooleanOptionalAction,
                    help="leave Unknown pixels out of the loss (recipe)")
     g.add_argument("--augment", default=None, choices=P2_AUGMENTS, help="augmentation preset (recipe)")
-    g.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+    g.add_argument("--scale-range", type=float_list, default=None, metavar="LO,HI",
                    help="scale each training tile and its mask by a factor drawn from [LO, HI] and take a random "
-                        "window of the tile size (mirrored where a shrunk tile does not fill it); 1 1 for none "
+                        "window of the tile size (mirrored where a shrunk tile does not fill it); 1,1 for none "
                         "(recipe)")
     g.add_argument("--color-jitter", type=float, default=None,
                    help="strength of the random brightness, contrast and saturation change of each "

@@ -23,10 +23,11 @@ pretrained weights unless --epochs, --batch-size or --pretrained-file say otherw
 In both, best.pth of every run grades a folder through p1_inference.py / p2_inference.py (with
 the TTA its run validated with): Problem 1's figure is the accuracy of the CSV, Problem 2's the
 mIoU of mean_iou_evaluate.py on the masks. --ablate adds, for every model, the strong recipe with
-each of its parts (utils.recipes.PARTS) set back to the reference, on every seed.
+each of its parts (utils.recipes.PARTS) set back to the reference, and with each part tried and
+left out of it (utils.recipes.CANDIDATES), on every seed or the first --ablate-seeds.
 
-Runs live in <work dir>/runs/<problem>/<model>/<variant>/seed<N>/ (variant reference, strong or
-strong-without-<part>): flags.json (the data and the training flags) when it starts, result.json
+Runs live in <work dir>/runs/<problem>/<model>/<variant>/seed<N>/ (variant reference, strong,
+strong-without-<part> or strong-with-<part>): flags.json (the data and the training flags) when it starts, result.json
 (the same, its selection and graded figures, seconds) once graded. A later call with the same work
 dir skips the runs that have a result.json, continues those holding last.pth only (--resume), and
 trains the rest, so an interrupted benchmark resumes run by run; a run folder made with other
@@ -139,9 +140,9 @@ class Run:
 
     problem: str
     model: str
-    variant: str  # "reference", "strong" or "strong without <part>"
+    variant: str  # "reference", "strong", "strong without <part>" or "strong with <candidate part>"
     seed: int
-    extra: tuple = ()  # the ablation's flags, after --recipe strong
+    extra: tuple = ()  # the ablation's or candidate's flags, after --recipe strong
 
     def folder(self, work):
         return work / "runs" / self.problem / self.model / self.variant.replace(" ", "-") / f"seed{self.seed}"

@@ -72,9 +72,9 @@ def speed_parser():
 def segmentation_tta_parser():
     """The multi-scale test-time augmentation flag of the segmenters, in training and in inference."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--tta-scales", type=float, nargs="+", default=None, metavar="S",
+    p.add_argument("--tta-scales", type=float_list, default=None, metavar="S,S,...",
                    help="also run every --tta view at these scales of the input (bilinear), resizing the outputs "
-                        "back before averaging: 0.75 1 1.25 costs 3.1x the compute of scale 1 alone; default: the "
+                        "back before averaging: 0.75,1,1.25 costs 3.1x the compute of scale 1 alone; default: the "
                         "recipe's in training, the checkpoint's run's in inference")
     return p
 
@@ -173,6 +173,15 @@ def check_positive(args, *names):
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
 
 
+def float_list(text):
+    """A flag's comma-separated numbers (``0.75,1,1.25``) as a list of floats. One word rather than
+    ``nargs="+"``, which would take the positional arguments after it as more numbers."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
 def check_scales(args, *names):
     """Raise a one-line error for a scale flag (a list of factors) holding one that is not > 0, or
     a range whose low end is above its high end."""
@@ -181,8 +190,8 @@ def check_scales(args, *names):
         flag = "--" + name.replace("_", "-")
         if values and not all(v > 0 for v in values):
             raise UserError(f"{flag}: every scale must be positive (got {' '.join(map(str, values))})")
-        if name == "scale_range" and values and values[0] > values[1]:
-            raise UserError(f"{flag} {values[0]} {values[1]}: LO is above HI")
+        if name == "scale_range" and values and (len(values) != 2 or values[0] > values[1]):
+            raise UserError(f"{flag} {','.join(map(str, values))}: give LO,HI with LO at most HI")
 
 
 def args_to_dict(args):
