@@ -187,7 +187,8 @@ def test_ablation_and_candidate_rows_on_fewer_seeds_compare_with_strong_on_those
                                                    ("strong without tta", 0), ("strong with cutmix", 0)]
     graded = {("reference", 0): 0.5, ("reference", 1): 0.25, ("strong", 0): 0.75, ("strong", 1): 0.5,
               ("strong without tta", 0): 0.5, ("strong with cutmix", 0): 1.0}
-    rows = {r["variant"]: r for r in bench.table_rows(runs, {r: {"graded": graded[(r.variant, r.seed)]} for r in runs})}
+    results = {r: {"graded": graded[(r.variant, r.seed)]} for r in runs}
+    rows = {r["variant"]: r for r in bench.table_rows(runs, results)}
     assert rows["strong"]["difference"] == 0.25  # mean 0.625 against 0.375
     assert rows["strong without tta"]["difference"] == -0.25  # against strong's seed 0 alone
     assert rows["strong with cutmix"]["difference"] == 0.25

@@ -93,7 +93,7 @@ def forward(model, x, tta="none", scales=(1.0,)):
         for view, undo in views:
             out = model(view(xs))
             if isinstance(out, dict):
-                out = {k: _resized(undo(v), size).float() for k, v in out.items() if v is not None}
+                out = {k: _resized(undo(v), size) for k, v in out.items() if v is not None}
                 total = out if total is None else {k: total[k] + v for k, v in out.items()}
             elif scale != 1.0:
                 raise ValueError("multi-scale test-time augmentation needs a segmenter's spatial outputs")
@@ -106,10 +106,9 @@ def forward(model, x, tta="none", scales=(1.0,)):
 
 
 def _resized(t, size):
-    """A (B, C, h, w) map resized (bilinearly) to ``size`` when it is not that size already."""
-    if t.shape[-2:] == size:
-        return t
-    return F.interpolate(t.float(), size=list(size), mode="bilinear", align_corners=False)
+    """A (B, C, h, w) map in float32, resized (bilinearly) to ``size`` when it is not that size already."""
+    t = t.float()
+    return t if t.shape[-2:] == size else F.interpolate(t, size=list(size), mode="bilinear", align_corners=False)
 
 
 def _sums(*values, device):
