@@ -28,15 +28,15 @@ from pathlib import Path
 
 import make_report
 import mean_iou_evaluate
-import p1_inference
-import p1_train
-import p2_inference
-import p2_train
 from datasets.digits import write_digits
 from datasets.p1 import csv_accuracy
 from datasets.synthetic import write_tiles
 from utils.args import REPO, make_parser, runtime_parser
 from utils.errors import run_cli
+import p1_inference
+import p1_train
+import p2_inference
+import p2_train
 
 P2_TILE = 128
 P2_TRAIN_TILES, P2_VAL_TILES = 64, 16

@@ -5,8 +5,8 @@ Usage:
     python3 make_report.py --p2-run runs/p2_fcn32s --only masks iou      # some figures only
     python3 make_report.py --compare runs/p1_vgg13 runs/p1_vgg13_lr0.01 --out report/   # recipes side by side
 
-Figures (each also alone through --only, and the feature and mask figures through
-p1_features.py and p2_masks.py):
+Figures (each also alone through --only; the feature and mask figures are also what
+p1_features.py and p2_masks.py draw):
   features   p1_pca.png, p1_tsne.png: PCA and t-SNE of the second-last layer (first/middle/last epoch)
   confusion  p1_confusion.png: the row-normalised 50x50 confusion matrix of the best checkpoint
   masks      p2_mask_progress.png, p2_overlay.png: predicted masks over training, overlay view
@@ -23,18 +23,18 @@ from pathlib import Path
 
 import torch
 
-import p1_features
-import p2_masks
 from datasets import p1 as p1_data, p2 as p2_data
 from datasets.p2 import CLASS_NAMES, SCORED_CLASSES
 from models import get_model, get_model_spec, list_models
+from figures.architecture import architecture_summary, plot_architecture, trace_graph
+from figures.plots import plot_class_iou, plot_compare, plot_confusion, plot_curves
+from figures.features import feature_figures
+from figures.runs import (PROBLEMS, check_run, command_line, compare_runs, comparison_table, default_tile_ids,
+                           open_run, read_metrics)
+from figures.masks import mask_figures
 from utils.args import REPO, make_parser, runtime_parser
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, check_writable
-from utils.architecture import architecture_summary, plot_architecture, trace_graph
-from utils.plotting import plot_class_iou, plot_compare, plot_confusion, plot_curves
-from utils.report import (PROBLEMS, check_run, command_line, compare_runs, comparison_table, default_tile_ids,
-                          read_metrics, val_dir_of)
 
 FIGURES = ("features", "confusion", "masks", "iou", "curves", "arch")
 NUM_CLASSES = {"p1": p1_data.NUM_CLASSES, "p2": p2_data.NUM_CLASSES}
@@ -123,16 +123,15 @@ def main(args):
     p2 = check_run(args.p2_run, "--p2-run") if args.p2_run else None
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    runtime = ["--device", args.device, "--amp", args.amp, "--progress" if args.progress else "--no-progress"]
     lines, made = ["# Report figures", ""], {}
 
     if p1 is not None:
         records = read_metrics(p1)
         best = _run_section(lines, "Problem 1: classification", p1, "p1_train.py", records, "acc")
         if {"features", "confusion"} & set(args.only):
-            val = ["--val-dir", str(args.p1_val_dir)] if args.p1_val_dir else []
-            feats = p1_features.main(p1_features.get_args_parser().parse_args(
-                ["--run", str(p1), *val, "--out", str(out), *runtime]))
+            inputs = open_run(p1, val_dir=args.p1_val_dir, out=out, device=args.device, amp=args.amp, problem="p1",
+                              run_flag="--p1-run", val_flag="--p1-val-dir")
+            feats = feature_figures(inputs, out, progress=args.progress)
             made["features"] = feats
             if "features" in args.only:
                 lines += [f"t-SNE of the second-last layer ({feats['feature_dim']}-d) at epochs "
@@ -152,11 +151,10 @@ def main(args):
         records = read_metrics(p2)
         best = _run_section(lines, "Problem 2: segmentation", p2, "p2_train.py", records, "miou")
         if "masks" in args.only:
-            val = ["--val-dir", str(args.p2_val_dir)] if args.p2_val_dir else []
-            # Chosen here, so that a folder without the report's tiles names this script's flag.
-            ids = args.p2_ids or default_tile_ids(val_dir_of(p2, args.p2_val_dir, "p2"), "--p2-ids")
-            made["masks"] = p2_masks.main(p2_masks.get_args_parser().parse_args(
-                ["--run", str(p2), *val, "--ids", *ids, "--out", str(out), *runtime]))
+            inputs = open_run(p2, val_dir=args.p2_val_dir, out=out, device=args.device, amp=args.amp, problem="p2",
+                              run_flag="--p2-run", val_flag="--p2-val-dir")
+            ids = args.p2_ids or default_tile_ids(inputs.val_dir, "--p2-ids")
+            made["masks"] = mask_figures(inputs, ids, out, flag="--p2-ids", progress=args.progress)
             lines += [f"Predicted masks at epochs {', '.join(map(str, made['masks']['progress']['epochs']))}:", "",
                       "![masks](p2_mask_progress.png)", "", "Overlay view:", "", "![overlay](p2_overlay.png)", ""]
         if "iou" in args.only:

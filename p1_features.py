@@ -8,24 +8,10 @@ from the run's snapshots and draws p1_pca.png (PCA of the best checkpoint, with 
 snapshot beside it) and p1_tsne.png (t-SNE at the first, a middle and the last snapshot, side by
 side, one colour per class throughout). scikit-learn's PCA and TSNE with a fixed random_state.
 """
-from pathlib import Path
-
-import torch
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
-from torch import nn
-
-from datasets.p1 import NUM_CLASSES, load_folder
-from datasets.transforms import Compose, Normalize
-from models import load_trained
+from figures.features import feature_figures
+from figures.runs import open_run
 from utils.args import make_parser, report_parser
-from utils.engine import predict
 from utils.errors import run_cli
-from utils.metrics import confusion_matrix
-from utils.plotting import plot_embeddings
-from utils.report import first_middle_last, read_metrics, report_inputs
-
-SEED = 0
 
 
 def get_args_parser():
@@ -34,84 +20,9 @@ def get_args_parser():
     return parser
 
 
-class _FeaturesAndLogits(nn.Module):
-    """One pass returning the second-last layer and the logits computed from it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        features = self.model.forward_features(x)
-        return features, self.model.forward_head(features)
-
-
-def extract(checkpoint, images, *, batch_size, device, amp_dtype, progress=True):
-    """Second-last-layer features and predicted classes of ``images`` under one checkpoint.
-
-    Returns:
-        ``(features (N, D) float32 numpy, predictions (N,) numpy, checkpoint dict)``.
-    """
-    model, ckpt = load_trained(checkpoint, device, problem="p1")
-    transform = Compose([Normalize(ckpt["mean"], ckpt["std"])])
-    features, predictions = predict(
-        _FeaturesAndLogits(model), images.to(device), batch_size=batch_size, transform=transform,
-        device=device, amp_dtype=amp_dtype, keep=lambda out: (out[0].float(), out[1].argmax(1)),
-        desc=f"features {Path(checkpoint).name}", progress=progress)
-    return features.numpy(), predictions.numpy(), ckpt
-
-
-def tsne(features):
-    """2-D t-SNE (fixed seed; perplexity lowered for tiny sets, where it must be < n)."""
-    perplexity = min(30.0, max(1.0, (len(features) - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=SEED).fit_transform(features)
-
-
-def _title(ckpt, labels, preds, what):
-    acc = float((preds == labels).mean())
-    return f"{ckpt['arch']} {what}, epoch {ckpt['epoch']} (val acc {acc:.4f})"
-
-
 def main(args):
-    inputs = report_inputs(args, "p1")
-    run, snaps = inputs.run, inputs.snapshots
-    val = load_folder(inputs.val_dir, labeled=True)
-    labels = val.labels.numpy()
-    common = dict(batch_size=args.batch_size, device=inputs.device, amp_dtype=inputs.amp_dtype,
-                  progress=args.progress)
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    tsne_panels, extracted = [], {}
-    for epoch in first_middle_last(snaps):
-        feats, preds, ckpt = extract(snaps[epoch], val.images, **common)
-        extracted[epoch] = (feats, preds, ckpt)
-        tsne_panels.append((_title(ckpt, labels, preds, "t-SNE"), tsne(feats)))
-    arch = extracted[max(extracted)][2]["arch"]
-    tsne_meta = plot_embeddings(tsne_panels, labels, args.out / "p1_tsne.png", num_classes=NUM_CLASSES,
-                                suptitle=f"{arch}: t-SNE of the second-last layer on {len(labels)} validation images")
-
-    pca_panels = []
-    # best.pth is the first epoch reaching the best val_acc: a snapshot of that epoch (often the
-    # last one) already has its features, so the validation set is not run through it again.
-    records = read_metrics(run)
-    best_epoch = max(records, key=lambda r: r["val_acc"])["epoch"]
-    best = run / "best.pth"
-    if best_epoch in extracted:
-        sources = [("best", *extracted[best_epoch])]
-    else:
-        sources = [("best", *extract(best, val.images, **common))] if best.is_file() else []
-    sources.append(("last snapshot", *extracted[max(extracted)]))
-    for what, feats, preds, ckpt in sources:
-        points = PCA(n_components=2, random_state=SEED).fit_transform(feats)
-        pca_panels.append((_title(ckpt, labels, preds, f"PCA ({what})"), points))
-    pca_meta = plot_embeddings(pca_panels, labels, args.out / "p1_pca.png", num_classes=NUM_CLASSES,
-                               suptitle=f"{arch}: PCA of the second-last layer on {len(labels)} validation images")
-    best_preds = sources[0][2]  # the best epoch when the run has it, else the last snapshot
-    matrix = confusion_matrix(torch.from_numpy(best_preds), val.labels, NUM_CLASSES)
-    print(f"wrote {tsne_meta['path']} and {pca_meta['path']}")
-    return {"tsne": {**tsne_meta, "epochs": sorted(extracted)}, "pca": pca_meta,
-            "feature_dim": int(sources[0][1].shape[1]), "confusion": matrix.numpy(),
-            "arch": arch, "confusion_epoch": sources[0][3]["epoch"]}
+    inputs = open_run(args.run, val_dir=args.val_dir, out=args.out, device=args.device, amp=args.amp, problem="p1")
+    return feature_figures(inputs, args.out, batch_size=args.batch_size, progress=args.progress)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from pathlib import Path
 from datasets.p1 import load_folder, write_predictions
 from datasets.transforms import Compose, Normalize
 from models import load_trained
+from training.engine import predict, run_tta
 from utils.args import check_positive, inference_parser, make_parser
-from utils.engine import predict, tta_mode
 from utils.errors import UserError, run_cli
 from utils.io import check_writable
 from utils.runtime import peak_memory_gib, resolve_amp, resolve_device
@@ -37,7 +37,7 @@ def main(args):
     images = load_folder(args.img_dir, labeled=False)
     model, ckpt = load_trained(args.checkpoint, device, problem="p1", compile=args.compile)
     normalize = Compose([Normalize(ckpt["mean"], ckpt["std"])])
-    tta = args.tta or tta_mode(ckpt["args"].get("tta"))  # as the run validated, unless --tta says
+    tta = run_tta(ckpt["args"], args.tta)  # as the run validated, unless --tta says
     labels = predict(model, images.images.to(device), batch_size=args.batch_size, transform=normalize,
                      device=device, amp_dtype=amp_dtype, tta=tta, keep=lambda out: out.argmax(1),
                      progress=args.progress).tolist()
@@ -45,7 +45,7 @@ def main(args):
     peak = peak_memory_gib(device)
     print(f"wrote {len(labels)} predictions to {args.out_csv}"
           f"{'' if peak is None else f' (peak GPU memory {peak:.2f} GiB)'}")
-    return {"predictions": len(labels), "out_csv": str(args.out_csv), "peak_memory_gib": peak, "tta": tta}
+    return {"predictions": len(labels), "out_csv": str(args.out_csv), "peak_memory_gib": peak, "tta": tta.mode}
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ Usage:
     torchrun --nproc_per_node=4 p1_train.py --model vgg13   # 4 GPUs (--batch-size is global)
 
 The whole training set is decoded once and kept on the device; batches, augmentation and
-normalisation are tensor operations there. The run folder gets args.json, metrics.jsonl,
-best.pth, last.pth and epoch_NNN.pth snapshots (first, middle and last epoch by default).
+normalisation are tensor operations there. What the run folder holds is described once, in
+training/run.py.
 """
 import argparse
 from pathlib import Path
@@ -18,22 +18,22 @@ from torch import nn
 from datasets.p1 import MEAN, NUM_CLASSES, STD, load_folder
 from datasets.presets import P1_AUGMENTS, p1_transforms
 from models import list_models
-from utils.args import make_parser, training_parser
+from training.recipes import DEFAULTS, RECIPE_NAMES, describe
+from training.setup import RunSetup
+from training.trainer import Task, Trainer
+from utils.args import make_parser, show_defaults, training_parser
 from utils.errors import run_cli
 from utils.metrics import Accuracy
-from utils.recipes import describe
-from utils.setup import RunSetup
-from utils.trainer import Task, Trainer
 
 
 def get_args_parser():
-    parser = make_parser(__doc__, [training_parser()], epilog=describe("p1"))
+    parser = make_parser(__doc__, [training_parser(RECIPE_NAMES)], epilog=describe("p1"))
     g = parser.add_argument_group("problem 1")
-    g.add_argument("--model", default=None, choices=list_models("p1"), help="network (default: vgg13)")
+    g.add_argument("--model", default=None, choices=list_models("p1"), help="network")
     g.add_argument("--train-dir", type=Path, default=None,
-                   help="folder of {label}_{id}.png training images (default: hw1_data/p1_data/train_50)")
+                   help="folder of {label}_{id}.png training images")
     g.add_argument("--val-dir", type=Path, default=None,
-                   help="folder of {label}_{id}.png validation images (default: hw1_data/p1_data/val_50)")
+                   help="folder of {label}_{id}.png validation images")
     g.add_argument("--augment", default=None, choices=P1_AUGMENTS, help="augmentation preset (recipe)")
     g.add_argument("--label-smoothing", type=float, default=None,
                    help="label smoothing of the cross-entropy (the beit presets smooth inside mixup) (recipe)")
@@ -48,10 +48,10 @@ def get_args_parser():
                    help="beit: layer-wise lr decay, each block's lr this factor times the next one's (recipe)")
     g.add_argument("--drop-path", type=float, default=None, help="beit: stochastic depth rate (recipe)")
     g.add_argument("--global-pool", default=None, choices=["avg", "token"],
-                   help="beit: pool the patch tokens (avg, as the reference ran) or take [CLS] "
-                        "(default: avg)")
+                   help="beit: pool the patch tokens (avg, as the reference ran) or take [CLS]")
     g.add_argument("--dropout", type=float, default=None,
-                   help="vgg13: dropout probability in the classifier (default: 0.5)")
+                   help="vgg13: dropout probability in the classifier")
+    show_defaults(parser, DEFAULTS["p1"])
     return parser
 
 

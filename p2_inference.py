@@ -16,8 +16,8 @@ from pathlib import Path
 from datasets.p2 import load_tiles, write_masks
 from datasets.presets import p2_inference_transform
 from models import load_trained
+from training.engine import run_tta, segment
 from utils.args import check_positive, check_scales, inference_parser, make_parser, segmentation_tta_parser
-from utils.engine import segment, tta_mode
 from utils.errors import run_cli
 from utils.io import check_writable
 from utils.runtime import peak_memory_gib, resolve_amp, resolve_device
@@ -39,16 +39,15 @@ def main(args):
     names, images = load_tiles(args.img_dir)
     model, ckpt = load_trained(args.checkpoint, device, problem="p2", compile=args.compile)
     # As the run validated, unless --tta / --tta-scales say otherwise.
-    tta = args.tta or tta_mode(ckpt["args"].get("tta"))
-    scales = args.tta_scales or ckpt["args"].get("tta_scales") or [1.0]
+    tta = run_tta(ckpt["args"], args.tta, args.tta_scales)
     masks = segment(model, images, transform=p2_inference_transform(mean=ckpt["mean"], std=ckpt["std"]),
-                    batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, tta=tta, tta_scales=scales,
+                    batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, tta=tta,
                     progress=args.progress)
     write_masks(args.out_dir, names, masks)
     peak = peak_memory_gib(device)
     print(f"wrote {len(masks)} masks to {args.out_dir}{'' if peak is None else f' (peak GPU memory {peak:.2f} GiB)'}")
-    return {"masks": len(masks), "out_dir": str(args.out_dir), "peak_memory_gib": peak, "tta": tta,
-            "tta_scales": scales}
+    return {"masks": len(masks), "out_dir": str(args.out_dir), "peak_memory_gib": peak, "tta": tta.mode,
+            "tta_scales": list(tta.scales)}
 
 
 if __name__ == "__main__":

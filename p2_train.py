@@ -1,4 +1,4 @@
-"""Train a Problem 2 segmenter: VGG16-FCN32s (model A) or DeepLabv3-ResNet50 (model B).
+"""Train a Problem 2 segmenter: VGG16-FCN32s (model A), DeepLabv3-ResNet50 (model B) or LR-ASPP MobileNetV3.
 
 Usage:
     python3 p2_train.py --model fcn32s                       # the reference recipe, 100 epochs
@@ -10,7 +10,7 @@ Tiles are decoded once into uint8 tensors, kept on the GPU when they take under 
 memory (an 80 GB card, not the course's 11 GB one), else in host memory, where each batch is
 gathered, pinned and copied to the device without blocking; flips run on the device. Validation
 mIoU is the course's: one confusion matrix over every validation pixel, classes 0-5 averaged.
-The run folder is as in p1_train.py.
+What the run folder holds is described once, in training/run.py.
 """
 import argparse
 from pathlib import Path
@@ -19,27 +19,27 @@ from datasets.loader import fits_on
 from datasets.p2 import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES, UNKNOWN, class_weights, load_pairs
 from datasets.presets import P2_AUGMENTS, p2_transforms
 from models import list_models
+from training.losses import SegmentationLoss
+from training.recipes import DEFAULTS, RECIPE_NAMES, describe
+from training.setup import RunSetup
+from training.trainer import Task, Trainer
 from utils import distributed
-from utils.args import float_list, make_parser, segmentation_tta_parser, training_parser
+from utils.args import float_list, make_parser, segmentation_tta_parser, show_defaults, training_parser
 from utils.errors import run_cli
-from utils.losses import SegmentationLoss
 from utils.metrics import MeanIoU
-from utils.recipes import describe
-from utils.setup import RunSetup
-from utils.trainer import Task, Trainer
 
 
 def get_args_parser():
-    parser = make_parser(__doc__, [training_parser(), segmentation_tta_parser()], epilog=describe("p2"))
+    parser = make_parser(__doc__, [training_parser(RECIPE_NAMES), segmentation_tta_parser()], epilog=describe("p2"))
     g = parser.add_argument_group("problem 2")
-    g.add_argument("--model", default=None, choices=list_models("p2"), help="network (default: fcn32s)")
+    g.add_argument("--model", default=None, choices=list_models("p2"), help="network")
     g.add_argument("--train-dir", type=Path, default=None,
-                   help="folder of xxxx_sat.jpg + xxxx_mask.png training pairs (default: hw1_data/p2_data/train)")
+                   help="folder of xxxx_sat.jpg + xxxx_mask.png training pairs")
     g.add_argument("--val-dir", type=Path, default=None,
-                   help="folder of validation pairs (default: hw1_data/p2_data/validation)")
+                   help="folder of validation pairs")
     g.add_argument("--loss", default=None, choices=["ce", "focal"], help="per-pixel loss (recipe)")
-    g.add_argument("--focal-alpha", type=float, default=None, help="focal loss alpha (default: 0.2)")
-    g.add_argument("--focal-gamma", type=float, default=None, help="focal loss gamma (default: 2)")
+    g.add_argument("--focal-alpha", type=float, default=None, help="focal loss alpha")
+    g.add_argument("--focal-gamma", type=float, default=None, help="focal loss gamma")
     g.add_argument("--aux-weight", type=float, default=None,
                    help="weight of the auxiliary head's loss, for models that have one (recipe)")
     g.add_argument("--aux-lr-scale", type=float, default=None,
@@ -63,11 +63,12 @@ def get_args_parser():
                    help="keep the decoded tiles here as .npy and memory-map them on later runs (under "
                         "torchrun, rank 0 writes them and the other processes map them)")
     g.add_argument("--tile-size", type=int, default=None,
-                   help="size every training and validation tile and mask must have (default: 512)")
-    g.add_argument("--dropout", type=float, default=None, help="fcn32s: dropout after fc6/fc7 (default: 0.5)")
+                   help="size every training and validation tile and mask must have")
+    g.add_argument("--dropout", type=float, default=None, help="fcn32s: dropout after fc6/fc7")
     g.add_argument("--bn-momentum", type=float, default=None,
                    help="lraspp: BatchNorm running-statistics momentum (default: torchvision's, 0.01 in the "
                         "backbone; 0.1 suits short runs and random weights)")
+    show_defaults(parser, DEFAULTS["p2"])
     return parser
 
 

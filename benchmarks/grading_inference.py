@@ -35,14 +35,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import p1_inference  # noqa: E402
-import p2_inference  # noqa: E402
 from datasets.p1 import MEAN, NUM_CLASSES as P1_CLASSES, STD  # noqa: E402
 from datasets.p2 import PALETTE, NUM_CLASSES as P2_CLASSES, read_mask  # noqa: E402
 from datasets.synthetic import write_tiles  # noqa: E402
 from models import load_trained, untrained_checkpoint  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
+import p1_inference  # noqa: E402
+import p2_inference  # noqa: E402
 
 
 def sync(device):

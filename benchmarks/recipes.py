@@ -23,8 +23,8 @@ pretrained weights unless --epochs, --batch-size or --pretrained-file say otherw
 In both, best.pth of every run grades a folder through p1_inference.py / p2_inference.py (with
 the TTA its run validated with): Problem 1's figure is the accuracy of the CSV, Problem 2's the
 mIoU of mean_iou_evaluate.py on the masks. --ablate adds, for every model, the strong recipe with
-each of its parts (utils.recipes.PARTS) set back to the reference, and with each part tried and
-left out of it (utils.recipes.CANDIDATES), on every seed or the first --ablate-seeds.
+each of its parts (training.recipes.PARTS) set back to the reference, and with each part tried and
+left out of it (training.recipes.CANDIDATES), on every seed or the first --ablate-seeds.
 
 Runs live in <work dir>/runs/<problem>/<model>/<variant>/seed<N>/ (variant reference, strong,
 strong-without-<part> or strong-with-<part>): flags.json (the data and the training flags) when it starts, result.json
@@ -49,17 +49,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import mean_iou_evaluate  # noqa: E402
+from datasets.digits import write_digits  # noqa: E402
+from datasets.p1 import csv_accuracy  # noqa: E402
+from datasets.synthetic import write_tiles  # noqa: E402
+from training import recipes  # noqa: E402
+from utils.args import check_positive, make_parser  # noqa: E402
+from utils.errors import Interrupted, UserError, run_cli  # noqa: E402
+from utils.io import atomic_write, check_writable, write_json  # noqa: E402
 import p1_inference  # noqa: E402
 import p1_train  # noqa: E402
 import p2_inference  # noqa: E402
 import p2_train  # noqa: E402
-from datasets.digits import write_digits  # noqa: E402
-from datasets.p1 import csv_accuracy  # noqa: E402
-from datasets.synthetic import write_tiles  # noqa: E402
-from utils import recipes  # noqa: E402
-from utils.args import check_positive, make_parser  # noqa: E402
-from utils.errors import Interrupted, UserError, run_cli  # noqa: E402
-from utils.io import atomic_write, check_writable, write_json  # noqa: E402
 
 PROXY_MODELS = {"p1": ["vgg13"], "p2": ["fcn32s", "deeplabv3"]}
 COURSE_MODELS = {"p1": ["vgg13", "beit"], "p2": ["fcn32s", "deeplabv3"]}
@@ -99,8 +99,8 @@ def get_args_parser():
                    help="a run of every variant for each seed (--seed of the training scripts)")
     p.add_argument("--ablate", action="store_true",
                    help="also train, for every model, the strong recipe with each of its parts set back to the "
-                        "reference (utils.recipes.PARTS; one row per part) and with each part tried and left out "
-                        "of it (utils.recipes.CANDIDATES)")
+                        "reference (training.recipes.PARTS; one row per part) and with each part tried and left out "
+                        "of it (training.recipes.CANDIDATES)")
     p.add_argument("--ablate-seeds", type=int, default=None, metavar="N",
                    help="with --ablate: run those rows on the first N seeds only (their differences are then "
                         "taken over those seeds); default: every seed")

@@ -7,9 +7,9 @@ Usage:
     python3 benchmarks/train_step.py --model deeplabv3 --batch-size 4      # 512x512 tiles
     python3 benchmarks/train_step.py --model vgg13 --amp-dtype fp16        # the course GPU's autocast
 
-Times the training step training takes: ``utils.engine.train_one_epoch`` over a fixed batch
+Times the training step training takes: ``training.engine.train_one_epoch`` over a fixed batch
 already on the device (no data loading), as it comes out of the transforms (float32, contiguous
-NCHW), with the recipe's optimiser driven by ``utils.optim.Updater`` (a gradient scaler under
+NCHW), with the recipe's optimiser driven by ``training.optim.Updater`` (a gradient scaler under
 fp16) and random weights. First plainly (fp32, no compile, contiguous weights, the default
 foreach optimiser), then with each speed option added alone and all together:
   amp             autocast in --amp-dtype (bf16 on CUDA where native, else fp16; bf16 on the CPU);
@@ -34,9 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import get_model, list_models  # noqa: E402
-from utils.engine import train_one_epoch  # noqa: E402
-from utils.losses import SegmentationLoss  # noqa: E402
-from utils.optim import Updater, build_optimizer, build_scheduler  # noqa: E402
+from training.engine import train_one_epoch  # noqa: E402
+from training.losses import SegmentationLoss  # noqa: E402
+from training.optim import Updater, build_optimizer, build_scheduler  # noqa: E402
 from utils.runtime import peak_memory_gib, reset_peak_memory, resolve_amp, resolve_device  # noqa: E402
 
 # (input size, classes, optimiser) of each model's recipe.
@@ -83,12 +83,12 @@ def time_steps(model_name, batch_size, device, options, steps, warmup, amp_dtype
     amp_dtype = amp_dtype if "amp" in options else None
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     updater = Updater(optimizer, build_scheduler("constant", optimizer, total_steps=steps), scaler,
-                      epochs=1, steps_per_epoch=steps)
+                      amp_dtype=amp_dtype, epochs=1, steps_per_epoch=steps)
     runner = torch.compile(model) if "compile" in options else model
 
     def run(n):
         return train_one_epoch(runner, criterion, updater, Repeat((x, y), n), transform=lambda x, y: (x, y),
-                               device=device, amp_dtype=amp_dtype, progress=False)
+                               device=device, progress=False)
 
     if warmup:
         run(warmup)

@@ -42,20 +42,24 @@ class BEiT(nn.Module):
     def forward(self, x):
         return self.net(self._resize(x))
 
-    @property
-    def num_layers(self):
-        """Transformer blocks, for layer-wise learning-rate decay."""
-        return len(self.net.blocks)
+    def group_matcher(self, coarse=False):
+        """timm's grouping of the net's parameters by depth (for layer-wise lr decay, through
+        ``timm.optim.param_groups_layer_decay``), under this wrapper's ``net.`` prefix: the
+        embeddings (cls token, position and patch embeddings), then each block, then the rest
+        (``fc_norm``, the head). timm also puts the final ``norm`` (``--global-pool token``) with the
+        last block; BEiT's code, and the groups of this repository's checkpoints, keep it with the
+        head, so that entry is left out and the norm falls to the head's group."""
+        def prefixed(pattern):
+            # re.match anchors each alternative at the start, as in timm's own matching.
+            return rf"^net\.(?:{pattern.removeprefix('^')})"
 
-    def layer_id(self, name):
-        """The depth of parameter ``name`` for layer-wise lr decay: 0 for the embeddings, ``i + 1``
-        for block ``i``, ``num_layers + 1`` for the final norm and the head (as in BEiT's code)."""
-        parts = name.split(".")
-        if parts[1] in ("cls_token", "mask_token", "pos_embed", "patch_embed", "rel_pos_bias"):
-            return 0
-        if parts[1] == "blocks":
-            return int(parts[2]) + 1
-        return self.num_layers + 1
+        matcher = {}
+        for group, spec in self.net.group_matcher(coarse=coarse).items():
+            if isinstance(spec, str):
+                matcher[group] = prefixed(spec)
+            else:
+                matcher[group] = [(prefixed(pattern), suffix) for pattern, suffix in spec if pattern != r"^norm"]
+        return matcher
 
     def no_weight_decay(self):
         """Parameters that take no weight decay (tokens, position tables), as timm names them."""

@@ -1,7 +1,9 @@
 """Shared fixtures: small generated image folders and a helper to run the scripts as a user would."""
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,35 @@ def run_script(*argv, env=None, cwd=None):
     full_env = {**os.environ, **(env or {})}
     cmd = [sys.executable, *map(str, argv)] if str(argv[0]).endswith(".py") else list(map(str, argv))
     return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def run_main(script, *argv):
+    """Run a script's command line in this process, as ``python3 script.py argv...`` would.
+
+    Args:
+        script: the imported script module (``get_args_parser`` and ``main``).
+        argv: its arguments.
+
+    Returns:
+        A CompletedProcess: the exit code ``run_cli`` (or argparse) gives, and what was printed.
+    """
+    import warnings
+
+    from utils.errors import run_cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved, showwarning = sys.argv, warnings.showwarning
+    command = [Path(script.__file__).name, *map(str, argv)]
+    sys.argv = command  # argparse names the script from it
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = run_cli(script.main, script.get_args_parser(), sys.argv[1:])
+            except SystemExit as e:
+                code = e.code
+    finally:
+        sys.argv, warnings.showwarning = saved, showwarning
+    return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(proc, *needles):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import p1_train
 from datasets.p1 import csv_accuracy
+import p1_train
 from tests.conftest import REPO, write_p1_folder
-from utils import recipes
+from training import recipes
 from utils.errors import run_cli
 
 

@@ -19,18 +19,18 @@ import p1_inference
 import p1_train
 import p2_inference
 import p2_train
-import utils.setup
-import utils.trainer
+import training.setup
+import training.trainer
 from datasets.p1 import load_folder
 from datasets.p2 import load_tiles, read_mask
 from datasets.presets import p2_inference_transform
 from datasets.transforms import Compose, Normalize
 from models import get_model, list_models, load_trained
 from tests.conftest import run_script
+from training.engine import predict, train_one_epoch
+from training.losses import SegmentationLoss
+from training.optim import Updater
 from utils.checkpoint import load_checkpoint
-from utils.engine import predict, train_one_epoch
-from utils.losses import SegmentationLoss
-from utils.optim import Updater
 from utils.runtime import memory_format_of, peak_memory_gib, place_model, reset_peak_memory, resolve_amp, resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -99,7 +99,7 @@ def test_training_steps_in_autocast_with_channels_last_batches(name, amp):
     before = [p.detach().clone() for p in model.parameters()]
     reset_peak_memory(device)
     result = train_one_epoch(model, criterion, updater, batches, transform=lambda x, y: (x, y), device=device,
-                             amp_dtype=amp_dtype, progress=False)
+                             progress=False)
     skipped = 1 if amp == "fp16" else 0
     assert result["skipped"] == skipped and result["samples"] == 2 * (6 - skipped) and result["complete"]
     assert math.isfinite(result["loss"])
@@ -123,7 +123,7 @@ def record_tasks(monkeypatch, script):
     """Record the Task each training run builds (its data's device, say)."""
     tasks = []
 
-    class Recording(utils.trainer.Trainer):
+    class Recording(training.trainer.Trainer):
         def __init__(self, setup, task):
             tasks.append(task)
             super().__init__(setup, task)
@@ -136,7 +136,7 @@ def record_tasks(monkeypatch, script):
 def test_a_p1_training_run_on_cuda_in_fp16(p1_data, tmp_path, monkeypatch, capsys, compile):
     tasks = record_tasks(monkeypatch, p1_train)
     layouts = []
-    place = utils.setup.place_model
+    place = training.setup.place_model
 
     def place_and_watch(model, device):
         model = place(model, device)
@@ -146,7 +146,7 @@ def test_a_p1_training_run_on_cuda_in_fp16(p1_data, tmp_path, monkeypatch, capsy
         return model
 
     if not compile:  # hooks under torch.compile are traced, not called per batch
-        monkeypatch.setattr(utils.setup, "place_model", place_and_watch)
+        monkeypatch.setattr(training.setup, "place_model", place_and_watch)
     result = p1_train.main(p1_flags(p1_data, tmp_path, "--amp", "fp16", *(["--compile"] if compile else [])))
     # The images live on the GPU; batches are index lookups there.
     assert tasks[0].train_data[0].device.type == "cuda" and tasks[0].val_data[0].device.type == "cuda"

@@ -2,8 +2,9 @@
 import json
 import re
 
-import demo
+from tests.conftest import run_script
 from utils.checkpoint import load_checkpoint
+import demo
 
 
 def test_demo_p2_trains_grades_and_scores_held_out_tiles(tmp_path):
@@ -22,3 +23,15 @@ def test_demo_p2_trains_grades_and_scores_held_out_tiles(tmp_path):
     assert best == scored == round(max(r["val_miou"] for r in records), 4)
     masks = sorted(p.name for p in (tmp_path / "p2_val_masks").iterdir())
     assert len(masks) == demo.P2_VAL_TILES and masks[0] == "1000_sat.png"
+
+
+def test_demo_starts_from_the_command_line():
+    """demo.py's smoke test: a real `python3 demo.py --help` imports every script the demo runs and shows
+    its usage (the demo itself takes minutes; test_demo_p2_trains_grades_and_scores_held_out_tiles runs
+    its Problem 2 part in this process)."""
+    proc = run_script("demo.py", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.startswith("usage: demo.py ")
+    for flag in ("--output-dir", "--only {p1,p2}", "--p2-model {lraspp,fcn32s}", "--p2-epochs", "--device"):
+        assert flag in proc.stdout, flag

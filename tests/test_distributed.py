@@ -5,7 +5,10 @@ import sys
 import pytest
 
 import mean_iou_evaluate
-from tests.conftest import REPO, run_script
+import p1_inference
+import p1_train
+import p2_inference
+from tests.conftest import run_main, run_script
 from datasets.p1 import csv_accuracy
 from utils.checkpoint import load_checkpoint
 
@@ -36,14 +39,12 @@ def test_torchrun_two_processes_write_one_run_with_exact_validation(p1_data, tmp
     # Each process validated half of the set; the summed counts are the whole set's accuracy, the
     # one a single process gets from the saved weights.
     csv_path = tmp_path / "pred.csv"
-    proc = run_script("p1_inference.py", "--checkpoint", out / "last.pth", "--device", "cpu",
-                      "--no-progress", val, csv_path)
+    proc = run_main(p1_inference, "--checkpoint", out / "last.pth", "--device", "cpu", "--no-progress", val, csv_path)
     assert proc.returncode == 0, proc.stderr
     assert csv_accuracy(csv_path)[0] == records[-1]["val_acc"]
 
     # A two-process run resumes on one process (the permutations come from (seed, epoch) alone).
-    proc = run_script("p1_train.py", "--resume", out / "last.pth", "--epochs", "4", "--device", "cpu",
-                      "--no-progress", env=ENV)
+    proc = run_main(p1_train, "--resume", out / "last.pth", "--epochs", "4", "--device", "cpu", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
@@ -73,11 +74,11 @@ def test_torchrun_trains_lraspp_whose_best_pth_grades_to_its_val_miou(p2_data, t
     best = max(records, key=lambda r: r["val_miou"])
     ckpt = load_checkpoint(out / "best.pth", problem="p2")
     assert ckpt["arch"] == "lraspp" and ckpt["model_kwargs"]["bn_momentum"] == 0.1 and "optimizer" not in ckpt
-    # The grading script on best.pth, scored by the course's scorer, gives the validation figure
+    # The grading inference on best.pth, scored by the course's scorer, gives the validation figure
     # the two processes computed together.
     masks = tmp_path / "masks"
-    proc = run_script("bash", REPO / "hw1_2.sh", p2_data[1], masks,
-                      env={"HW1_P2_CHECKPOINT": str(out / "best.pth"), "PYTHON": sys.executable})
+    proc = run_main(p2_inference, "--checkpoint", out / "best.pth", "--device", "cpu", "--no-progress", p2_data[1],
+                    masks)
     assert proc.returncode == 0, proc.stderr
     scored = mean_iou_evaluate.main(mean_iou_evaluate.get_args_parser().parse_args(["-g", str(p2_data[1]),
                                                                                     "-p", str(masks)]))

@@ -3,15 +3,18 @@ import hashlib
 import io
 import os
 import random
+import shutil
+import subprocess
 import sys
 import threading
+import types
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 import hw1_download
-from tests.conftest import REPO, assert_one_line_error, run_script
+from tests.conftest import REPO, assert_one_line_error, run_main, run_script
 from utils.errors import UserError
 
 GDRIVE_ID = "1LMIaOY8NSKWmGtbvTsjXcHVaYKnNN_9u"
@@ -92,12 +95,29 @@ def write_manifest(path, *lines):
     return path
 
 
-def fetch(server, manifest, dest, *flags, mirror=True, env=None):
-    """Run hw1_download.py as a user would, with HW1_MIRROR pointing to the server."""
-    env = {"no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1", **(env or {}),
-           **({"HW1_MIRROR": server.url} if mirror else {})}
-    return run_script("hw1_download.py", "--manifest", manifest, "--dest", dest, "--retry-delay", "0",
-                      "--no-progress", *flags, env=env)
+@pytest.fixture
+def cli(monkeypatch):
+    """``cli(*argv)`` runs ``python3 hw1_download.py argv...`` in this process, from the repository,
+    with no HW1_MIRROR and no proxy for the loopback server; monkeypatch undoes it all afterwards."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv("HW1_MIRROR", raising=False)
+    return lambda *argv: run_main(hw1_download, *argv)
+
+
+@pytest.fixture
+def fetch(server, cli, monkeypatch):
+    """``fetch(manifest, dest, *flags, mirror=True)`` runs hw1_download.py as a user would, with
+    HW1_MIRROR pointing to the server (unset with ``mirror=False``)."""
+    def run(manifest, dest, *flags, mirror=True):
+        if mirror:
+            monkeypatch.setenv("HW1_MIRROR", server.url)
+        else:
+            monkeypatch.delenv("HW1_MIRROR", raising=False)
+        return cli("--manifest", manifest, "--dest", dest, "--retry-delay", "0", "--no-progress", *flags)
+
+    return run
 
 
 def test_download_through_the_shell_script(server, tmp_path):
@@ -106,7 +126,8 @@ def test_download_through_the_shell_script(server, tmp_path):
                               f"p2_best.pth {server.url}/p2_best.pth {sha256(p2)}  # 0.1 MB")
     dest = tmp_path / "ckpt"
     proc = run_script("bash", REPO / "hw1_download.sh", "--manifest", manifest, "--dest", dest, "--no-progress",
-                      cwd=tmp_path, env={"PYTHON": sys.executable, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"})
+                      cwd=tmp_path, env={"PYTHON": sys.executable, "HW1_MIRROR": "",
+                                         "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"})
     assert proc.returncode == 0, proc.stderr
     assert (dest / "p1_best.pth").read_bytes() == p1 and (dest / "p2_best.pth").read_bytes() == p2
     assert sorted(os.listdir(dest)) == ["p1_best.pth", "p2_best.pth"]  # no .part left
@@ -114,52 +135,52 @@ def test_download_through_the_shell_script(server, tmp_path):
     assert sorted(server.seen) == [("p1_best.pth", None), ("p2_best.pth", None)]
 
 
-def test_wrong_sha256_leaves_nothing(server, tmp_path):
+def test_wrong_sha256_leaves_nothing(server, fetch, tmp_path):
     serve(server, "p1_best.pth", payload(1))
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(b'other bytes')}")
     dest = tmp_path / "ckpt"
-    proc = fetch(server, manifest, dest)
+    proc = fetch(manifest, dest)
     assert_one_line_error(proc, "p1_best.pth", f"{server.url}/p1_best.pth", "sha256", sha256(b"other bytes"))
     assert os.listdir(dest) == []  # neither the final name nor the .part
 
 
-def test_cut_short_then_resumed_by_the_next_run(server, tmp_path):
+def test_cut_short_then_resumed_by_the_next_run(server, fetch, tmp_path):
     data = serve(server, "p1_best.pth", payload(3))
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(data)}")
     dest = tmp_path / "ckpt"
     server.cut_once.add("p1_best.pth")
-    proc = fetch(server, manifest, dest, "--retries", "0")
+    proc = fetch(manifest, dest, "--retries", "0")
     assert_one_line_error(proc, "p1_best.pth", f"{server.url}/p1_best.pth", "cut short", "run again to resume")
     half = len(data) // 2
     assert os.listdir(dest) == [".p1_best.pth.part"]  # never under the final name
     assert (dest / ".p1_best.pth.part").read_bytes() == data[:half]
 
-    proc = fetch(server, manifest, dest)
+    proc = fetch(manifest, dest)
     assert proc.returncode == 0, proc.stderr
     assert server.seen == [("p1_best.pth", None), ("p1_best.pth", f"bytes={half}-")]
     assert (dest / "p1_best.pth").read_bytes() == data
     assert os.listdir(dest) == ["p1_best.pth"]
 
 
-def test_cut_short_then_resumed_by_a_retry(server, tmp_path):
+def test_cut_short_then_resumed_by_a_retry(server, fetch, tmp_path):
     data = serve(server, "p2_best.pth", payload(4))
     manifest = write_manifest(tmp_path / "m.txt", f"p2_best.pth - {sha256(data)}")
     server.cut_once.add("p2_best.pth")
-    proc = fetch(server, manifest, tmp_path / "ckpt")
+    proc = fetch(manifest, tmp_path / "ckpt")
     assert proc.returncode == 0, proc.stderr
     assert server.seen == [("p2_best.pth", None), ("p2_best.pth", f"bytes={len(data) // 2}-")]
     assert (tmp_path / "ckpt" / "p2_best.pth").read_bytes() == data
 
 
 @pytest.mark.parametrize("case", ["complete part", "range ignored", "stale part"])
-def test_part_left_by_an_earlier_run(server, tmp_path, case):
+def test_part_left_by_an_earlier_run(server, fetch, tmp_path, case):
     data = serve(server, "p1_best.pth", payload(10))
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(data)}")
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / ".p1_best.pth.part").write_bytes(data if case == "complete part" else b"x" * 1000)
     if case == "range ignored":
         server.ignore_range.add("p1_best.pth")
-    proc = fetch(server, manifest, tmp_path / "ckpt")
+    proc = fetch(manifest, tmp_path / "ckpt")
     assert proc.returncode == 0, proc.stderr
     assert server.seen == {
         "complete part": [("p1_best.pth", f"bytes={len(data)}-")],  # 416: nothing left to send
@@ -170,87 +191,87 @@ def test_part_left_by_an_earlier_run(server, tmp_path, case):
     assert os.listdir(tmp_path / "ckpt") == ["p1_best.pth"]
 
 
-def test_404_is_not_retried(server, tmp_path):
+def test_404_is_not_retried(server, fetch, tmp_path):
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(b'x')}")
-    proc = fetch(server, manifest, tmp_path / "ckpt", "--retries", "3")
+    proc = fetch(manifest, tmp_path / "ckpt", "--retries", "3")
     assert_one_line_error(proc, "p1_best.pth", f"{server.url}/p1_best.pth", "404")
     assert proc.returncode == 2
     assert server.seen == [("p1_best.pth", None)]
     assert os.listdir(tmp_path / "ckpt") == []
 
 
-def test_500_is_retried(server, tmp_path):
+def test_500_is_retried(server, fetch, tmp_path):
     data = serve(server, "p1_best.pth", payload(5))
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(data)}")
     server.fail_once.add("p1_best.pth")
-    proc = fetch(server, manifest, tmp_path / "ckpt")
+    proc = fetch(manifest, tmp_path / "ckpt")
     assert proc.returncode == 0, proc.stderr
     assert "HTTP 500" in proc.stdout and "retry 1/4" in proc.stdout
     assert server.seen == [("p1_best.pth", None)] * 2
     assert (tmp_path / "ckpt" / "p1_best.pth").read_bytes() == data
 
 
-def test_500_every_time_fails_in_one_line(server, tmp_path):
+def test_500_every_time_fails_in_one_line(server, fetch, tmp_path):
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(b'x')}")
     server.fail_once.add("p1_best.pth")
-    proc = fetch(server, manifest, tmp_path / "ckpt", "--retries", "0")
+    proc = fetch(manifest, tmp_path / "ckpt", "--retries", "0")
     assert_one_line_error(proc, "p1_best.pth", f"{server.url}/p1_best.pth", "HTTP 500", "after 1 attempt:")
     assert os.listdir(tmp_path / "ckpt") == []
 
 
-def test_present_and_verified_makes_no_request(server, tmp_path):
+def test_present_and_verified_makes_no_request(server, fetch, tmp_path):
     data = serve(server, "p1_best.pth", payload(6))
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(data)}")
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "p1_best.pth").write_bytes(data)
-    proc = fetch(server, manifest, tmp_path / "ckpt")
+    proc = fetch(manifest, tmp_path / "ckpt")
     assert proc.returncode == 0, proc.stderr
     assert "p1_best.pth: present, sha256 verified" in proc.stdout
     assert server.seen == []
 
 
-def test_present_with_wrong_content_is_replaced(server, tmp_path):
+def test_present_with_wrong_content_is_replaced(server, fetch, tmp_path):
     data = serve(server, "p1_best.pth", payload(7))
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(data)}")
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "p1_best.pth").write_bytes(b"an older checkpoint")
-    proc = fetch(server, manifest, tmp_path / "ckpt")
+    proc = fetch(manifest, tmp_path / "ckpt")
     assert proc.returncode == 0, proc.stderr
     assert "does not match" in proc.stdout
     assert (tmp_path / "ckpt" / "p1_best.pth").read_bytes() == data
     assert os.listdir(tmp_path / "ckpt") == ["p1_best.pth"]
 
 
-def test_entry_without_url_says_how_to_fill_it(server, tmp_path):
+def test_entry_without_url_says_how_to_fill_it(server, fetch, tmp_path):
     manifest = write_manifest(tmp_path / "checkpoints.txt", "p1_best.pth - -", "p2_best.pth - -")
-    proc = fetch(server, manifest, tmp_path / "ckpt", mirror=False)
+    proc = fetch(manifest, tmp_path / "ckpt", mirror=False)
     assert_one_line_error(proc, manifest, "no URL for p1_best.pth, p2_best.pth", "train",
                           "--publish runs/p1_.../best.pth --name p1_best.pth --url URL", "paste the printed line")
     assert not (tmp_path / "ckpt").exists() and server.seen == []
 
 
-def test_only_fetches_the_named_entries(server, tmp_path):
+def test_only_fetches_the_named_entries(server, fetch, tmp_path):
     data = serve(server, "p2_best.pth", payload(8))
     manifest = write_manifest(tmp_path / "m.txt", "p1_best.pth - -", f"p2_best.pth - {sha256(data)}")
-    proc = fetch(server, manifest, tmp_path / "ckpt", "--only", "p2_best.pth", mirror=False)
+    proc = fetch(manifest, tmp_path / "ckpt", "--only", "p2_best.pth", mirror=False)
     assert_one_line_error(proc, "no URL for p2_best.pth")  # p1's empty line is not even looked at
-    proc = fetch(server, manifest, tmp_path / "ckpt", "--only", "p2_best.pth")
+    proc = fetch(manifest, tmp_path / "ckpt", "--only", "p2_best.pth")
     assert proc.returncode == 0, proc.stderr
     assert os.listdir(tmp_path / "ckpt") == ["p2_best.pth"]
-    assert_one_line_error(fetch(server, manifest, tmp_path / "ckpt", "--only", "p3.pth"), "--only p3.pth", "not in")
+    assert_one_line_error(fetch(manifest, tmp_path / "ckpt", "--only", "p3.pth"), "--only p3.pth", "not in")
 
 
-def test_publish_prints_a_manifest_line(tmp_path):
+def test_publish_prints_a_manifest_line(cli, tmp_path):
     best = tmp_path / "runs" / "p1_beit" / "best.pth"
     best.parent.mkdir(parents=True)
     best.write_bytes(payload(9, 2_500_000))
-    proc = run_script("hw1_download.py", "--publish", best, "--name", "p1_best.pth", "--url", "https://h/p1.pth")
+    proc = cli("--publish", best, "--name", "p1_best.pth", "--url", "https://h/p1.pth")
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stdout.splitlines()
     assert line.split() == ["p1_best.pth", "https://h/p1.pth", sha256(best.read_bytes()), "#", "2.5", "MB"]
     entries = hw1_download.read_manifest(write_manifest(tmp_path / "m.txt", line))  # it pastes as is
     assert entries["p1_best.pth"] == hw1_download.Entry("p1_best.pth", "https://h/p1.pth", sha256(best.read_bytes()))
-    proc = run_script("hw1_download.py", "--publish", best, best, "--name", "p1_best.pth")
+    proc = cli("--publish", best, best, "--name", "p1_best.pth")
     assert_one_line_error(proc, "--name and --url describe one file")
 
 
@@ -291,48 +312,45 @@ def assert_unpacked(root):
 
 
 @pytest.mark.parametrize("prefix", ["hw1_data/hw1_data/", "hw1_data/", ""])
-def test_data_from_the_mirror(server, tmp_path, prefix):
+def test_data_from_the_mirror(server, fetch, tmp_path, prefix):
     data = serve(server, "hw1_data.zip", make_zip(prefix))
     manifest = write_manifest(tmp_path / "m.txt", f"hw1_data.zip gdrive:{GDRIVE_ID} {sha256(data)}")
     root = tmp_path / "root"
-    proc = fetch(server, manifest, tmp_path / "ckpt", "--data", "--data-root", root)
+    proc = fetch(manifest, tmp_path / "ckpt", "--data", "--data-root", root)
     assert proc.returncode == 0, proc.stderr
     assert_unpacked(root)
-    proc = fetch(server, manifest, tmp_path / "ckpt", "--data", "--data-root", root)
+    proc = fetch(manifest, tmp_path / "ckpt", "--data", "--data-root", root)
     assert proc.returncode == 0 and "hw1_data: present" in proc.stdout
     assert server.seen == [("hw1_data.zip", None)]
 
 
-def test_bad_zip_is_removed(server, tmp_path):
+def test_bad_zip_is_removed(server, fetch, tmp_path):
     serve(server, "hw1_data.zip", b"PK\x03\x04 this is no zip")
     manifest = write_manifest(tmp_path / "m.txt", "hw1_data.zip - -")
     root = tmp_path / "root"
-    proc = fetch(server, manifest, tmp_path / "ckpt", "--data", "--data-root", root)
+    proc = fetch(manifest, tmp_path / "ckpt", "--data", "--data-root", root)
     assert_one_line_error(proc, root / "hw1_data.zip", "not a valid zip", "removed it")
     assert os.listdir(root) == []
 
 
-def test_data_from_google_drive_through_gdown(tmp_path):
+def test_data_from_google_drive_through_gdown(cli, tmp_path, monkeypatch):
     """gdown itself needs the network: a stand-in module records its call and writes the zip."""
-    stub = tmp_path / "stub"
-    stub.mkdir()
     (tmp_path / "drive.zip").write_bytes(make_zip("hw1_data/"))
-    (stub / "gdown.py").write_text(
-        "import shutil, sys\n"
-        "def download(id=None, output=None, quiet=False, resume=False):\n"
-        f"    print('gdown', id, resume, file=sys.stderr)\n"
-        f"    return shutil.copy({str(tmp_path / 'drive.zip')!r}, output)\n")
+
+    def download(id=None, output=None, quiet=False, resume=False):
+        print("gdown", id, resume, file=sys.stderr)
+        return shutil.copy(tmp_path / "drive.zip", output)
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=download))
     root = tmp_path / "root"
     manifest = write_manifest(tmp_path / "m.txt", f"hw1_data.zip gdrive:{GDRIVE_ID} -")
-    proc = run_script("hw1_download.py", "--manifest", manifest, "--only", "hw1_data.zip", "--data-root", root,
-                      "--no-progress", env={"PYTHONPATH": str(stub)})
+    proc = cli("--manifest", manifest, "--only", "hw1_data.zip", "--data-root", root, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert f"gdown {GDRIVE_ID} True" in proc.stderr
     assert_unpacked(root)
 
-    (stub / "gdown.py").write_text("raise ImportError('No module named gdown')\n")
-    proc = run_script("hw1_download.py", "--manifest", manifest, "--data", "--data-root", tmp_path / "other",
-                      "--dest", tmp_path / "ckpt", env={"PYTHONPATH": str(stub)})
+    monkeypatch.setitem(sys.modules, "gdown", None)  # `import gdown` raises ImportError: not installed
+    proc = cli("--manifest", manifest, "--data", "--data-root", tmp_path / "other", "--dest", tmp_path / "ckpt")
     assert_one_line_error(proc, "gdown", "pip install gdown")
 
 
@@ -353,22 +371,32 @@ def test_pretrained_weights_saved_with_their_command(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "weights")) == ["beit.pth"]
 
 
-def test_entries_with_a_url_are_fetched_before_the_missing_ones_are_reported(server, tmp_path):
+def test_entries_with_a_url_are_fetched_before_the_missing_ones_are_reported(server, fetch, tmp_path):
     data = serve(server, "p1_best.pth", payload(11))
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth {server.url}/p1_best.pth {sha256(data)}",
                               "p2_best.pth - -")
-    proc = fetch(server, manifest, tmp_path / "ckpt", mirror=False)
+    proc = fetch(manifest, tmp_path / "ckpt", mirror=False)
     assert_one_line_error(proc, "no URL for p2_best.pth")
     assert os.listdir(tmp_path / "ckpt") == ["p1_best.pth"]
     assert (tmp_path / "ckpt" / "p1_best.pth").read_bytes() == data
 
 
-def test_output_folders_that_are_files(server, tmp_path):
+def test_output_folders_that_are_files(server, fetch, tmp_path):
     serve(server, "p1_best.pth", b"x")
     manifest = write_manifest(tmp_path / "m.txt", f"p1_best.pth - {sha256(b'x')}", "hw1_data.zip - -")
     (tmp_path / "file").write_text("")
-    proc = fetch(server, manifest, tmp_path / "file", "--only", "p1_best.pth")
+    proc = fetch(manifest, tmp_path / "file", "--only", "p1_best.pth")
     assert_one_line_error(proc, f"--dest {tmp_path / 'file'}: is a file, not a folder")
-    proc = fetch(server, manifest, tmp_path / "ckpt", "--only", "hw1_data.zip", "--data-root", tmp_path / "file")
+    proc = fetch(manifest, tmp_path / "ckpt", "--only", "hw1_data.zip", "--data-root", tmp_path / "file")
     assert_one_line_error(proc, f"--data-root {tmp_path / 'file'}: is a file, not a folder")
     assert server.seen == []
+
+
+def test_downloader_imports_no_torch():
+    """The downloader is plain HTTP: a fresh interpreter that imports it does not pay torch's import."""
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; sys.argv=['hw1_download.py']; import hw1_download; print('torch' in sys.modules)"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr

@@ -7,6 +7,7 @@ import math
 import runpy
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -14,19 +15,20 @@ import torch
 from PIL import Image
 from torch import nn
 
-import p1_train
-import p2_train
 from datasets.folder import decode_jpegs
 from datasets.p2 import load_pairs, load_tiles
 from datasets.transforms import Compose
 from models import get_model
+import p1_train
+import p2_train
 from tests.conftest import REPO, run_script
+from training.engine import evaluate, out_of_memory, predict, train_one_epoch
+from training.optim import Updater, build_optimizer, build_scheduler
 from utils import distributed
-from utils.engine import evaluate, out_of_memory, predict, train_one_epoch
+from utils.args import MAX_SKIPPED_IN_A_ROW
 from utils.errors import UserError
 from utils.metrics import Accuracy
-from utils.optim import Updater, build_optimizer, build_scheduler
-from utils.runtime import MAX_SKIPPED_IN_A_ROW, memory_format_of
+from utils.runtime import memory_format_of
 
 CPU = torch.device("cpu")
 
@@ -79,6 +81,24 @@ def test_a_scaler_skips_a_non_finite_step_and_leaves_it_out_of_the_sums():
     assert result["loss_sum"] == ref["loss_sum"] and math.isfinite(result["loss"])
     assert torch.equal(model.weight, ref_model.weight) and torch.equal(model.bias, ref_model.bias)
     assert updater.scaler.get_scale() == 2.0**16 / 2  # halved once, for the one skipped step
+
+
+def test_a_skipped_first_step_under_a_warm_up_schedule_warns_nothing_and_keeps_the_schedule():
+    # The warm-up is torch's LinearLR inside a SequentialLR, whose first step after a skipped optimiser
+    # step is the one PyTorch warns about.
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = build_optimizer("sgd", model.parameters(), lr=0.1, weight_decay=0.0, momentum=0.0)
+    updater = Updater(optimizer, build_scheduler("cosine", optimizer, total_steps=4, warmup_steps=2),
+                      torch.amp.GradScaler("cpu"), epochs=1, steps_per_epoch=4)
+    lrs, skipped = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step, (x, y) in enumerate(regression_batches(4)):
+            lrs.append(updater.lr)
+            loss = nn.functional.mse_loss(model(x), y)
+            skipped.append(bool(updater.step(loss * math.inf if step == 0 else loss)))
+    assert skipped == [True, False, False, False] and lrs == pytest.approx([0.05, 0.1, 0.1, 0.05])
 
 
 def test_scattered_non_finite_steps_go_on_and_many_in_a_row_stop_naming_the_limit():
@@ -168,7 +188,7 @@ def test_batches_reach_the_model_in_the_memory_format_of_its_weights(layout):
 def test_a_training_run_gives_channels_last_batches_to_a_channels_last_model(p1_data, tmp_path, monkeypatch):
     # As place_model does on CUDA, here on the CPU: every convolution's input, in training and
     # validation, must arrive in channels_last.
-    import utils.setup
+    import training.setup
 
     seen = []
 
@@ -179,7 +199,7 @@ def test_a_training_run_gives_channels_last_batches_to_a_channels_last_model(p1_
                 memory_format=torch.channels_last) and not args[0].is_contiguous()))
         return model
 
-    monkeypatch.setattr(utils.setup, "place_model", place_channels_last)
+    monkeypatch.setattr(training.setup, "place_model", place_channels_last)
     train_dir, val_dir = p1_data
     p1_train.main(p1_train.get_args_parser().parse_args([
         "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--output-dir", str(tmp_path), "--epochs", "1",

@@ -6,13 +6,13 @@ from PIL import Image
 from torch import nn
 
 import models.beit
-import p1_inference
-import p2_inference
 from datasets.synthetic import write_tiles
 from models import get_model, get_model_spec, list_models, load_trained, untrained_checkpoint
+from training.recipes import RECIPES
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
-from utils.recipes import RECIPES
+import p1_inference
+import p2_inference
 
 FEATURES = {"vgg13": 512, "beit": 768}
 

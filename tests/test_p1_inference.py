@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, assert_one_line_error, run_script, write_p1_folder
+import p1_inference
+from tests.conftest import REPO, assert_one_line_error, run_main, run_script, write_p1_folder
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.io import check_writable
@@ -18,9 +19,10 @@ def read_csv(path):
 
 
 def test_csv_contract(p1_run, p1_data, tmp_path):
+    """The grading CSV (test_hw1_1_sh is p1_inference.py's real-process smoke test, as the grader runs it)."""
     images = p1_data[1]
     out = tmp_path / "new" / "folder" / "pred.csv"
-    proc = run_script("p1_inference.py", "--checkpoint", p1_run / "best.pth", images, out, "--device", "cpu",
+    proc = run_main(p1_inference, "--checkpoint", p1_run / "best.pth", images, out, "--device", "cpu",
                       "--batch-size", "5")
     assert proc.returncode == 0, proc.stderr
     rows = read_csv(out)
@@ -52,7 +54,8 @@ def test_hw1_1_sh_usage():
 
 
 def infer(ckpt, images, out):
-    return run_script("p1_inference.py", "--checkpoint", ckpt, images, out, "--device", "cpu")
+    """``python3 p1_inference.py --checkpoint CKPT IMAGES OUT --device cpu``, run in this process."""
+    return run_main(p1_inference, "--checkpoint", ckpt, images, out, "--device", "cpu")
 
 
 def test_missing_and_empty_image_folder(p1_run, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import p1_train
-from tests.conftest import assert_one_line_error, run_script
+from tests.conftest import assert_one_line_error, run_main, run_script
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -90,7 +90,7 @@ def test_best_pth_holds_weights_and_resume_takes_last_pth(p1_run, tmp_path):
     assert {"model", "arch", "model_kwargs", "mean", "std", "num_classes", "epoch", "best_metric"} <= ckpt.keys()
     assert not {"optimizer", "scheduler", "scaler", "rng"} & ckpt.keys()
     assert best.stat().st_size < 0.5 * last.stat().st_size  # AdamW's two slots per weight stay in last.pth
-    proc = run_script("p1_train.py", "--resume", best, "--epochs", "5")
+    proc = run_main(p1_train, "--resume", best, "--epochs", "5")
     assert_one_line_error(proc, f"--resume {best}: holds weights only", f"resume from {last}")
 
 
@@ -137,10 +137,11 @@ def test_beit_trains_one_step(p1_data, tmp_path):
     assert result["last"]["train_loss"] > 0
 
 
-# --- one-line errors, from a fresh interpreter as a user would see them -----------------------
+# --- one-line errors: run_main runs the command line in this process, as `python3 p1_train.py ...`
+# would; test_missing_training_folder runs it in a fresh interpreter, the entry point's smoke test. ---
 
 def test_unknown_model(tmp_path):
-    proc = run_script("p1_train.py", "--model", "resnet", "--output-dir", tmp_path / "o")
+    proc = run_main(p1_train, "--model", "resnet", "--output-dir", tmp_path / "o")
     assert_one_line_error(proc, "--model", "resnet")
     assert not (tmp_path / "o").exists()
 
@@ -151,39 +152,41 @@ def test_training_folder_without_labels(tmp_path, p1_data):
     for p in sorted(p1_data[0].iterdir())[:3]:
         (bad / p.name).write_bytes(p.read_bytes())
     (bad / "cat.png").write_bytes(next(p1_data[0].iterdir()).read_bytes())
-    proc = run_script("p1_train.py", "--train-dir", bad, "--val-dir", p1_data[1],
-                      "--output-dir", tmp_path / "o", "--device", "cpu")
+    proc = run_main(p1_train, "--train-dir", bad, "--val-dir", p1_data[1],
+                    "--output-dir", tmp_path / "o", "--device", "cpu")
     assert_one_line_error(proc, "cat.png", "carries no class label")
     assert not (tmp_path / "o").exists()
 
 
 def test_missing_training_folder(tmp_path, p1_data):
+    """p1_train.py's smoke test: a real `python3 p1_train.py ...`, whose refusal is one line, exit code 2."""
     proc = run_script("p1_train.py", "--train-dir", tmp_path / "nope", "--val-dir", p1_data[1],
                       "--output-dir", tmp_path / "o", "--device", "cpu")
     assert_one_line_error(proc, tmp_path / "nope", "no such folder")
+    assert proc.returncode == 2
     assert not (tmp_path / "o").exists()
 
 
 def test_unwritable_output_dir(tmp_path, p1_data):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = run_script("p1_train.py", "--train-dir", p1_data[0], "--val-dir", p1_data[1],
-                      "--output-dir", blocker / "run", "--device", "cpu")
+    proc = run_main(p1_train, "--train-dir", p1_data[0], "--val-dir", p1_data[1],
+                    "--output-dir", blocker / "run", "--device", "cpu")
     assert_one_line_error(proc, "--output-dir", blocker / "run")
-    proc = run_script("p1_train.py", "--train-dir", p1_data[0], "--val-dir", p1_data[1],
-                      "--output-dir", blocker, "--device", "cpu")
+    proc = run_main(p1_train, "--train-dir", p1_data[0], "--val-dir", p1_data[1],
+                    "--output-dir", blocker, "--device", "cpu")
     assert_one_line_error(proc, f"--output-dir {blocker}: is a file, not a folder")
 
 
 def test_bad_numbers_and_resume_file(tmp_path):
-    assert_one_line_error(run_script("p1_train.py", "--epochs", "0"), "--epochs must be positive")
+    assert_one_line_error(run_main(p1_train, "--epochs", "0"), "--epochs must be positive")
     junk = tmp_path / "junk.pth"
     junk.write_text("hello")
-    assert_one_line_error(run_script("p1_train.py", "--resume", junk), junk, "not a readable checkpoint")
+    assert_one_line_error(run_main(p1_train, "--resume", junk), junk, "not a readable checkpoint")
 
 
 def test_run_folder_checkpoint_files(tmp_path):
-    from utils.run_folder import RunFolder
+    from training.run import RunFolder
 
     run = RunFolder(tmp_path / "run")
     run.start({"lr": 0.1})
@@ -210,7 +213,7 @@ def test_run_folder_checkpoint_files(tmp_path):
 def test_a_onecycle_run_cannot_be_stretched_on_resume():
     import argparse
 
-    from utils.optim import Updater
+    from training.optim import Updater
 
     def updater(epochs):
         args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, sched="onecycle", epochs=epochs)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets.p2 import PALETTE, decode_mask, encode_mask, image_id, load_pairs, read_mask
+from training.losses import SegmentationLoss, focal_loss
 from utils.errors import UserError
-from utils.losses import SegmentationLoss, focal_loss
 from utils.metrics import MeanIoU, confusion_matrix, iou_from_confusion
 
 

@@ -7,9 +7,11 @@ import pytest
 from PIL import Image
 
 import mean_iou_evaluate
-import p2_train
 from datasets.p2 import PALETTE, read_mask
-from tests.conftest import REPO, assert_one_line_error, run_script
+import p1_inference
+import p2_inference
+import p2_train
+from tests.conftest import REPO, assert_one_line_error, run_main, run_script
 from utils.checkpoint import load_checkpoint
 
 
@@ -38,13 +40,14 @@ def test_deeplab_recipe_lowers_the_loss(p2_data, tmp_path):
 
 
 def test_inference_naming_sizes_and_palette(p2_run, p2_data, tmp_path):
+    """Mask names, sizes and palette (test_hw1_2_sh is p2_inference.py's real-process smoke test)."""
     images = tmp_path / "in"
     images.mkdir()
     for p in sorted(p2_data[1].iterdir()):  # tiles and their masks, as in the validation folder
         (images / p.name).write_bytes(p.read_bytes())
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8)).save(images / "odd.jpg")
     out = tmp_path / "out" / "masks"
-    proc = run_script("p2_inference.py", "--checkpoint", p2_run / "best.pth", images, out, "--device", "cpu")
+    proc = run_main(p2_inference, "--checkpoint", p2_run / "best.pth", images, out, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     jpgs = sorted(p.stem for p in images.glob("*.jpg"))
     assert sorted(os.listdir(out)) == [f"{stem}.png" for stem in jpgs]  # 0100_sat.jpg -> 0100_sat.png
@@ -58,8 +61,8 @@ def test_evaluator_agrees_with_training_validation(p2_run, p2_data, tmp_path, ca
     """mean_iou_evaluate.py on the masks p2_inference.py writes gives the run's val_miou."""
     ckpt = load_checkpoint(p2_run / "last.pth")
     out = tmp_path / "pred"
-    proc = run_script("p2_inference.py", "--checkpoint", p2_run / "last.pth", p2_data[1], out,
-                      "--device", "cpu", "--batch-size", "8")
+    proc = run_main(p2_inference, "--checkpoint", p2_run / "last.pth", p2_data[1], out,
+                    "--device", "cpu", "--batch-size", "8")
     assert proc.returncode == 0, proc.stderr
     result = mean_iou_evaluate.main(mean_iou_evaluate.get_args_parser().parse_args(
         ["-g", str(p2_data[1]), "-p", str(out)]))
@@ -70,6 +73,7 @@ def test_evaluator_agrees_with_training_validation(p2_run, p2_data, tmp_path, ca
 
 
 def test_evaluator_prints_the_course_format(tmp_path):
+    """mean_iou_evaluate.py's smoke test: a real `python3 mean_iou_evaluate.py -g ... -p ...`."""
     gt, pred = tmp_path / "gt", tmp_path / "pred"
     gt.mkdir(), pred.mkdir()
     palette = np.array(PALETTE, dtype=np.uint8)
@@ -101,7 +105,8 @@ def test_hw1_2_sh_usage():
 
 
 def infer(ckpt, images, out):
-    return run_script("p2_inference.py", "--checkpoint", ckpt, images, out, "--device", "cpu")
+    """``python3 p2_inference.py --checkpoint CKPT IMAGES OUT --device cpu``, run in this process."""
+    return run_main(p2_inference, "--checkpoint", ckpt, images, out, "--device", "cpu")
 
 
 def test_truncated_jpeg_among_good_ones(p2_run, p2_data, tmp_path):
@@ -126,8 +131,8 @@ def test_missing_or_empty_folder(p2_run, tmp_path):
 def test_problems_do_not_take_each_others_checkpoints(p1_run, p2_run, p1_data, p2_data, tmp_path):
     assert_one_line_error(infer(p1_run / "best.pth", p2_data[1], tmp_path / "o"),
                           "Problem 1", "vgg13", "Problem 2 (segmentation) checkpoint is needed")
-    proc = run_script("p1_inference.py", "--checkpoint", p2_run / "best.pth", p1_data[1], tmp_path / "p.csv",
-                      "--device", "cpu")
+    proc = run_main(p1_inference, "--checkpoint", p2_run / "best.pth", p1_data[1], tmp_path / "p.csv",
+                    "--device", "cpu")
     assert_one_line_error(proc, "Problem 2", "lraspp", "Problem 1 (classification) checkpoint is needed")
     assert not (tmp_path / "o").exists() and not (tmp_path / "p.csv").exists()
 
@@ -140,15 +145,17 @@ def test_unwritable_output_folder(p2_run, p2_data, tmp_path):
 
 
 def test_training_refusals(p2_data, tmp_path):
+    """The second command is p2_train.py's smoke test: a real `python3 p2_train.py ...`, refused in one line."""
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "0000_sat.jpg").write_bytes((p2_data[0] / "0000_sat.jpg").read_bytes())
-    proc = run_script("p2_train.py", "--train-dir", bad, "--val-dir", p2_data[1], "--tile-size", "64",
-                      "--output-dir", tmp_path / "o", "--no-pretrained", "--device", "cpu")
+    proc = run_main(p2_train, "--train-dir", bad, "--val-dir", p2_data[1], "--tile-size", "64",
+                    "--output-dir", tmp_path / "o", "--no-pretrained", "--device", "cpu")
     assert_one_line_error(proc, "0000_sat.jpg", "no mask beside it")
     proc = run_script("p2_train.py", "--train-dir", p2_data[0], "--val-dir", p2_data[1],
                       "--output-dir", tmp_path / "o", "--no-pretrained", "--device", "cpu")
     assert_one_line_error(proc, "0000_sat.jpg", "64x64", "training needs 512x512")
+    assert proc.returncode == 2
     assert not (tmp_path / "o").exists()
 
 
@@ -159,10 +166,10 @@ def test_evaluator_refuses_folders_that_do_not_pair(tmp_path):
         Image.new("RGB", (8, 8)).save(gt / f"000{i}_mask.png")
     Image.new("RGB", (8, 8)).save(pred / "0000_sat.png")
     Image.new("RGB", (8, 8)).save(pred / "0001_sat.png")
-    assert_one_line_error(run_script("mean_iou_evaluate.py", "-g", gt, "-p", pred), "no prediction", "0002")
+    assert_one_line_error(run_main(mean_iou_evaluate, "-g", gt, "-p", pred), "no prediction", "0002")
     Image.new("RGB", (8, 8)).save(pred / "0002_sat.png")
     Image.new("RGB", (8, 8)).save(pred / "0009_sat.png")
-    assert_one_line_error(run_script("mean_iou_evaluate.py", "-g", gt, "-p", pred), "without ground truth", "0009")
+    assert_one_line_error(run_main(mean_iou_evaluate, "-g", gt, "-p", pred), "without ground truth", "0009")
     (pred / "0009_sat.png").unlink()
     Image.new("RGB", (4, 8)).save(pred / "0002_sat.png")
-    assert_one_line_error(run_script("mean_iou_evaluate.py", "-g", gt, "-p", pred), "0002_sat.png", "4x8")
+    assert_one_line_error(run_main(mean_iou_evaluate, "-g", gt, "-p", pred), "0002_sat.png", "4x8")

@@ -1,29 +1,33 @@
 """The recipes: --recipe reference is the seed's behaviour, --recipe strong trains every model, and
 each part of the strong recipes does what it says (exact values on hand-made inputs)."""
 import argparse
+import io
 import json
 import math
 import re
+import warnings
 
 import pytest
+import timm
 import torch
 from torch import nn
 
-import p1_inference
-import p1_train
-import p2_inference
-import p2_train
 from datasets.p2 import class_weights
 from datasets.presets import p1_transforms, p2_transforms
 from datasets.transforms import ColorJitter, RandomErasing, RandomScale
 from models import get_model
+from models.beit import BEiT
+from training.engine import forward, tta_views
+from training.losses import SegmentationLoss, focal_loss
+from training.optim import POLY_POWER, Updater, WeightAverage, build_optimizer, build_scheduler, param_groups
+from training.recipes import PARTS, RECIPES, ablations
 from utils.checkpoint import load_checkpoint
-from utils.engine import forward, tta_views
 from utils.errors import UserError
-from utils.losses import SegmentationLoss, focal_loss
-from utils.optim import Updater, WeightAverage, param_groups, warmup_factor
-from utils.recipes import PARTS, RECIPES, ablations
 from utils.runtime import EpochRNG
+import p1_inference
+import p1_train
+import p2_inference
+import p2_train
 
 
 def p1_flags(p1_data, out, *extra):
@@ -170,9 +174,63 @@ def test_class_weighted_losses():
     assert loss({"out": logits}, target) == pytest.approx(per_pixel[pixels].mean().item(), rel=1e-6)
 
 
-def test_layer_wise_lr_decay_per_block_and_no_decay_on_norms_biases_and_tokens():
-    torch.manual_seed(0)
-    model = get_model("beit", num_classes=5)
+# The code before the groups and schedules were timm's and torch's: the references they must match
+# (the groups, because a checkpoint's optimiser state loads by the groups' positions).
+
+def old_depth(name, num_layers):
+    """BEiT's depth rule (and this code's before timm's group_matcher): 0 the embeddings, ``i + 1``
+    block ``i``, ``num_layers + 1`` the final norm and the head."""
+    parts = name.split(".")
+    if parts[1] in ("cls_token", "mask_token", "pos_embed", "patch_embed", "rel_pos_bias"):
+        return 0
+    if parts[1] == "blocks":
+        return int(parts[2]) + 1
+    return num_layers + 1
+
+
+def old_param_groups(net, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, aux_lr_scale=1.0):
+    """training.optim.param_groups before timm made the groups (BEiT's depth by :func:`old_depth`)."""
+    skip = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
+    num_layers = len(net.net.blocks) if layer_decay != 1.0 else 0
+    groups = {}
+    for name, param in net.named_parameters():
+        undecayed = not norm_bias_decay and (param.ndim <= 1 or name in skip)
+        depth = old_depth(name, num_layers) if layer_decay != 1.0 else 0
+        scale = layer_decay ** (num_layers + 1 - depth) if layer_decay != 1.0 else 1.0
+        aux = aux_lr_scale != 1.0 and net.is_aux(name)
+        scale *= aux_lr_scale if aux else 1.0
+        key = (depth, aux, undecayed)
+        groups.setdefault(key, {"params": [], "weight_decay": 0.0 if undecayed else weight_decay,
+                                "lr_scale": scale})["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+def warmup_factor(name, step, *, total_steps, warmup_steps):
+    """The closed form of the schedules before they were torch's (a LambdaLR of it)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    if name == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+    if name == "poly":
+        return max(1.0 - t, 0.0) ** POLY_POWER
+    return 1.0
+
+
+@pytest.fixture(scope="module")
+def beit():
+    """BEiT-base (86M parameters), built once for the module's tests."""
+    return get_model("beit", num_classes=50, pretrained=False)
+
+
+def small_beit(global_pool):
+    """A 3-block timm BEiT under our wrapper: the same parameter names as BEiT-base's."""
+    return BEiT(timm.create_model("beit_base_patch16_224", pretrained=False, depth=3, embed_dim=32, num_heads=2,
+                                  num_classes=5, global_pool=global_pool))
+
+
+def test_layer_wise_lr_decay_per_block_and_no_decay_on_norms_biases_and_tokens(beit):
+    model = beit
     groups = param_groups(model, weight_decay=0.05, norm_bias_decay=False, layer_decay=0.5)
     names = {id(p): n for n, p in model.named_parameters()}
     by_name = {names[id(p)]: g for g in groups for p in g["params"]}
@@ -191,6 +249,57 @@ def test_layer_wise_lr_decay_per_block_and_no_decay_on_norms_biases_and_tokens()
     assert lrs == pytest.approx([1e-3 * 0.5 ** k for k in range(13, -1, -1)])
 
 
+@pytest.mark.parametrize("global_pool", ["avg", "token"])
+def test_timms_layer_decay_gives_every_beit_parameter_beits_lr_scale_and_decay(global_pool, beit):
+    # BEiT-base as the recipes build it (mean pooling: fc_norm); the final norm of token pooling on a
+    # small one, where timm's own matcher would put it with the last block.
+    model = beit if global_pool == "avg" else small_beit(global_pool)
+    num_layers, skip = len(model.net.blocks), model.no_weight_decay()
+    groups = param_groups(model, weight_decay=0.05, norm_bias_decay=False, layer_decay=0.85)
+    got = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+    expected = {name: (0.85 ** (num_layers + 1 - old_depth(name, num_layers)),
+                       0.0 if p.ndim <= 1 or name in skip else 0.05) for name, p in model.named_parameters()}
+    assert {name: got[id(p)] for name, p in model.named_parameters()} == expected
+    final_norm = "net.norm.weight" if global_pool == "token" else "net.fc_norm.weight"
+    assert expected[final_norm][0] == 1.0 and expected["net.cls_token"] == (0.85 ** (num_layers + 1), 0.0)
+
+
+@pytest.mark.parametrize("model, flags", [
+    ("vgg13", dict(weight_decay=5e-4, norm_bias_decay=False)),
+    ("vgg13", dict(weight_decay=0.0, norm_bias_decay=False)),  # the strong recipe's sgd-cosine ablation
+    ("deeplabv3", dict(weight_decay=1e-4, norm_bias_decay=False, aux_lr_scale=10.0)),
+    ("deeplabv3", dict(weight_decay=1e-4, norm_bias_decay=True, aux_lr_scale=10.0)),
+    ("beit", dict(weight_decay=0.05, norm_bias_decay=False, layer_decay=0.85)),
+    ("beit", dict(weight_decay=0.0, norm_bias_decay=True, layer_decay=0.85)),
+    ("beit-token", dict(weight_decay=0.05, norm_bias_decay=False, layer_decay=0.85)),
+])
+def test_the_groups_are_todays_in_todays_order(model, flags, request):
+    if model == "beit":
+        net = request.getfixturevalue("beit")
+    elif model == "beit-token":
+        net = small_beit("token")
+    else:
+        net = get_model(model, num_classes=50 if model == "vgg13" else 7, pretrained=False)
+
+    def described(groups):
+        return [([id(p) for p in g["params"]], g["weight_decay"], g["lr_scale"]) for g in groups]
+
+    assert described(param_groups(net, **flags)) == described(old_param_groups(net, **flags))
+
+
+def test_an_optimiser_state_of_todays_groups_loads_into_the_new_groups():
+    model = get_model("vgg13", num_classes=50)
+    flags = dict(weight_decay=5e-4, norm_bias_decay=False)
+    old = build_optimizer("sgd", old_param_groups(model, **flags), lr=0.1, weight_decay=5e-4, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    old.step()
+    new = build_optimizer("sgd", param_groups(model, **flags), lr=0.1, weight_decay=5e-4, momentum=0.9)
+    new.load_state_dict(old.state_dict())
+    assert all(torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
+               for p in model.parameters())
+
+
 def test_a_model_without_layers_refuses_layer_decay():
     with pytest.raises(Exception, match="--layer-decay 0.5: VGG has no layers"):
         param_groups(get_model("vgg13", num_classes=5), weight_decay=0.1, layer_decay=0.5)
@@ -205,11 +314,37 @@ def test_norm_and_bias_parameters_take_no_weight_decay():
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
 
 
+def scheduled_lrs(name, total, warmup, scales=(0.25, 1.0)):
+    """Each group's lr (0.1 times its scale) at steps 0 to ``total`` of :func:`build_scheduler`."""
+    params = [{"params": [nn.Parameter(torch.zeros(1))], "lr_scale": s} for s in scales]
+    optimizer = build_optimizer("sgd", params, lr=0.1, weight_decay=0.0, momentum=0.0)
+    scheduler = build_scheduler(name, optimizer, total_steps=total, warmup_steps=warmup)
+    lrs = []
+    for _ in range(total + 1):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize("name, total, warmup", [("cosine", 100, 10), ("poly", 100, 10), ("cosine", 100, 0),
+                                                 ("poly", 100, 0), ("constant", 100, 10), ("cosine", 5, 1),
+                                                 ("poly", 6, 6), ("cosine", 3000, 60)])
+def test_each_schedule_is_the_closed_form_it_replaced_at_every_step(name, total, warmup):
+    lrs = scheduled_lrs(name, total, warmup)
+    expected = [[0.1 * s * warmup_factor(name, step, total_steps=total, warmup_steps=warmup) for s in (0.25, 1.0)]
+                for step in range(total + 1)]
+    worst = max(abs(a - b) / b for got, want in zip(lrs[:total], expected) for a, b in zip(got, want))
+    print(f"{name}, {total} steps, warm-up {warmup}: largest relative lr difference {worst:.2e}")
+    assert worst < 1e-6
+    assert lrs[total] == pytest.approx(expected[total], rel=1e-6, abs=1e-15)  # after the last step (0, or lr)
+
+
 def test_warmup_then_decay_schedules():
-    assert [warmup_factor("cosine", s, total_steps=6, warmup_steps=2) for s in range(6)] == pytest.approx(
-        [0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
-    assert [warmup_factor("poly", s, total_steps=5, warmup_steps=1) for s in range(5)] == pytest.approx(
-        [1.0, 1.0, 0.75 ** 0.9, 0.5 ** 0.9, 0.25 ** 0.9])
+    assert [lr for lr, _ in scheduled_lrs("cosine", 6, 2, scales=(1.0, 1.0))][:6] == pytest.approx(
+        [0.05, 0.1, 0.1, 0.05 * (1 + math.cos(math.pi / 4)), 0.05, 0.05 * (1 + math.cos(3 * math.pi / 4))])
+    assert [lr for lr, _ in scheduled_lrs("poly", 5, 1, scales=(1.0, 1.0))][:5] == pytest.approx(
+        [0.1, 0.1, 0.1 * 0.75 ** 0.9, 0.1 * 0.5 ** 0.9, 0.1 * 0.25 ** 0.9])
     model = nn.Linear(1, 1)
     args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.0, sched="poly", epochs=1, warmup=0.4)
     updater = Updater.from_flags(args, model, steps_per_epoch=5, device=torch.device("cpu"), amp_dtype=None)
@@ -219,6 +354,77 @@ def test_warmup_then_decay_schedules():
         updater.step(model(torch.ones(1, 1)).sum())
     assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.1 * (2 / 3) ** 0.9, 0.1 * (1 / 3) ** 0.9])
 
+
+@pytest.mark.parametrize("sched, warmup", [("cosine", 0.1), ("poly", 0.1), ("constant", 0.1), ("cosine", 0.0),
+                                           ("poly", 0.0)])
+def test_a_checkpoint_of_the_lambdalr_schedules_resumes_on_torchs(sched, warmup):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))  # decayed and undecayed groups
+    args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=1e-4, momentum=0.9, sched=sched, epochs=4,
+                              warmup=warmup, norm_bias_decay=False)
+    total, warm, done = 40, round(warmup * 40), 23
+    # The code before: the same groups and optimiser, and a LambdaLR of the closed form.
+    old = build_optimizer("sgd", old_param_groups(model, weight_decay=1e-4, norm_bias_decay=False), lr=0.1,
+                          weight_decay=1e-4, momentum=0.9)
+    old_schedule = torch.optim.lr_scheduler.LambdaLR(
+        old, lambda step: warmup_factor(sched, step, total_steps=total, warmup_steps=warm))
+    x = torch.randn(8, 3)
+    for _ in range(done):
+        old.zero_grad()
+        model(x).square().mean().backward()
+        old.step()
+        old_schedule.step()
+    buffer = io.BytesIO()
+    torch.save({"optimizer": old.state_dict(), "scheduler": old_schedule.state_dict(), "scaler": None, "ema": None},
+               buffer)
+    buffer.seek(0)
+    ckpt = torch.load(buffer, weights_only=True)
+    assert "lr_lambdas" in ckpt["scheduler"]
+
+    resumed = Updater.from_flags(args, model, steps_per_epoch=10, device=torch.device("cpu"), amp_dtype=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fast-forward's steps before an optimiser step warn nothing
+        resumed.load_state_dict(ckpt)
+    # The lrs the schedule says at that step: those of the same schedule stepped there, exactly.
+    straight = Updater.from_flags(args, model, steps_per_epoch=10, device=torch.device("cpu"), amp_dtype=None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(done):
+            straight.scheduler.step()
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in straight.optimizer.param_groups]
+    assert resumed.scheduler.last_epoch == done
+    for p in model.parameters():
+        assert torch.equal(resumed.optimizer.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
+    # And the rest of the run follows the old schedule.
+    for step in range(done, total):
+        got, want = [g["lr"] for g in resumed.optimizer.param_groups], [g["lr"] for g in old.param_groups]
+        assert got == pytest.approx(want, rel=1e-6), step
+        resumed.scheduler.step()
+        old_schedule.step()
+
+
+def test_a_resume_with_more_epochs_lays_the_schedule_out_anew_and_one_with_the_same_loads_it():
+    model = nn.Linear(2, 1)
+
+    def updater(epochs):
+        args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, sched="cosine", epochs=epochs,
+                                  warmup=0.1)
+        return Updater.from_flags(args, model, steps_per_epoch=10, device=torch.device("cpu"), amp_dtype=None)
+
+    first = updater(2)
+    for _ in range(20):
+        first.step(model(torch.ones(1, 2)).sum())
+    state = first.state_dict()
+    same = updater(2)
+    same.load_state_dict(state)
+    assert same.scheduler.state_dict() == first.scheduler.state_dict() and same.lr == first.lr == 0.0
+    # As the LambdaLR before it: the schedule of the new length, at the step the run is at.
+    longer = updater(4)
+    longer.load_state_dict(state)
+    for step in range(20, 40):
+        assert longer.lr == pytest.approx(0.1 * warmup_factor("cosine", step, total_steps=40, warmup_steps=4),
+                                          rel=1e-9, abs=1e-15)
+        longer.step(model(torch.ones(1, 2)).sum())
 
 def test_d4_augmentation_moves_masks_with_their_tiles_and_draws_every_symmetry():
     tile = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(512, 3, 4, 4).contiguous()

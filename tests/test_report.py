@@ -7,18 +7,18 @@ import timm
 import torch
 from torch import nn
 
-import make_report
-import p1_features
-import p2_masks
 from datasets.p1 import load_folder
 from datasets.p2 import CLASS_NAMES, PALETTE
 from models import get_model, load_trained
-from tests.conftest import assert_one_line_error, run_script
-from utils import plotting
+import make_report
+import p1_features
+import p2_masks
+from tests.conftest import assert_one_line_error, run_main, run_script
+from figures import features, masks, plots as plotting
+from figures.architecture import architecture_summary, layout, plot_architecture, shape_text, trace_blocks, trace_graph
+from figures.plots import class_boundaries, mask_overlay, plot_class_iou, plot_confusion, plot_curves
+from figures.runs import command_line, compare_runs, first_middle_last
 from utils.errors import UserError
-from utils.architecture import architecture_summary, layout, plot_architecture, shape_text, trace_blocks, trace_graph
-from utils.plotting import class_boundaries, mask_overlay, plot_class_iou, plot_confusion, plot_curves
-from utils.report import command_line, compare_runs, first_middle_last
 
 
 def parse(module, *argv):
@@ -37,7 +37,7 @@ def test_p1_features_and_embeddings(p1_run, p1_data, tmp_path):
 
 def test_extracted_features_are_the_second_last_layer(p1_run, p1_data):
     images = load_folder(p1_data[1], labeled=True).images
-    feats, preds, ckpt = p1_features.extract(p1_run / "best.pth", images, batch_size=5,
+    feats, preds, ckpt = features.extract(p1_run / "best.pth", images, batch_size=5,
                                              device=torch.device("cpu"), amp_dtype=None, progress=False)
     assert feats.shape == (16, 512) and preds.shape == (16,)
     model, _ = load_trained(p1_run / "best.pth", torch.device("cpu"))
@@ -80,13 +80,25 @@ def test_the_overlay_keeps_white_apart_from_every_other_colour():
     assert lightest_channel(0, barren, alpha=0.3) < lightest_channel(255, 1, alpha=0.3)
     for cls in range(len(PALETTE)):
         if cls != barren:
-            assert lightest_channel(0, barren, **p2_masks.OVERLAY) > lightest_channel(255, cls, **p2_masks.OVERLAY)
+            assert lightest_channel(0, barren, **masks.OVERLAY) > lightest_channel(255, cls, **masks.OVERLAY)
 
 
 def test_p2_masks_defaults_to_the_runs_folder_and_its_first_tiles(p2_run, tmp_path):
     with pytest.warns(UserWarning, match="lacks tiles 0013, 0062, 0104; showing 0100, 0101, 0102"):
         result = p2_masks.main(parse(p2_masks, "--run", p2_run, "--out", tmp_path))
     assert result["progress"]["rows"] == 3
+
+
+def test_p2_masks_from_the_command_line(p2_run, p2_data, tmp_path):
+    """p2_masks.py's smoke test: a real `python3 p2_masks.py ...` draws both figures."""
+    out = tmp_path / "o"
+    proc = run_script("p2_masks.py", "--run", p2_run, "--val-dir", p2_data[1], "--ids", "0101", "--out", out,
+                      "--device", "cpu", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert sorted(p.name for p in out.iterdir()) == ["p2_mask_progress.png", "p2_overlay.png"]
+    for name in ("p2_mask_progress.png", "p2_overlay.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_missing_tile_id_and_missing_run(p2_run, p2_data, tmp_path):
@@ -97,12 +109,14 @@ def test_missing_tile_id_and_missing_run(p2_run, p2_data, tmp_path):
 
 
 def test_run_without_snapshots(p1_run, p1_data, tmp_path):
+    """p1_features.py's smoke test: a real `python3 p1_features.py ...`, refused in one line."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_bytes((p1_run / "metrics.jsonl").read_bytes())
     proc = run_script("p1_features.py", "--run", run, "--val-dir", p1_data[1], "--out", tmp_path / "o",
                       "--device", "cpu")
     assert_one_line_error(proc, "--run", str(run), "no epoch_NNN.pth snapshots")
+    assert proc.returncode == 2
     assert not (tmp_path / "o").exists()
 
 
@@ -222,7 +236,8 @@ def test_a_constant_learning_rate_gets_an_axis_from_zero(tmp_path):
 
 def test_the_architecture_graph_draws_branches_side_by_side(tmp_path):
     torch.manual_seed(0)
-    graph = trace_graph(get_model("deeplabv3", num_classes=7), torch.randn(1, 3, 64, 64))
+    model = get_model("deeplabv3", num_classes=7)
+    graph = trace_graph(model, torch.randn(1, 3, 64, 64))
     blocks = {b["name"]: b for b in graph["blocks"]}
     aspp = [f"net.classifier.0.convs.{i}" for i in range(5)]
     assert all(blocks[n]["sources"] == ["net.backbone.layer4.2"] for n in aspp)
@@ -236,8 +251,7 @@ def test_the_architecture_graph_draws_branches_side_by_side(tmp_path):
     assert main[0] == aux[0] and main[1] != aux[1]  # the two heads end side by side
     meta = plot_architecture(graph["blocks"], tmp_path / "a.png", title="t", input_shape=(1, 3, 64, 64),
                              outputs=graph["outputs"])
-    assert meta["lanes"] == 5 and meta["params"] == sum(p.numel() for p in get_model("deeplabv3", num_classes=7)
-                                                        .parameters())
+    assert meta["lanes"] == 5 and meta["params"] == sum(p.numel() for p in model.parameters())
 
 
 def test_the_architecture_of_a_vision_transformer_shows_tokens_and_the_cls_token_first():
@@ -258,9 +272,13 @@ def test_the_architecture_of_a_vision_transformer_shows_tokens_and_the_cls_token
 
 
 def test_make_report_needs_a_run(tmp_path):
-    assert_one_line_error(run_script("make_report.py", "--out", tmp_path / "r"), "--p1-run", "--p2-run")
+    """The first command is make_report.py's smoke test: a real `python3 make_report.py ...`, refused in one line."""
+    proc = run_script("make_report.py", "--out", tmp_path / "r")
+    assert_one_line_error(proc, "--p1-run", "--p2-run")
+    assert proc.returncode == 2 and not (tmp_path / "r").exists()
     (tmp_path / "file").write_text("")
-    assert_one_line_error(run_script("make_report.py", "--only", "arch", "--out", tmp_path / "file"),
+    # --only arch needs no run; the --out check comes before any model is built.
+    assert_one_line_error(run_main(make_report, "--only", "arch", "--out", tmp_path / "file"),
                           f"--out {tmp_path / 'file'}: is a file, not a folder")
 
 

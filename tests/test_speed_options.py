@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from datasets.transforms import Compose
+from training.engine import forward, predict
+from utils.errors import UserError
 import p1_inference
 import p1_train
-from datasets.transforms import Compose
-from utils.engine import forward, predict
-from utils.errors import UserError
 
 
 def run_inference(checkpoint, images, out, *flags):

@@ -1,1 +1,2 @@
-"""Infrastructure shared by both problems: arguments, errors, engine, metrics, checkpoints."""
+"""The ground floor, importing no other project package: flags, errors, file output, devices and
+precision, distributed helpers, checkpoint files, metrics."""

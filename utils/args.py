@@ -8,9 +8,13 @@ import argparse
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.runtime import MAX_SKIPPED_IN_A_ROW
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Under float16 the gradient scaler skips a step whose gradients overflow and halves its scale;
+# 32 halvings take its first scale, 2**16, to 2**-16, where float16 gradients vanish: a step
+# still not finite then is no overflow but a run gone wrong (too high a learning rate, NaN data).
+MAX_SKIPPED_IN_A_ROW = 32
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -79,12 +83,16 @@ def segmentation_tta_parser():
     return p
 
 
-def training_parser():
+def training_parser(recipe_names):
     """Flags every training script shares (Problem 1 and Problem 2).
 
     Launched by ``torchrun --nproc_per_node=N``, a script trains on N processes; ``--batch-size``
     stays the global batch. Every flag defaults to ``None`` here, so that a resumed run can tell
-    the flags the user gave from those it takes from the checkpoint (:mod:`utils.setup`).
+    the flags the user gave from those it takes from the checkpoint (:mod:`training.setup`);
+    :func:`show_defaults` then writes the values they take into ``--help``.
+
+    Args:
+        recipe_names: the choices of ``--recipe``, the first being the default.
     """
     p = argparse.ArgumentParser(add_help=False, parents=[runtime_parser(), speed_parser()])
     for action in p._actions:
@@ -95,7 +103,7 @@ def training_parser():
             shown = {True: "on", False: "off"}.get(action.default, action.default)
             action.help += f" (default: {shown}, or the resumed run's)"
             action.default = None
-    g = p.add_argument_group("training (defaults marked 'recipe' come from the model's recipe, listed above)")
+    g = p.add_argument_group("training (defaults marked 'recipe' come from the model's recipe, listed below)")
     g.add_argument("--output-dir", type=Path, default=None,
                    help="run folder for checkpoints and logs (default: runs/<problem>_<model>)")
     g.add_argument("--epochs", type=int, default=None, help="total number of epochs (recipe)")
@@ -109,9 +117,9 @@ def training_parser():
     g.add_argument("--opt", default=None, choices=["sgd", "adamw"], help="optimiser (recipe)")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (recipe)")
     g.add_argument("--weight-decay", type=float, default=None, help="weight decay (recipe)")
-    g.add_argument("--recipe", default=None, choices=["reference", "strong"],
-                   help="reference: the seed's recipe of the model (default, or the resumed run's); strong: "
-                        "ours, at the same epochs and batch; every flag given overrides it (see the list above)")
+    g.add_argument("--recipe", default=None, choices=recipe_names,
+                   help="reference: the seed's recipe of the model; strong: ours, at the same epochs and batch; "
+                        "every flag given overrides it (see the list below)")
     g.add_argument("--sched", default=None, choices=["constant", "cosine", "poly", "onecycle"],
                    help="learning-rate schedule, stepped every iteration: constant, cosine to 0, poly "
                         "(1 - t)^0.9, or OneCycle (its own warm-up) (recipe)")
@@ -126,11 +134,9 @@ def training_parser():
                    help="validate, keep as best.pth and grade an exponential moving average of the weights, whose "
                         "per-step decay after step t is min(DECAY, (t - 1) / (t + 19)): it spans about the last "
                         "5%% of the steps taken, up to 1 / (1 - DECAY) steps; 0 for none (recipe)")
-    g.add_argument("--eval-batch-size", type=int, default=None,
-                   help="validation batch size (default: 256 for Problem 1, 8 for Problem 2)")
+    g.add_argument("--eval-batch-size", type=int, default=None, help="validation batch size")
     g.add_argument("--seed", type=int, default=None,
-                   help="random seed (default: 0, or the resumed run's); epoch e shuffles and augments "
-                        "from (seed, e)")
+                   help="random seed; epoch e shuffles and augments from (seed, e)")
     g.add_argument("--resume", type=Path, default=None,
                    help="checkpoint (last.pth) to continue from, up to --epochs; flags left out are "
                         "taken from the checkpoint's run")
@@ -143,6 +149,22 @@ def training_parser():
     g.add_argument("--overwrite", default=False, action=argparse.BooleanOptionalAction,
                    help="start afresh in an --output-dir that already holds a run (its files are replaced)")
     return p
+
+
+def show_defaults(parser, defaults):
+    """Write into ``--help`` the value each flag left at ``None`` takes from ``defaults`` (a table
+    keyed by flag: a problem's defaults), so that no help text types a default by hand.
+
+    Args:
+        parser: a training script's parser.
+        defaults: ``{dest: value}``; paths are shown relative to the repository.
+    """
+    for action in parser._actions:
+        if action.default is None and action.help and action.dest in defaults:
+            value = defaults[action.dest]
+            if isinstance(value, Path):
+                value = value.relative_to(REPO) if value.is_relative_to(REPO) else value
+            action.help += f" (default: {value}, or the resumed run's)"
 
 
 def inference_parser(problem):

@@ -2,7 +2,7 @@
 
 A checkpoint holds everything needed to rebuild the model with no other input (``arch``,
 ``model_kwargs``, ``problem``, ``num_classes``, ``mean``/``std``) and everything needed to resume
-exactly (:mod:`utils.state` lists the entries). The weights are saved from the CPU; optimiser
+exactly (:mod:`training.run` lists the entries). The weights are saved from the CPU; optimiser
 states keep their device, and every load maps all tensors to the CPU, so a checkpoint written on
 a GPU loads anywhere. ``format`` numbers the layout: 1 (no entry) and 2 are the same layout, 2
 naming it; a file of a later format is refused with its number.

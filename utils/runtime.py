@@ -64,12 +64,6 @@ def peak_memory_gib(device):
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-# Under float16 the gradient scaler skips a step whose gradients overflow and halves its scale;
-# 32 halvings take its first scale, 2**16, to 2**-16, where float16 gradients vanish: a step
-# still not finite then is no overflow but a run gone wrong (too high a learning rate, NaN data).
-MAX_SKIPPED_IN_A_ROW = 32
-
-
 def resolve_amp(name, device):
     """Turn ``--amp`` into an autocast dtype, or ``None`` for full precision."""
     if name == "auto":

@@ -10,14 +10,16 @@ import contextlib
 import functools
 import time
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils.args import MAX_SKIPPED_IN_A_ROW
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
-from utils.runtime import MAX_SKIPPED_IN_A_ROW, memory_format_of, peak_memory_gib
+from utils.runtime import memory_format_of, peak_memory_gib
 
 
 def autocast(device, amp_dtype):
@@ -31,6 +33,20 @@ def tta_mode(value):
     """A ``--tta`` value as one of ``none``, ``flip``, ``d4`` (runs saved before the modes
     recorded ``True`` for flip and ``False`` for none)."""
     return {True: "flip", False: "none", None: "none"}.get(value, value) if not isinstance(value, str) else value
+
+
+class TTA(NamedTuple):
+    """Test-time augmentation: the views (a mode of :func:`tta_views`) and the input scales
+    (segmenters only; see :func:`forward`). ``TTA()`` is none."""
+
+    mode: str = "none"
+    scales: tuple = (1.0,)
+
+
+def run_tta(run_args, mode=None, scales=None):
+    """The test-time augmentation a run validated with (its ``args``: ``tta``, ``tta_scales``),
+    unless ``mode`` or ``scales`` (an inference script's ``--tta``, ``--tta-scales``) say otherwise."""
+    return TTA(mode or tta_mode(run_args.get("tta")), tuple(scales or run_args.get("tta_scales") or (1.0,)))
 
 
 def tta_views(mode):
@@ -187,8 +203,8 @@ class LossMeter:
                         "or use --amp bf16 (GPUs with native bfloat16) or --amp off")
 
 
-def train_one_epoch(model, criterion, updater, batches, *, transform, device, amp_dtype=None, meter=None,
-                    should_stop=None, desc="train", progress=True):
+def train_one_epoch(model, criterion, updater, batches, *, transform, device, meter=None, should_stop=None,
+                    desc="train", progress=True):
     """Train for one pass over ``batches``, or for the part of it before a stop is requested.
 
     A step whose loss or gradients are not finite is left out of the loss and counted as
@@ -201,13 +217,13 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, am
         model: the network, already on ``device``; batches are given to it in the memory format
             of its weights (channels_last on CUDA).
         criterion: ``loss = criterion(model(x), y)``; may take the model's raw output (a dict).
-        updater: a :class:`utils.optim.Updater` (``step(loss)`` backpropagates and steps).
+        updater: a :class:`training.optim.Updater`: ``step(loss)`` backpropagates and steps; the
+            forward pass runs under its ``amp_dtype`` (autocast, or ``None`` for full precision).
         batches: a sized iterable of ``(x, y)`` on ``device``; ``len`` counts the whole pass.
             A pass that continues an earlier one says how many batches were done before in
             ``batches.start`` and yields the rest.
         transform: ``(x, y) -> (x, y)``, augmentation then normalisation, on the device.
         device: the ``torch.device``.
-        amp_dtype: the autocast dtype, or ``None`` for full precision.
         meter: a :class:`LossMeter` to add to (one holding an earlier part's sums), or ``None``.
         should_stop: called after every step; when it returns True the pass ends there.
         desc: the progress bar's label.
@@ -236,7 +252,7 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, am
     for step, (x, y) in enumerate(bar, first + 1):
         x, y = transform(x, y)
         x = x.contiguous(memory_format=layout)
-        with autocast(device, amp_dtype):
+        with autocast(device, updater.amp_dtype):
             loss = criterion(model(x), y)
         meter.add(loss, x.shape[0], updater.step(loss))
         if report_now(step):
@@ -258,8 +274,8 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, am
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=None, tta="none", tta_scales=(1.0,),
-             desc="eval", progress=True):
+def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=None, tta=TTA(), desc="eval",
+             progress=True):
     """Evaluate over every sample of ``batches`` (no dropping, no padding).
 
     Args:
@@ -270,8 +286,7 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
         transform: ``(x, y) -> (x, y)`` (normalisation only).
         device: the ``torch.device``.
         amp_dtype: the autocast dtype, or ``None``.
-        tta: the test-time augmentation mode (see :func:`forward`).
-        tta_scales: the input scales of multi-scale test-time augmentation (see :func:`forward`).
+        tta: the test-time augmentation, a :class:`TTA`.
         desc: the progress bar's label.
         progress: show a progress bar.
 
@@ -287,7 +302,7 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
         x, y = transform(x, y)
         x = x.contiguous(memory_format=layout)
         with autocast(device, amp_dtype):
-            output = forward(model, x, tta, tta_scales)
+            output = forward(model, x, tta.mode, tta.scales)
             loss = criterion(output, y)
         loss_sum += loss.float() * x.shape[0]
         seen += x.shape[0]
@@ -297,8 +312,8 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
 
 
 @torch.inference_mode()
-def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta="none", tta_scales=(1.0,),
-            keep=None, desc="predict", progress=True):
+def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta=TTA(), keep=None, desc="predict",
+            progress=True):
     """Run the model over every sample of ``inputs``, ``batch_size`` at a time.
 
     When the GPU runs out of memory the batch size halves (with a warning) and the batch is run
@@ -313,7 +328,7 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
         transform: ``(x, None) -> (x, None)`` (normalisation).
         keep: ``keep(output) -> tensor or tuple of tensors``, what to keep of each batch's output
             (the class map rather than the logits, say); the output itself by default.
-        device, amp_dtype, tta, tta_scales, desc, progress: as in :func:`evaluate`.
+        device, amp_dtype, tta, desc, progress: as in :func:`evaluate`.
 
     Returns:
         What ``keep`` returns, concatenated over batches, on the CPU.
@@ -332,7 +347,7 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
             try:
                 with autocast(device, amp_dtype):
                     batch = transform(x, None)[0].contiguous(memory_format=layout)
-                    kept = keep(forward(model, batch, tta, tta_scales))
+                    kept = keep(forward(model, batch, tta.mode, tta.scales))
             except Exception as e:  # torch.compile wraps an out-of-memory error in errors of its own
                 if not out_of_memory(e):
                     raise
@@ -365,8 +380,7 @@ def out_of_memory(error):
     return False
 
 
-def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta="none", tta_scales=(1.0,),
-            progress=True):
+def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta=TTA(), progress=True):
     """Class maps for a list of images of any sizes: (H, W) uint8 arrays, one per image.
 
     Images of the same size are predicted together by :func:`predict`; ``transform`` may pad
@@ -375,7 +389,7 @@ def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta
     Args:
         model: a segmenter returning ``{"out": logits (B, C, H, W), ...}``.
         images: uint8 tensors (3, H, W).
-        transform, batch_size, device, amp_dtype, tta, tta_scales, progress: as in :func:`predict`.
+        transform, batch_size, device, amp_dtype, tta, progress: as in :func:`predict`.
     """
     by_size = {}
     for i, image in enumerate(images):
@@ -384,7 +398,7 @@ def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta
     for (h, w), indices in by_size.items():
         stack = torch.stack([images[i] for i in indices]).to(device)
         classes = predict(model, stack, batch_size=batch_size, transform=transform, device=device,
-                          amp_dtype=amp_dtype, tta=tta, tta_scales=tta_scales, desc=f"segment {w}x{h}",
+                          amp_dtype=amp_dtype, tta=tta, desc=f"segment {w}x{h}",
                           progress=progress, keep=lambda out: out["out"][..., :h, :w].argmax(1).to(torch.uint8))
         for i, c in zip(indices, classes):
             results[i] = c.numpy()

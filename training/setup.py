@@ -1,7 +1,7 @@
 """A training run's set-up: its flags resolved, where it computes, its folder and its model.
 
 Every flag the user leaves out is taken from the resumed checkpoint's run first, then from the
-defaults and the model's recipe (:mod:`utils.recipes`), so ``--resume last.pth`` alone continues
+defaults and the model's recipe (:mod:`training.recipes`), so ``--resume last.pth`` alone continues
 the same run. A run stopped part-way through an epoch continues only with the numbers it started
 with: a flag given on resume that would change them is refused in one line.
 """
@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 
 from models import get_model, get_model_spec, model_options
+from training.engine import tta_mode
+from training.recipes import DEFAULTS, RECIPES
+from training.run import RunFolder
+from training.run import mid_epoch_refusal
 from utils import distributed
 from utils.args import REPO, RUNTIME_DEFAULTS, args_to_dict, check_positive, check_scales
 from utils.checkpoint import load_checkpoint
-from utils.engine import tta_mode
 from utils.errors import UserError
-from utils.recipes import DEFAULTS, RECIPES
-from utils.run_folder import RunFolder
-from utils.state import mid_epoch_refusal
 from utils.runtime import place_model, resolve_amp, resolve_device, seed_everything
 
 # Flags a resume may always give anew: none changes what the run computes.
@@ -111,7 +111,7 @@ class RunSetup:
         device: the ``torch.device``.
         amp_dtype: the autocast dtype, or ``None``.
         ctx: this process's :class:`utils.distributed.Context`.
-        folder: the :class:`utils.run_folder.RunFolder` (written by the main process only).
+        folder: the :class:`training.run.RunFolder` (written by the main process only).
         sync_bn: whether training turns BatchNorm into SyncBatchNorm
             (:func:`utils.distributed.resolve_sync_bn`).
     """

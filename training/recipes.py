@@ -4,7 +4,7 @@
 ``RECIPES[problem][model]["strong"]`` is ours, at the same epochs and batch (the same training
 compute), each of its parts a flag of its own. ``DEFAULTS[problem]`` holds the flags that do not
 depend on the model. A training run fills every flag the user left out from the resumed checkpoint
-first, then from these tables (:mod:`utils.setup`). :func:`describe` renders them into ``--help``;
+first, then from these tables (:mod:`training.setup`). :func:`describe` renders them into ``--help``;
 :data:`PARTS` names each part of a strong recipe, and :func:`ablations` gives the flags that turn
 one off (``benchmarks/recipes.py --ablate``).
 

@@ -1,7 +1,6 @@
 """Reading training runs for the report: snapshots, metrics, the command that made them, and how
-several runs of one problem compare."""
+several runs of one problem compare. The run folder's layout is :mod:`training.run`'s."""
 import json
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +10,12 @@ import torch
 from datasets.folder import list_files
 from datasets.p2 import image_id
 from models import get_model_spec, list_models, option_names
+from training.recipes import DEFAULTS
+from training.run import SNAPSHOT_RE
 from utils.errors import UserError
 from utils.io import check_writable
-from utils.recipes import DEFAULTS
 from utils.runtime import resolve_amp, resolve_device
 
-_SNAPSHOT = re.compile(r"^epoch_(\d+)\.pth$")
 DEFAULT_TILE_IDS = ("0013", "0062", "0104")  # the report's mask figures (the seed's choice)
 
 
@@ -32,7 +31,7 @@ def check_run(folder, flag):
 
 def snapshots(folder, flag):
     """``{epoch: path}`` of a run's ``epoch_NNN.pth`` files."""
-    found = {int(m.group(1)): p for p in Path(folder).iterdir() if (m := _SNAPSHOT.match(p.name))}
+    found = {int(m.group(1)): p for p in Path(folder).iterdir() if (m := SNAPSHOT_RE.fullmatch(p.name))}
     if not found:
         raise UserError(f"{flag} {folder}: no epoch_NNN.pth snapshots (train with --save-epochs, "
                         "whose default keeps the first, middle and last epoch)")
@@ -100,8 +99,8 @@ def applies(args, key):
 
 @dataclass
 class ReportInputs:
-    """What a report-figure script reads: the run folder, its snapshots, the validation folder,
-    and where to compute."""
+    """What a report figure reads: the run folder, its snapshots, the validation folder, and where
+    to compute."""
 
     run: Path
     snapshots: dict
@@ -110,14 +109,28 @@ class ReportInputs:
     amp_dtype: torch.dtype | None
 
 
-def report_inputs(args, problem):
-    """Check a figure script's ``--out``, ``--run`` and ``--val-dir`` before any work, and
-    resolve its device."""
-    check_writable(args.out, "--out", folder=True)
-    run = check_run(args.run, "--run")
-    snaps = snapshots(run, "--run")
-    device = resolve_device(args.device)
-    return ReportInputs(run, snaps, val_dir_of(run, args.val_dir, problem), device, resolve_amp(args.amp, device))
+def open_run(run, *, val_dir, out, device, amp, problem, run_flag="--run", val_flag="--val-dir"):
+    """Check a figure's output folder, run folder and validation folder before any work, and
+    resolve where it computes.
+
+    Args:
+        run: the run folder; ``val_dir``: the validation folder, or ``None`` for the run's own.
+        out: the folder the figures go to.
+        device, amp: the ``--device`` and ``--amp`` flags.
+        problem: ``"p1"`` or ``"p2"``.
+        run_flag, val_flag: the options that named ``run`` and ``val_dir``, for the messages.
+
+    Returns:
+        A :class:`ReportInputs`.
+    """
+    check_writable(out, "--out", folder=True)
+    run = check_run(run, run_flag)
+    snaps = snapshots(run, run_flag)
+    val_dir = val_dir_of(run, val_dir, problem)
+    if not val_dir.is_dir():
+        raise UserError(f"{val_flag} {val_dir}: no such folder")
+    device = resolve_device(device)
+    return ReportInputs(run, snaps, val_dir, device, resolve_amp(amp, device))
 
 
 def val_dir_of(run, given, problem):

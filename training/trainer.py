@@ -1,11 +1,21 @@
 """The epoch loop of every training run: train, validate, log and checkpoint, stop on a signal.
 
+SIGINT (Ctrl-C) or SIGTERM (a scheduler's pre-emption) inside :class:`StopOnSignal` only raises a
+flag; the loop looks at it after every step, saves ``last.pth`` there and raises
+:class:`utils.errors.Interrupted`, whose one-line message shows the resume command. A second
+signal stops at once, leaving the checkpoints of the last finished epoch (every checkpoint is
+written atomically, so even SIGKILL leaves them loadable). A second signal within
+``REPEAT_SECONDS`` of the first counts as the same request: under ``torchrun`` a Ctrl-C reaches
+each worker twice, from the terminal and forwarded by the launcher.
+
 A training script builds two values and hands them to :class:`Trainer`: a
-:class:`utils.setup.RunSetup` (flags, device, process group, run folder, resumed checkpoint)
+:class:`training.setup.RunSetup` (flags, device, process group, run folder, resumed checkpoint)
 and a :class:`Task` (what differs between the problems: data, model, losses, transforms,
-metric). The per-batch loops are :mod:`utils.engine`'s; what a checkpoint holds is
-:mod:`utils.state`'s; the run folder's files are :mod:`utils.run_folder`'s.
+metric). The per-batch loops are :mod:`training.engine`'s; the run folder, what a checkpoint holds
+and the progress a resume restores are :mod:`training.run`'s.
 """
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -14,14 +24,13 @@ import torch
 from torch import nn
 
 from datasets.loader import TensorBatches, count_batches
+from training.engine import TTA, LossMeter, evaluate, train_one_epoch
+from training.optim import Updater
+from training.run import TrainState, mid_epoch_refusal
 from utils import distributed
-from utils.args import args_to_dict
-from utils.engine import LossMeter, evaluate, train_one_epoch
+from utils.distributed import all_reduce_sum
 from utils.errors import Interrupted
-from utils.interrupt import StopOnSignal
-from utils.optim import Updater
 from utils.runtime import EpochRNG, mix_seed, peak_memory_gib, reset_peak_memory, seed_everything
-from utils.state import TrainState, mid_epoch_refusal
 
 
 @dataclass
@@ -40,7 +49,7 @@ class Task:
         metric_name: the metric's key (``acc``, ``miou``): logged as ``val_<name>``, and the one
             that selects ``best.pth``.
         meta: what every checkpoint carries to rebuild the model
-            (:meth:`utils.setup.RunSetup.build_model`).
+            (:meth:`training.setup.RunSetup.build_model`).
         unit: what a sample is called in messages.
     """
 
@@ -94,7 +103,7 @@ class Trainer:
                   "nothing to do (raise --epochs to train further)")
             return self._result()
         if setup.ctx.is_main:
-            setup.folder.start(args_to_dict(args))
+            setup.folder.start(task.meta["args"])  # the flags as every checkpoint records them
             print(f"training {args.model} on {len(task.train_data[0])} {task.unit} ({args.train_dir}), validating "
                   f"on {len(task.val_data[0])} ({args.val_dir}); {setup.ctx.world_size} x {setup.device.type}, "
                   f"amp {args.amp}{', sync-bn' if setup.sync_bn else ''}; output {args.output_dir}", flush=True)
@@ -115,8 +124,8 @@ class Trainer:
                     distributed.broadcast_buffers(self.updater.ema.module, setup.ctx)
                 val = evaluate(val_model, task.eval_criterion, self.val_batches, task.make_metric(),
                                transform=task.eval_transform, device=setup.device, amp_dtype=setup.amp_dtype,
-                               tta=args.tta, tta_scales=getattr(args, "tta_scales", (1.0,)), desc="validate",
-                               progress=self._progress)
+                               tta=TTA(args.tta, tuple(getattr(args, "tta_scales", (1.0,)))),
+                               desc="validate", progress=self._progress)
                 self._end_epoch(epoch, train, val, time.perf_counter() - start)
                 if epoch < args.epochs and stop():
                     raise self._stopped(stop, f"after epoch {epoch}")
@@ -153,7 +162,7 @@ class Trainer:
                                   partial["train"].get("skipped", 0))
         train = train_one_epoch(model, self.task.criterion, self.updater, batches,
                                 transform=lambda x, y: self.task.train_transform(x, y, rng), device=setup.device,
-                                amp_dtype=setup.amp_dtype, meter=meter, should_stop=stop,
+                                meter=meter, should_stop=stop,
                                 desc=f"epoch {epoch}/{args.epochs}", progress=self._progress)
         train["lr"] = lr
         if not train["complete"]:
@@ -212,3 +221,61 @@ class Trainer:
 def _extras(peak, skipped):
     """The progress line's tail: peak GPU memory on CUDA, skipped steps when there were any."""
     return (f"  peak {peak:.2f} GiB" if peak is not None else "") + (f"  {skipped} skipped" if skipped else "")
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REPEAT_SECONDS = 2.0
+
+
+class StopOnSignal:
+    """A context in which SIGINT and SIGTERM ask for a stop instead of killing the process.
+
+    Calling the object tells whether a stop was asked (by any process, when there are several,
+    so that all of them stop after the same step).
+
+    Args:
+        distributed: several processes run together; they compare notes every ``every``-th call
+            (an all-reduce waits for the GPU, so not every step), the same calls on each of them.
+        every: see ``distributed``.
+    """
+
+    def __init__(self, distributed=False, every=16):
+        self.distributed, self.every, self.calls = distributed, every, 0
+        self.signum = None
+        self._first = None
+        self._previous = {}
+
+    def __enter__(self):
+        # Handlers can only be installed from the main thread (tests may call main() elsewhere).
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        now = time.monotonic()
+        if self._first is None:
+            self.signum, self._first = signum, now
+        elif now - self._first > REPEAT_SECONDS:
+            raise KeyboardInterrupt  # a second request: stop now
+
+    @property
+    def name(self):
+        """The signal's name, for messages (``SIGINT``, ``SIGTERM``)."""
+        return signal.Signals(self.signum or signal.SIGTERM).name
+
+    def __call__(self):
+        asked = float(self.signum is not None)
+        if self.distributed:
+            self.calls += 1
+            if self.calls % self.every:
+                return False
+            asked = all_reduce_sum(torch.tensor(asked)).item()
+        if asked and self.signum is None:
+            self.signum = signal.SIGTERM  # another process was signalled
+        return bool(asked)

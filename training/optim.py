@@ -1,8 +1,21 @@
 """Optimisers, their parameter groups, per-iteration learning-rate schedules, the update step, and an
-exponential moving average of the weights."""
+exponential moving average of the weights.
+
+What is the library's: the parameter groups (no decay on norms, biases and a model's
+``no_weight_decay()`` names; layer-wise lr decay over a model's ``group_matcher``) are timm's
+``param_groups_weight_decay`` / ``param_groups_layer_decay``; the optimisers are ``torch.optim``'s
+SGD and AdamW; the schedules are ``torch.optim.lr_scheduler``'s (LinearLR warm-up, then
+CosineAnnealingLR, PolynomialLR or ConstantLR, joined by SequentialLR; OneCycleLR); the moving
+average is timm's ``ModelEmaV3``. What stays ours, because neither library does it: the auxiliary
+head's learning-rate factor (``--aux-lr-scale``), the groups' order (that of the checkpoints this
+code wrote before it used timm), and the resume of a schedule laid out otherwise than the saved one
+(older checkpoints' ``LambdaLR``, or another ``--epochs``), which steps the new schedule to the saved
+step instead of loading a state it cannot take.
+"""
 import math
 import warnings
 
+import timm.optim
 import torch
 from timm.utils import ModelEmaV3
 
@@ -10,10 +23,21 @@ from utils.checkpoint import unwrap
 from utils.errors import UserError
 
 POLY_POWER = 0.9  # DeepLab's (Chen et al., TPAMI 2018)
+# A scheduler's state entries that say where it is, or its base learning rates, not how it is laid out.
+_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "base_lrs", "_is_initial",
+                       "_get_lr_called_within_step"})
 
 
 def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, aux_lr_scale=1.0):
     """The optimiser's parameter groups: all parameters in one, or split by decay and depth.
+
+    timm's optimizer factory makes the groups (``timm.optim.param_groups_layer_decay`` when
+    ``layer_decay`` is on, else ``param_groups_weight_decay``); the auxiliary head's factor is ours
+    (timm has no such option), applied by splitting each group into its main and auxiliary parts.
+    The groups come in the order this function gave them before timm made them (depth ascending;
+    then main before auxiliary head; then decayed before undecayed; timm's order differs), so that
+    the optimiser states of older checkpoints still load: ``optimizer.load_state_dict`` matches
+    groups by position.
 
     Args:
         model: the network.
@@ -23,8 +47,9 @@ def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, 
             practice: decaying a scale or a shift only shrinks what BatchNorm/LayerNorm rescales).
         layer_decay: layer-wise learning-rate decay (Clark et al., ELECTRA, ICLR 2020; BEiT):
             the parameters of depth ``d`` of a model with ``L`` layers get the learning rate times
-            ``layer_decay ** (L + 1 - d)``; the model says each parameter's depth through
-            ``layer_id(name)`` and its ``num_layers``. 1 turns it off.
+            ``layer_decay ** (L + 1 - d)``; the model's timm ``group_matcher()`` says each
+            parameter's depth (the embeddings 0, block ``i`` ``i + 1``, the head ``L + 1``).
+            1 turns it off.
         aux_lr_scale: the learning rate of a segmenter's auxiliary head, times the others' (the
             model says which parameters are its through ``is_aux(name)``); torchvision's
             segmentation reference trains it at 10x. 1 turns it off.
@@ -43,32 +68,54 @@ def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, 
     if aux_lr_scale != 1.0 and not hasattr(net, "is_aux"):
         raise UserError(f"--aux-lr-scale {aux_lr_scale}: {type(net).__name__} has no auxiliary head "
                         "(use --aux-lr-scale 1)")
-    if layer_decay != 1.0 and not hasattr(net, "layer_id"):
+    if layer_decay != 1.0 and not hasattr(net, "group_matcher"):
         raise UserError(f"--layer-decay {layer_decay}: {type(net).__name__} has no layers to decay the "
                         "learning rate over (use --layer-decay 1)")
-    skip = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
-    groups = {}
-    for name, param in net.named_parameters():
-        if not param.requires_grad:
-            continue
-        undecayed = not norm_bias_decay and (param.ndim <= 1 or name in skip)
-        depth = net.layer_id(name) if layer_decay != 1.0 else 0
-        scale = layer_decay ** (net.num_layers + 1 - depth) if layer_decay != 1.0 else 1.0
-        aux = aux_lr_scale != 1.0 and net.is_aux(name)
-        scale *= aux_lr_scale if aux else 1.0
-        key = (depth, aux, undecayed)
-        groups.setdefault(key, {"params": [], "weight_decay": 0.0 if undecayed else weight_decay,
-                                "lr_scale": scale})["params"].append(param)
-    return [groups[key] for key in sorted(groups)]
+    skip = () if norm_bias_decay or not hasattr(net, "no_weight_decay") else tuple(net.no_weight_decay())
+    # timm tells an undecayed group by its decay of 0 alone (and param_groups_weight_decay merges all
+    # groups into one when the decay is 0), where this code's checkpoints hold decayed and undecayed
+    # groups apart at any decay (the ablations with --weight-decay 0 and --no-norm-bias-decay): so it
+    # is asked with a nominal decay of 1 in that case, and the real one is set after.
+    kwargs = dict(weight_decay=weight_decay or 1.0, weight_decay_exclude_1d=not norm_bias_decay,
+                  no_weight_decay_list=skip)
+    if layer_decay != 1.0:
+        groups = timm.optim.param_groups_layer_decay(net, layer_decay=layer_decay, **kwargs)
+    else:
+        groups = timm.optim.param_groups_weight_decay(net, **kwargs)
+    names = {id(param): name for name, param in net.named_parameters()}
+    # timm scales depth d by layer_decay ** (deepest - d): depth ascending is lr scale ascending
+    # (descending for a factor above 1).
+    order = 1.0 if layer_decay <= 1.0 else -1.0
+    keyed = []
+    for group in groups:
+        undecayed = group["weight_decay"] == 0.0
+        scale = group.get("lr_scale", 1.0)
+        aux = [aux_lr_scale != 1.0 and net.is_aux(names[id(param)]) for param in group["params"]]
+        for in_aux in (False, True):
+            params = [param for param, a in zip(group["params"], aux) if a == in_aux]
+            if params:
+                keyed.append(((order * scale, in_aux, undecayed),
+                              {"params": params, "weight_decay": 0.0 if undecayed else weight_decay,
+                               "lr_scale": scale * aux_lr_scale if in_aux else scale}))
+    return [group for _, group in sorted(keyed, key=lambda item: item[0])]
 
 
 def build_optimizer(name, params, *, lr, weight_decay, momentum, nesterov=False, fused=False):
-    """``sgd`` or ``adamw`` over ``params`` (tensors, or groups with an ``lr_scale`` each that
-    multiplies ``lr``); ``fused`` (CUDA) updates every tensor in one kernel."""
+    """``torch.optim``'s SGD or AdamW over ``params``, built as before the groups came from timm (the
+    reference recipes' single group is bit-identical); timm's ``create_optimizer_v2`` is not used:
+    its ``sgd`` is Nesterov SGD, and it would rebuild the groups this module makes.
+
+    Args:
+        name: ``sgd`` or ``adamw``.
+        params: tensors, or groups with an ``lr_scale`` each that multiplies ``lr``.
+        lr, weight_decay, momentum, nesterov: the optimiser's (``momentum`` and ``nesterov``: SGD's).
+        fused: update every tensor in one kernel (CUDA).
+    """
     # fused=None lets PyTorch pick its default (foreach) where fused kernels do not apply.
     fused = fused or None
     params = list(params)
     if params and isinstance(params[0], dict):
+        # torch's schedulers ignore lr_scale: each group starts at its own lr, which they then scale.
         params = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in params]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
@@ -79,59 +126,78 @@ def build_optimizer(name, params, *, lr, weight_decay, momentum, nesterov=False,
 
 
 def build_scheduler(name, optimizer, *, total_steps, warmup_steps=0):
-    """A scheduler stepped once per iteration over ``total_steps`` iterations.
+    """A ``torch.optim.lr_scheduler`` scheduler stepped once per iteration over ``total_steps``.
 
-    ``constant`` keeps the learning rate (the reference recipes); ``cosine`` anneals it to zero;
-    ``poly`` decays it as ``(1 - t) ** 0.9``; both rise linearly from 0 over ``warmup_steps``
-    first. ``onecycle`` is PyTorch's OneCycleLR with its defaults (its own warm-up), except that
-    it does not cycle momentum (the reference code's silent momentum change is a known defect).
-    Each parameter group keeps its own ratio to the others (layer-wise decay). Cosine and poly are
-    one ``LambdaLR`` with or without a warm-up, so a resume that changes ``--epochs`` (and with it
-    the number of warm-up steps) loads the state it saved into a scheduler of the same kind.
+    ``constant`` keeps the learning rate (ConstantLR; the reference recipes); ``cosine`` anneals it
+    to zero (CosineAnnealingLR); ``poly`` decays it as ``(1 - t) ** 0.9`` (PolynomialLR). With
+    ``warmup_steps``, a LinearLR warm-up comes first, joined to them by SequentialLR: the factor is
+    ``(step + 1) / warmup_steps`` at step ``step``, 1 at the last warm-up step, and the decay starts
+    at 1 at step ``warmup_steps`` over the ``total_steps - warmup_steps`` left. ``onecycle`` is
+    OneCycleLR with its defaults (its own warm-up), except that it does not cycle momentum (the
+    reference code's silent momentum change is a known defect). Each parameter group keeps its own
+    ratio to the others (layer-wise decay, the auxiliary head).
+
+    Args:
+        name: ``constant``, ``cosine``, ``poly`` or ``onecycle``.
+        optimizer: the optimiser, each group at its full learning rate.
+        total_steps: the run's iterations.
+        warmup_steps: the warm-up's iterations (0: none).
+
+    Raises:
+        UserError: a warm-up asked of ``onecycle``.
     """
+    schedulers = torch.optim.lr_scheduler
     total_steps = max(total_steps, 1)
-    if name == "constant" and not warmup_steps:
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     if name == "onecycle":
         if warmup_steps:
             raise UserError("--warmup: onecycle has its own warm-up (use --warmup 0, or --sched cosine or poly)")
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=total_steps, cycle_momentum=False)
-    if name not in ("constant", "cosine", "poly"):
+        return schedulers.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                     total_steps=total_steps, cycle_momentum=False)
+    # At least one step, so that a warm-up as long as the run leaves no division by zero behind it.
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if name == "constant":
+        decay = schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    elif name == "cosine":
+        decay = schedulers.CosineAnnealingLR(optimizer, T_max=decay_steps, eta_min=0.0)
+    elif name == "poly":
+        decay = schedulers.PolynomialLR(optimizer, total_iters=decay_steps, power=POLY_POWER)
+    else:
         raise ValueError(f"unknown schedule {name!r}")
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_factor(name, step, total_steps=total_steps, warmup_steps=warmup_steps))
+    if not warmup_steps:
+        return decay  # no SequentialLR: a LinearLR of 0 steps would start at the factor 1 / 0
+    # LinearLR's factor at step s is start + (1 - start) * s / total_iters: (s + 1) / warmup_steps.
+    # SequentialLR sets the decay to its closed form at step 0 at the milestone: the factor 1.
+    warmup = schedulers.LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0,
+                                 total_iters=warmup_steps - 1)
+    return schedulers.SequentialLR(optimizer, [warmup, decay], milestones=[warmup_steps])
 
 
-def warmup_factor(name, step, *, total_steps, warmup_steps):
-    """The learning rate's factor at ``step``: linear from 0 over ``warmup_steps`` (reaching 1 at
-    the last warm-up step), then constant, cosine or poly decay to 0 over the remaining steps."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    if name == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
-    if name == "poly":
-        return max(1.0 - t, 0.0) ** POLY_POWER
-    return 1.0
+def _layout(state):
+    """A scheduler state without its progress and base learning rates: how the schedule is laid out."""
+    if isinstance(state, dict):
+        return {key: _layout(value) for key, value in state.items() if key not in _PROGRESS}
+    if isinstance(state, (list, tuple)):
+        return [_layout(value) for value in state]
+    return state
 
 
 class Updater:
-    """One optimisation step: backward (through the gradient scaler under float16), the optimiser's
-    step, the schedule's, and the update of the weights' moving average; and the state of all four
-    for a checkpoint.
+    """One optimisation step in its precision: the forward pass's autocast dtype, backward (through
+    the gradient scaler under float16), the optimiser's step, the schedule's, and the update of the
+    weights' moving average; and the state of all of them for a checkpoint.
 
     Args:
         optimizer: the optimiser.
         scheduler: a per-iteration learning-rate scheduler.
         scaler: a ``torch.amp.GradScaler`` (float16 autocast), or ``None``.
         ema: a :class:`WeightAverage` of the model, or ``None``.
+        amp_dtype: the autocast dtype of the forward pass, or ``None`` for full precision.
         epochs, steps_per_epoch: the run's length the schedule was laid out for.
     """
 
-    def __init__(self, optimizer, scheduler, scaler=None, ema=None, *, epochs, steps_per_epoch):
+    def __init__(self, optimizer, scheduler, scaler=None, ema=None, *, amp_dtype=None, epochs, steps_per_epoch):
         self.optimizer, self.scheduler, self.scaler, self.ema = optimizer, scheduler, scaler, ema
+        self.amp_dtype = amp_dtype
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
 
     @classmethod
@@ -153,7 +219,8 @@ class Updater:
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         decay = getattr(args, "ema", 0.0) or 0.0
         ema = WeightAverage(model, decay) if decay else None
-        return cls(optimizer, scheduler, scaler, ema, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
+        return cls(optimizer, scheduler, scaler, ema, amp_dtype=amp_dtype, epochs=args.epochs,
+                   steps_per_epoch=steps_per_epoch)
 
     @property
     def lr(self):
@@ -207,22 +274,42 @@ class Updater:
                 "ema": self.ema.state_dict() if self.ema is not None else None}
 
     def load_state_dict(self, state):
-        """Continue from :meth:`state_dict`'s entries (a checkpoint's).
+        """Continue from :meth:`state_dict`'s entries (a checkpoint's), into an updater as built.
+
+        The saved schedule's state is loaded when this run's schedule is laid out as the saved one
+        (same kind, length and warm-up). Otherwise (a checkpoint of this code before its schedules
+        were torch's, which saved a ``LambdaLR``; or a resume with another ``--epochs``, whose
+        schedule is laid out anew for the new length, as that ``LambdaLR`` was) this run's schedule
+        is stepped from its start to the saved step: ours, since torch's schedulers load only a state
+        of their own kind and length. The steps take about 16 us each (BEiT's 28 groups): a second
+        for 60,000.
 
         Raises:
             UserError: a onecycle schedule would be stretched to another length (it raises once
                 past the end it was laid out for).
         """
+        saved = state["scheduler"]
+        total = self.epochs * self.steps_per_epoch
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR) and saved.get("total_steps", total) != total:
+            raise UserError(f"--epochs {self.epochs}: a onecycle schedule cannot be stretched on resume (this "
+                            f"run's cycle is {saved['total_steps'] // self.steps_per_epoch} epochs); "
+                            "start a new run")
+        # The schedule's start, which the optimiser's state (the saved step's learning rates) overwrites.
+        start = [(group["lr"], group["initial_lr"]) for group in self.optimizer.param_groups]
         fused = [group["fused"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         for group, flag in zip(self.optimizer.param_groups, fused):
             group["fused"] = flag  # this machine's kernels, not those of the machine that saved it
-        self.scheduler.load_state_dict(state["scheduler"])
-        total = self.epochs * self.steps_per_epoch
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR) and self.scheduler.total_steps != total:
-            raise UserError(f"--epochs {self.epochs}: a onecycle schedule cannot be stretched on resume (this "
-                            f"run's cycle is {self.scheduler.total_steps // self.steps_per_epoch} epochs); "
-                            "start a new run")
+        if _layout(saved) == _layout(self.scheduler.state_dict()):
+            self.scheduler.load_state_dict(saved)
+        else:
+            for group, (lr, initial_lr) in zip(self.optimizer.param_groups, start):
+                group["lr"], group["initial_lr"] = lr, initial_lr
+            with warnings.catch_warnings():
+                # The optimiser takes no step here, which PyTorch would warn about.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                for _ in range(saved["last_epoch"]):
+                    self.scheduler.step()
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:

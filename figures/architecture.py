@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch.overrides import TorchFunctionMode
 
-from utils.plotting import class_colors, save_figure
+from figures.plots import class_colors, save_figure
 
 INPUT, OUTPUT = "input", "output"
 

@@ -1,0 +1,1 @@
+"""The training loop: trainer, batch loops, run folder and checkpoint layout, recipes, optimisers, losses."""
