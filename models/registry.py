@@ -9,7 +9,7 @@ import torch
 from utils.args import REPO
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, brief
-from utils.runtime import place_model
+from utils.runtime import compile_model, place_model
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def load_trained(path, device, *, problem=None, compile=False):
         path: a checkpoint written by a training run (``best.pth``, ``last.pth``, a snapshot).
         device: where the model goes (in eval mode).
         problem: ``"p1"`` or ``"p2"`` to refuse the other problem's checkpoints.
-        compile: return the model through ``torch.compile``.
+        compile: return the model through ``torch.compile`` (eager where it cannot build code:
+            :class:`utils.runtime.CompiledOrEager`).
 
     Returns:
         ``(model, checkpoint dict)``.
@@ -111,7 +112,7 @@ def load_trained(path, device, *, problem=None, compile=False):
     except (RuntimeError, TypeError, KeyError) as e:
         raise UserError(f"{path}: checkpoint does not match its model {ckpt['arch']!r} ({brief(e)})") from None
     model = place_model(model, device).eval()
-    return (torch.compile(model) if compile else model), ckpt
+    return (compile_model(model) if compile else model), ckpt
 
 
 def untrained_checkpoint(name, *, num_classes, mean, std, seed=0):

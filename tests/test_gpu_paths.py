@@ -22,13 +22,14 @@ from models import get_model
 import p1_train
 import p2_train
 from tests.conftest import REPO, run_script
-from training.engine import evaluate, out_of_memory, predict, train_one_epoch
+from training.engine import evaluate, predict, train_one_epoch
 from training.optim import Updater, build_optimizer, build_scheduler
 from utils import distributed
 from utils.args import MAX_SKIPPED_IN_A_ROW
 from utils.errors import UserError
 from utils.metrics import Accuracy
 from utils.runtime import memory_format_of
+from utils.runtime import out_of_memory
 
 CPU = torch.device("cpu")
 

@@ -68,6 +68,7 @@ def signal_at_question(monkeypatch, number, signum):
     monkeypatch.setattr(StopOnSignal, "__call__", asked)
 
 
+@pytest.mark.numeric
 def test_stop_mid_epoch_saves_the_step_and_resumes_exactly(data, reference, tmp_path, monkeypatch):
     # The loop asks after each of epoch 1's first 14 steps and after the epoch: the 20th
     # question comes after step 5 of epoch 2.
@@ -150,6 +151,7 @@ def test_a_signal_asks_for_a_stop_and_a_later_second_one_stops_at_once(monkeypat
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.numeric
 def test_p2_train_stopped_mid_epoch_resumes_to_the_same_weights(p2_data, p2_run, tmp_path, monkeypatch):
     import p2_train
 

@@ -17,6 +17,7 @@ import p2_inference
 FEATURES = {"vgg13": 512, "beit": 768}
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("name", list_models("p1"))
 def test_forward_features_backward(name):
     torch.manual_seed(0)

@@ -57,6 +57,7 @@ def test_inference_naming_sizes_and_palette(p2_run, p2_data, tmp_path):
             assert {tuple(c) for c in np.asarray(mask.convert("RGB")).reshape(-1, 3)} <= set(PALETTE)
 
 
+@pytest.mark.numeric
 def test_evaluator_agrees_with_training_validation(p2_run, p2_data, tmp_path, capsys):
     """mean_iou_evaluate.py on the masks p2_inference.py writes gives the run's val_miou."""
     ckpt = load_checkpoint(p2_run / "last.pth")

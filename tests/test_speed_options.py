@@ -1,6 +1,7 @@
 """Speed options keep results: compile, mixed precision, test-time flips, out-of-memory fallback."""
 import csv
 import json
+import warnings
 
 import pytest
 import torch
@@ -9,8 +10,10 @@ from torch import nn
 from datasets.transforms import Compose
 from training.engine import forward, predict
 from utils.errors import UserError
+from utils.runtime import cannot_build, out_of_memory
 import p1_inference
 import p1_train
+from tests.conftest import run_script
 
 
 def run_inference(checkpoint, images, out, *flags):
@@ -21,13 +24,62 @@ def run_inference(checkpoint, images, out, *flags):
         return list(csv.reader(f))
 
 
-def test_compiled_inference_predicts_what_eager_does(p1_run, p1_data, tmp_path):
+@pytest.mark.numeric
+def test_compiled_inference_predicts_what_eager_does(p1_run, p1_data, tmp_path, monkeypatch):
     _, val = p1_data
+    monkeypatch.setattr("utils.runtime._WARNED", set())  # told again if an earlier test fell back
     eager = run_inference(p1_run / "best.pth", val, tmp_path / "eager.csv")
-    compiled = run_inference(p1_run / "best.pth", val, tmp_path / "compiled.csv", "--compile")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = run_inference(p1_run / "best.pth", val, tmp_path / "compiled.csv", "--compile")
+    fell_back = [str(w.message) for w in caught if "--compile:" in str(w.message)]
+    if fell_back:  # the run went on eagerly: nothing compiled to compare
+        pytest.skip(fell_back[0])
     assert compiled == eager and len(eager) == 17
 
 
+def test_only_a_compiler_that_cannot_build_code_means_eager():
+    class InvalidCxxCompiler(RuntimeError):  # named as torch._inductor.exc's
+        pass
+
+    class BackendCompilerFailed(RuntimeError):
+        pass
+
+    try:
+        try:
+            raise InvalidCxxCompiler("No working C++ compiler found\nmore detail")
+        except InvalidCxxCompiler as inner:
+            raise BackendCompilerFailed("backend='inductor' raised: ...") from inner
+    except BackendCompilerFailed as e:
+        wrapped = e
+    assert cannot_build(wrapped) == "InvalidCxxCompiler: No working C++ compiler found"
+    assert cannot_build(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    oom = BackendCompilerFailed("inductor")
+    oom.__cause__ = torch.OutOfMemoryError("CUDA out of memory")
+    assert out_of_memory(oom)  # retried at a smaller batch by predict, not run eagerly
+
+
+def test_compile_without_a_cpp_compiler_trains_and_grades_eagerly_after_one_warning(p1_data, tmp_path):
+    """As a user types it, in new processes (CXX is read when torch starts; an in-process run would reuse
+    what earlier tests compiled), with an empty kernel cache."""
+    train, val = p1_data
+    out = tmp_path / "run"
+    env = {"CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor_cache")}
+    proc = run_script("p1_train.py", "--train-dir", train, "--val-dir", val, "--output-dir", out, "--epochs", "1",
+                      "--batch-size", "16", "--device", "cpu", "--no-progress", "--compile", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--compile: torch.compile cannot build code on this machine (InvalidCxxCompiler" \
+        in lines[0] and "install a C++ compiler (g++), or point CXX at one" in lines[0], proc.stderr
+    eager_csv, compiled_csv = tmp_path / "eager.csv", tmp_path / "compiled.csv"
+    run_inference(out / "best.pth", val, eager_csv)
+    proc = run_script("p1_inference.py", "--checkpoint", out / "best.pth", "--device", "cpu", "--no-progress",
+                      "--compile", val, compiled_csv, env=env)
+    assert proc.returncode == 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert compiled_csv.read_text() == eager_csv.read_text()
+
+
+@pytest.mark.numeric
 def test_bf16_autocast_trains_within_noise_of_full_precision(p1_data, tmp_path):
     train, val = p1_data
 
@@ -40,6 +92,8 @@ def test_bf16_autocast_trains_within_noise_of_full_precision(p1_data, tmp_path):
 
     full, bf16 = first_epoch("off"), first_epoch("bf16")
     assert bf16["train_loss"] != full["train_loss"]  # autocast did run in bfloat16
+    # Measured apart by at most 0.18% (train) and 0.49% (val) at the default, AVX2 and AVX-512 CPU
+    # capabilities and on 1 or 2 threads: 5% leaves a tenfold margin and still catches a broken autocast.
     assert bf16["train_loss"] == pytest.approx(full["train_loss"], rel=0.05)
     assert bf16["val_loss"] == pytest.approx(full["val_loss"], rel=0.05)
 

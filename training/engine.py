@@ -19,7 +19,7 @@ from tqdm import tqdm
 from utils.args import MAX_SKIPPED_IN_A_ROW
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
-from utils.runtime import memory_format_of, peak_memory_gib
+from utils.runtime import memory_format_of, out_of_memory, peak_memory_gib
 
 
 def autocast(device, amp_dtype):
@@ -365,19 +365,6 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
             bar.update(len(x))
     out = tuple(torch.cat(p).cpu() for p in zip(*parts))
     return out if len(out) > 1 else out[0]
-
-
-def out_of_memory(error):
-    """True when ``error`` is, or was caused by, running out of GPU memory: ``torch.compile``
-    raises its own error (``BackendCompilerFailed``, ``InductorError``) with the original one as
-    its cause."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, torch.OutOfMemoryError):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta=TTA(), progress=True):

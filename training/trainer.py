@@ -30,7 +30,7 @@ from training.run import TrainState, mid_epoch_refusal
 from utils import distributed
 from utils.distributed import all_reduce_sum
 from utils.errors import Interrupted
-from utils.runtime import EpochRNG, mix_seed, peak_memory_gib, reset_peak_memory, seed_everything
+from utils.runtime import EpochRNG, compile_model, mix_seed, peak_memory_gib, reset_peak_memory, seed_everything
 
 
 @dataclass
@@ -110,10 +110,10 @@ class Trainer:
         # DDP inside torch.compile (not the reverse) lets gradient all-reduces overlap the backward
         # pass; validation runs the bare model, outside DDP's collectives.
         train_model = distributed.wrap(task.model, setup.device, setup.ctx, sync_bn=setup.sync_bn)
-        train_model = torch.compile(train_model) if args.compile else train_model
+        train_model = compile_model(train_model) if args.compile else train_model
         # With --ema the moving average is what is validated, kept as best.pth and graded.
         val_model = task.model if self.updater.ema is None else self.updater.ema.module
-        val_model = torch.compile(val_model) if args.compile else val_model
+        val_model = compile_model(val_model) if args.compile else val_model
         with StopOnSignal(setup.ctx.distributed) as stop:
             for epoch in range(state.epoch + 1, args.epochs + 1):
                 start = time.perf_counter()

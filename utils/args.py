@@ -63,7 +63,9 @@ def speed_parser():
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("speed")
     g.add_argument("--compile", default=RUNTIME_DEFAULTS["compile"], action=argparse.BooleanOptionalAction,
-                   help="run the model through torch.compile (a one-off compilation, then faster steps)")
+                   help="run the model through torch.compile (a one-off compilation, then faster steps); where it "
+                        "cannot build code on this machine (no C++ compiler on the CPU, no Triton on CUDA) the run "
+                        "goes on eagerly after one warning: it only changes the speed, so it should not stop a run")
     g.add_argument("--tta", nargs="?", const="flip", default=None, choices=TTA_MODES,
                    help="test-time augmentation, averaging the outputs of several views of each image: "
                         "flip (the image and its horizontal mirror, 2x the compute; what --tta alone "

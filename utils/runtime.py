@@ -1,6 +1,10 @@
-"""Device, memory layout, mixed precision, GPU memory figures and seeding."""
+"""Device, memory layout, mixed precision, compilation, GPU memory figures and seeding."""
+import logging
+import warnings
+
 import numpy as np
 import torch
+from torch import nn
 
 from utils.distributed import local_rank
 from utils.errors import UserError
@@ -48,6 +52,92 @@ def memory_format_of(model):
             channels_last = p.is_contiguous(memory_format=torch.channels_last)
             return torch.channels_last if channels_last else torch.contiguous_format
     return torch.contiguous_format
+
+
+# What torch.compile raises when its backend cannot build code on this machine: no working C++
+# compiler (CPU), generated C++ that does not fit the CPU capability ATen runs at, no Triton (CUDA).
+# By type name: they live in private modules (torch._inductor.exc, torch._dynamo.exc).
+_BUILD_ERRORS = ("InvalidCxxCompiler", "CppCompileError", "BackendCompilerFailed", "InductorError", "TritonMissing")
+_WARNED = set()  # the fallback reasons already told: a run compiles two models (training, validation)
+
+
+def _causes(error):
+    """``error`` and the errors that caused it, outermost first."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def out_of_memory(error):
+    """True when ``error`` is, or was caused by, running out of GPU memory: ``torch.compile``
+    raises its own error (``BackendCompilerFailed``, ``InductorError``) with the original one as
+    its cause."""
+    return any(isinstance(e, torch.OutOfMemoryError) for e in _causes(error))
+
+
+def cannot_build(error):
+    """Why torch.compile could not build code here, in one line, or ``None`` for any other error."""
+    built = [e for e in _causes(error) if type(e).__name__ in _BUILD_ERRORS]
+    if not built:
+        return None
+    inner = built[-1]  # the innermost says most: InvalidCxxCompiler inside InductorError inside ...
+    text = str(inner).strip().splitlines()
+    return f"{type(inner).__name__}: {text[0][:150]}" if text else type(inner).__name__
+
+
+class CompiledOrEager(nn.Module):
+    """``torch.compile(model)``, or ``model`` itself once the compiler cannot build code on this
+    machine (no C++ compiler on the CPU, no Triton on CUDA): then one warning names the cause and
+    the fix, and every call runs eagerly. ``--compile`` only changes the speed, so a machine that
+    cannot compile still trains and grades, with the same results, rather than stopping.
+
+    Args:
+        model: the module (bare, or wrapped by DDP); its parameters are this module's.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        # Not a submodule: the compiled wrapper holds the same parameters under other names.
+        self.__dict__["compiled"] = torch.compile(model)
+        self.fallback = None  # why it runs eagerly, once it does
+
+    def forward(self, *args, **kwargs):
+        if self.fallback is None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:
+                reason = None if out_of_memory(e) else cannot_build(e)
+                if reason is None:
+                    raise
+                self.fallback = reason
+                if reason not in _WARNED:
+                    _WARNED.add(reason)
+                    warnings.warn(f"--compile: torch.compile cannot build code on this machine ({reason}); running "
+                                  f"eagerly, with the same results, slower ({_fix(reason, self.model)})")
+        return self.model(*args, **kwargs)
+
+
+def _fix(reason, model):
+    """What would let torch.compile build code here, for the fallback's warning."""
+    if reason.startswith("InvalidCxxCompiler"):
+        return "to compile: install a C++ compiler (g++), or point CXX at one"
+    if reason.startswith("CppCompileError"):
+        return ("the compiler rejected the generated C++: an ATEN_CPU_CAPABILITY below the CPU's, or a compiler "
+                "too old for this torch")
+    if reason.startswith("TritonMissing") or any(p.is_cuda for p in model.parameters()):
+        return "to compile on CUDA: install Triton (pip install triton) for this torch"
+    return "to compile: check that a C++ compiler works (CXX)"
+
+
+def compile_model(model):
+    """``model`` through :class:`CompiledOrEager` (``--compile``)."""
+    # Inductor's C++ toolchain set-up remarks on a machine without CUDA ("No CUDA runtime is found,
+    # using CUDA_HOME=..."), which says nothing to a CPU run.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return CompiledOrEager(model)
 
 
 def reset_peak_memory(device):
