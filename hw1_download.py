@@ -321,8 +321,8 @@ def gdrive_download(file_id, path, sha256, progress):
     except Exception as e:  # gdown raises its own errors, requests' and OSErrors
         out, why = None, brief(e)
     if not out or not path.is_file():
-        raise UserError(f"{DATA_NAME}: download from {url} (gdown) failed: {why}; run again to resume, "
-                        "or set HW1_MIRROR=URL")
+        raise UserError(f"{DATA_NAME}: download from {url} (gdown) failed: {why}; run again to resume, set "
+                        f"HW1_MIRROR=URL, or fetch it yourself and put it at {path} (it is then unpacked and deleted)")
     digest = sha256_of(path)
     if sha256 not in (None, digest):
         path.unlink()

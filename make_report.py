@@ -119,8 +119,8 @@ def main(args):
     if args.p1_run is None and args.p2_run is None and set(args.only) - {"arch"}:
         raise UserError("give --p1-run and/or --p2-run (or --only arch, or --compare RUN RUN ...)")
     check_writable(args.out, "--out", folder=True)
-    p1 = check_run(args.p1_run, "--p1-run") if args.p1_run else None
-    p2 = check_run(args.p2_run, "--p2-run") if args.p2_run else None
+    p1 = check_run(args.p1_run, "--p1-run", "p1") if args.p1_run else None
+    p2 = check_run(args.p2_run, "--p2-run", "p2") if args.p2_run else None
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     lines, made = ["# Report figures", ""], {}
@@ -143,7 +143,7 @@ def main(args):
                     title=f"{feats['arch']}, epoch {feats['confusion_epoch']}: confusion on the validation set")
                 lines += ["Confusion matrix (rows: true class, normalised):", "", "![confusion](p1_confusion.png)", ""]
         if "curves" in args.only:
-            made["p1_curves"] = plot_curves(records, out / "p1_curves.png", metric="acc", title=f"{p1.name}")
+            made["p1_curves"] = plot_curves(records, out / "p1_curves.png", metric="acc", title=f"run {p1.name}")
             lines += ["![curves](p1_curves.png)", ""]
         made["p1_best"] = best
 
@@ -165,7 +165,7 @@ def main(args):
             lines += [f"| {i} {CLASS_NAMES[i]} | {'absent' if v is None else f'{v:.4f}'} |" for i, v in enumerate(ious)]
             lines += ["", "![per-class IoU](p2_class_iou.png)", ""]
         if "curves" in args.only:
-            made["p2_curves"] = plot_curves(records, out / "p2_curves.png", metric="miou", title=f"{p2.name}")
+            made["p2_curves"] = plot_curves(records, out / "p2_curves.png", metric="miou", title=f"run {p2.name}")
             lines += ["![curves](p2_curves.png)", ""]
         made["p2_best"] = best
 

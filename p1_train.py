@@ -29,14 +29,16 @@ from utils.metrics import Accuracy
 def get_args_parser():
     parser = make_parser(__doc__, [training_parser(RECIPE_NAMES)], epilog=describe("p1"))
     g = parser.add_argument_group("problem 1")
-    g.add_argument("--model", default=None, choices=list_models("p1"), help="network")
+    g.add_argument("--model", default=None, choices=list_models("p1"),
+                   help="network: vgg13 (VGG13-BN from scratch, method A) or beit (BEiT-base, ImageNet-22k "
+                        "weights fine-tuned with a linear head, method B)")
     g.add_argument("--train-dir", type=Path, default=None,
                    help="folder of {label}_{id}.png training images")
     g.add_argument("--val-dir", type=Path, default=None,
                    help="folder of {label}_{id}.png validation images")
     g.add_argument("--augment", default=None, choices=P1_AUGMENTS, help="augmentation preset (recipe)")
     g.add_argument("--label-smoothing", type=float, default=None,
-                   help="label smoothing of the cross-entropy (the beit presets smooth inside mixup) (recipe)")
+                   help="label smoothing of the cross-entropy, applied once, to mixup/cutmix targets too (recipe)")
     g.add_argument("--random-erasing", type=float, default=None,
                    help="probability of erasing a random rectangle of each training image (recipe)")
     g.add_argument("--trivial-augment", default=None, action=argparse.BooleanOptionalAction,

@@ -32,7 +32,10 @@ from utils.metrics import MeanIoU
 def get_args_parser():
     parser = make_parser(__doc__, [training_parser(RECIPE_NAMES), segmentation_tta_parser()], epilog=describe("p2"))
     g = parser.add_argument_group("problem 2")
-    g.add_argument("--model", default=None, choices=list_models("p2"), help="network")
+    g.add_argument("--model", default=None, choices=list_models("p2"),
+                   help="network: fcn32s (VGG16-FCN32s, model A), deeplabv3 (DeepLabv3-ResNet50 on COCO weights, "
+                        "model B) or lraspp (LR-ASPP on MobileNetV3-Large, 3.2M parameters: fast enough for the "
+                        "CPU demo and small GPUs)")
     g.add_argument("--train-dir", type=Path, default=None,
                    help="folder of xxxx_sat.jpg + xxxx_mask.png training pairs")
     g.add_argument("--val-dir", type=Path, default=None,
@@ -61,9 +64,11 @@ def get_args_parser():
                    help="deeplabv3: its ResNet (torchvision's COCO weights for both) (recipe)")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="keep the decoded tiles here as .npy and memory-map them on later runs (under "
-                        "torchrun, rank 0 writes them and the other processes map them)")
+                        "torchrun, each machine's first process writes them and its others map them, so "
+                        "machines need not share the folder)")
     g.add_argument("--tile-size", type=int, default=None,
-                   help="size every training and validation tile and mask must have")
+                   help="size every training and validation tile and mask must have (any size: every model "
+                        "brings its output back to its input's)")
     g.add_argument("--dropout", type=float, default=None, help="fcn32s: dropout after fc6/fc7")
     g.add_argument("--bn-momentum", type=float, default=None,
                    help="lraspp: BatchNorm running-statistics momentum (default: torchvision's, 0.01 in the "
@@ -74,8 +79,8 @@ def get_args_parser():
 
 def main(args):
     setup = RunSetup.prepare(args, "p2")
-    # Under torchrun rank 0 decodes the tiles into --cache-dir and the others then map its files,
-    # rather than every process decoding and writing the same files at once.
+    # Under torchrun each machine's first process decodes the tiles into --cache-dir and the machine's
+    # others then map its files, rather than every process decoding and writing the same files at once.
     with distributed.main_first(setup.ctx, enabled=args.cache_dir is not None):
         train_set = load_pairs(args.train_dir, size=args.tile_size, cache_dir=args.cache_dir)
         val_set = load_pairs(args.val_dir, size=args.tile_size, cache_dir=args.cache_dir)

@@ -114,7 +114,8 @@ def _decode_pair(tile, size):
         raise UserError(f"{tile}: no mask beside it (expected {mask_path.name})")
     mask = read_mask(mask_path)
     if image.shape[:2] != (size, size):
-        raise UserError(f"{tile}: tile is {image.shape[1]}x{image.shape[0]}, training needs {size}x{size}")
+        raise UserError(f"{tile}: tile is {image.shape[1]}x{image.shape[0]}, training needs {size}x{size} "
+                        f"(--tile-size {size}; give --tile-size {image.shape[1]} if every tile is that size)")
     if mask.shape != (size, size):
         raise UserError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, its tile is {size}x{size}")
     return image, mask

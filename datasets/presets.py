@@ -13,12 +13,12 @@ def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0, trivia
     Args:
         augment: ``crop-flip`` (VGG: random crop 32 with padding 4, horizontal flip), ``beit``
             (the reference's: resize to 256, random crop 224, horizontal flip, then mixup alpha
-            0.1 or cutmix alpha 1.0 with equal probability and label smoothing 0.1), ``beit-224``
-            (the same scale as evaluation, which resizes to 224: resize to 224, random crop 224
-            with padding 28 (the 4 of 32, scaled), flip, then the BEiT paper's mixup alpha 0.8 or
-            cutmix 1.0, smoothing 0.1), ``beit-ft`` (the same crop and flip without mixup or cutmix,
-            as BEiT fine-tunes its ImageNet-22k fine-tuned weights; the loss smooths the labels), or
-            ``none``.
+            0.1 or cutmix alpha 1.0 with equal probability), ``beit-224`` (the same scale as
+            evaluation, which resizes to 224: resize to 224, random crop 224 with padding 28 (the
+            4 of 32, scaled), flip, then the BEiT paper's mixup alpha 0.8 or cutmix 1.0),
+            ``beit-ft`` (the same crop and flip without mixup or cutmix, as BEiT fine-tunes its
+            ImageNet-22k fine-tuned weights), or ``none``. No preset smooths the labels: the
+            loss does, once, with ``--label-smoothing``, the mixed targets included.
         mean, std: the normalisation of the model.
         num_classes: for the soft targets of mixup/cutmix.
         random_erasing: the probability of :class:`RandomErasing` per image (0: none).
@@ -32,23 +32,24 @@ def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0, trivia
         raise ValueError(f"{' and '.join(asked)}: an option of the crop-flip preset only, not of {augment!r}")
     normalize = Normalize(mean, std)
     erase = [RandomErasing(random_erasing)] if random_erasing else []
+    # Mixed targets are left unsmoothed (smoothing=0) whatever the preset: CrossEntropyLoss applies its
+    # label_smoothing to probability targets too (t * (1 - e) + e / C), which is linear and the mix
+    # convex, so smoothing the mixed rows in the loss equals timm's smoothing before mixing; doing
+    # both would smooth twice.
     if augment == "crop-flip":
         trivial = [TrivialAugmentWide()] if trivial_augment else []
         mix = []
         if cutmix:
-            # No smoothing here: CrossEntropyLoss applies its label_smoothing to probability targets too
-            # (t * (1 - e) + e / C), which is linear and the mix convex, so smoothing the mixed rows once
-            # in the criterion equals smoothing before mixing; smoothing here as well would do it twice.
             mix = [MixupCutmix(num_classes, cutmix_alpha=1.0, switch_prob=1.0, smoothing=0.0, prob=cutmix)]
         train = Compose([RandomCrop(32, padding=4), RandomFlip(), *trivial, normalize, *erase, *mix])
     elif augment == "beit":
         train = Compose([normalize, Resize(256), RandomCrop(224), RandomFlip(), *erase,
                          MixupCutmix(num_classes, mixup_alpha=0.1, cutmix_alpha=1.0,
-                                     switch_prob=0.5, smoothing=0.1)])
+                                     switch_prob=0.5, smoothing=0.0)])
     elif augment == "beit-224":
         train = Compose([normalize, Resize(224), RandomCrop(224, padding=28), RandomFlip(), *erase,
                          MixupCutmix(num_classes, mixup_alpha=0.8, cutmix_alpha=1.0,
-                                     switch_prob=0.5, smoothing=0.1)])
+                                     switch_prob=0.5, smoothing=0.0)])
     elif augment == "beit-ft":
         train = Compose([normalize, Resize(224), RandomCrop(224, padding=28), RandomFlip(), *erase])
     elif augment == "none":

@@ -6,17 +6,32 @@ with hooks on those blocks only and a ``TorchFunctionMode`` that follows every t
 operations between them (``torch.cat``, ``+``, ``interpolate``, ...), so each block knows which
 blocks its inputs came from. :func:`plot_architecture` lays the blocks out in rows, parallel
 branches (DeepLabv3's ASPP, its auxiliary head, LR-ASPP's two heads, BEiT's ``cls_token``) side
-by side, with an arrow for every input.
+by side, with an arrow for every input, wraps a long chain into columns so that the figure reads
+at a report page's width, and keys the boxes' colours (their block types) in a legend.
 """
+import textwrap
 import weakref
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from matplotlib.patches import Patch
 from torch.overrides import TorchFunctionMode
 
-from figures.plots import class_colors, save_figure
+from figures.plots import DPI, SAVE_PAD, class_colors, save_figure
 
 INPUT, OUTPUT = "input", "output"
+
+# Sizes in inches at the boxes' font size; the figure is drawn in inches (one data unit = 1 in).
+FONT = 7  # points, the boxes' text
+CHAR = 0.602 * FONT / 72  # the advance of one DejaVu Sans Mono character
+LINE = 1.25 * FONT / 72  # one line of it
+BOX = 3 * LINE + 0.08  # a box's height: its name, its type, its output shape and parameters
+ROW = BOX + 0.14  # from one row of boxes to the next: the rest is the gap arrows run through
+CHANNEL = 0.07  # between two long edges running side by side down a gutter
+COLUMN_GAP = 0.3  # the least space between two columns of a wrapped chain
+PAGE = (6.5, 9.0)  # a report page's text area: the wrap is chosen to show the text largest on it
+MAX_PIXELS = 2000  # the long side of a saved figure
 
 
 def _tensors(value):
@@ -260,8 +275,116 @@ def layout(blocks, outputs=None):
     return {n: (row[n], lane[n]) for n in [INPUT, *names]}
 
 
+def _kind_colours(kinds):
+    """A light fill per block type: the ten tab10 hues first (tab20's even entries), so that up to
+    ten types never share a hue; lightened so the black text on them stays readable."""
+    table = class_colors(60)
+    table = np.concatenate([table[0:20:2], table[1:20:2], table[20:]])
+    return {k: tuple(0.45 * np.asarray(table[i][:3]) + 0.55) for i, k in enumerate(kinds)}
+
+
+class _Wrap:
+    """Where every box and gutter lies when the rows of :func:`layout` are cut into ``columns``
+    side by side, each column as wide as its own widest row.
+
+    A column break goes near an even share of the rows, where the fewest edges cross it. An edge
+    that skips a row or changes column runs in channels of its own: down the gutter right of its
+    source's column, then (when that gutter is not beside the target) over the top of the columns
+    to the gutter beside the target, and into the target from that side, or from above when
+    another box of its row is in the way.
+    """
+
+    def __init__(self, where, edges, columns, lane_width):
+        self.where, self.lane_width = where, lane_width
+        rows = 1 + max(r for r, _ in where.values())
+        self.breaks = []
+        for k in range(1, columns):
+            ideal, reach = round(k * rows / columns), max(1, rows // (4 * columns))
+            first = max((self.breaks[-1] if self.breaks else 0) + 1, ideal - reach)
+            window = range(first, min(rows - 1, ideal + reach) + 1)
+            crossing = {b: sum(where[s][0] < b <= where[t][0] for s, t in edges) for b in window}
+            self.breaks.append(min(window, key=lambda b: (crossing[b], abs(b - ideal)), default=window.start))
+        self.starts = [0, *self.breaks]
+        self.columns = len(self.starts)
+        self.lanes = [1 + max(k for r, k in where.values() if self.column(r) == c) for c in range(self.columns)]
+        # Each routed edge: its exit channel (gutter, index), and when it must cross over, its level
+        # over the top and its entry channel. In a gutter, the edges that turn from it into the
+        # column on its right take the channels nearest that column, so that no other edge's
+        # channel lies between them and their target.
+        gutters = {}
+        for s, t in edges:
+            cs, ct = self.column(where[s][0]), self.column(where[t][0])
+            if cs != ct or where[t][0] - where[s][0] > 1:
+                gutters[s, t] = cs, ct - 1 if cs != ct and not self._beside(t, left=True) else ct
+        used, index = [0] * self.columns, {}
+
+        def turns_right(use):
+            (_, t), g = use
+            return g == gutters[use[0]][1] and g < self.column(where[t][0])
+
+        uses = [(edge, g) for edge, pair in gutters.items() for g in dict.fromkeys(pair)]
+        for edge, g in sorted(uses, key=turns_right):
+            used[g] += 1
+            index[edge, g] = (g, used[g])
+        self.channels, over = {}, 0
+        for edge, (leave, enter) in gutters.items():
+            crossing = None
+            if enter != leave:
+                over += 1
+                crossing = (over, index[edge, enter])
+            self.channels[edge] = (index[edge, leave], crossing)
+        self.gutters = [max(COLUMN_GAP if c < self.columns - 1 else 0, (n + 1) * CHANNEL) for c, n in enumerate(used)]
+        self.left = np.cumsum([0, *[n * lane_width + g for n, g in zip(self.lanes, self.gutters)]])[:-1]
+        self.width = float(self.left[-1] + self.lanes[-1] * lane_width + self.gutters[-1])
+        self.height = ROW * max(b - a for a, b in zip(self.starts, [*self.breaks, rows]))
+        self.over = CHANNEL * (over + 1) if over else 0.0  # the levels over the top of the columns
+
+    def column(self, row):
+        return sum(row >= b for b in self.breaks)
+
+    def _beside(self, name, *, left):
+        """Whether a box of ``name``'s row lies left (or right) of it."""
+        row, lane = self.where[name]
+        return any(r == row and (k < lane if left else k > lane) for r, k in self.where.values())
+
+    def box(self, name):
+        """``(x, y, w, h)`` of a box, y upwards from the bottom of the rows."""
+        row, lane = self.where[name]
+        c = self.column(row)
+        pad = 0.05 * self.lane_width  # half the gap between two boxes
+        top = self.height - (row - self.starts[c]) * ROW - (ROW - BOX) / 2
+        return self.left[c] + lane * self.lane_width + pad, top - BOX, self.lane_width - 2 * pad, BOX
+
+    def gutter_x(self, channel):
+        c, k = channel
+        return self.left[c] + self.lanes[c] * self.lane_width + k * CHANNEL
+
+    def route(self, source, target):
+        """The polyline of an edge from the bottom of ``source`` into ``target``."""
+        sx, sy, sw, sh = self.box(source)
+        tx, ty, tw, th = self.box(target)
+        start, end = (sx + sw / 2, sy), (tx + tw / 2, ty + th)
+        if (source, target) not in self.channels:
+            return [start, end]
+        leave, crossing = self.channels[source, target]
+        gutter, x = leave[0], self.gutter_x(leave)
+        gap = ROW - BOX
+        points = [start, (start[0], sy - gap / 4), (x, sy - gap / 4)]
+        if crossing is not None:
+            level, entry = crossing
+            gutter, x = entry[0], self.gutter_x(entry)
+            points += [(points[-1][0], self.height + level * CHANNEL), (x, self.height + level * CHANNEL)]
+        from_left = gutter < self.column(self.where[target][0])
+        if not self._beside(target, left=from_left):
+            return points + [(x, ty + th / 2), (tx if from_left else tx + tw, ty + th / 2)]
+        return points + [(x, ty + th + gap / 4), (end[0], ty + th + gap / 4), end]
+
+
 def plot_architecture(blocks, path, *, title, input_shape, outputs=None):
-    """Draw traced blocks as boxes (name, type, output shape, parameters) with their data flow.
+    """Draw traced blocks as boxes (name; type, output shape, parameters) with their data flow.
+
+    A long chain wraps into columns side by side, as many as make the figure largest on a report
+    page, with its long side at most :data:`MAX_PIXELS`; a legend tells the block types' colours.
 
     Args:
         blocks: :func:`trace_graph`'s blocks (without ``sources``, drawn as one chain).
@@ -271,69 +394,81 @@ def plot_architecture(blocks, path, *, title, input_shape, outputs=None):
         outputs: the blocks the model's outputs come from, drawn into an output box.
 
     Returns:
-        ``{"path", "panels": 1, "blocks", "params", "rows", "lanes"}``.
+        ``{"path", "panels": 1, "blocks", "params", "rows", "lanes", "columns", "kinds"}``: ``kinds``
+        are the block types in the legend.
     """
     blocks = [dict(b, sources=b.get("sources", [prev["name"]] if i else [INPUT]))
               for i, (prev, b) in enumerate(zip([None, *blocks], blocks))]
     where = layout(blocks, outputs)
-    rows, lanes = 1 + max(r for r, _ in where.values()), 1 + max(k for _, k in where.values())
-    lane_width = 3.4
-    fig, ax = plt.subplots(figsize=(max(8.5, lane_width * lanes + 0.8), 0.6 * rows + 1.2))
+    edges = [(s, b["name"]) for b in blocks for s in b["sources"]]
+    edges += [(s, OUTPUT) for s in outputs or []]
     kinds = sorted({b["type"] for b in blocks})
-    colours = dict(zip(kinds, class_colors(max(len(kinds), 1)) if len(kinds) <= 60 else []))
-    grey = (0.9, 0.9, 0.9, 1)
-    boxes = {INPUT: ("input", "", shape_text(tuple(input_shape)), 0, grey)}
+    colours = _kind_colours(kinds)
+    grey = (0.93, 0.93, 0.93)
+    # Each box's lines: its name, its type, its output shape with its parameters at the right.
+    boxes = {INPUT: (("input", "", shape_text(tuple(input_shape)), ""), grey)}
     for b in blocks:
-        boxes[b["name"]] = (b["name"], b["type"], shape_text(b["shape"]), b["params"], colours.get(b["type"], grey))
+        boxes[b["name"]] = ((b["name"], b["type"], shape_text(b["shape"]), f"{b['params']:,}" if b["params"] else ""),
+                            colours[b["type"]])
     if outputs is not None:
-        boxes[OUTPUT] = ("output", "", "", 0, grey)
-    width, gap = 1.0 / lanes, 0.06 / lanes
-    height = 0.72  # of a row: the rest is the gap arrows run through
+        boxes[OUTPUT] = (("output", "", "", ""), grey)
+    # Three characters between the shape and the parameters, one of margin each side, and the gap
+    # between two boxes (a tenth of a lane).
+    chars = max(max(len(name), len(kind), len(shape) + 3 + len(params))
+                for (name, kind, shape, params), _ in boxes.values())
+    lane_width = (chars + 2) * CHAR / 0.9
+    rows = 1 + max(r for r, _ in where.values())
+    legend_entry = (max(map(len, kinds)) + 5) * CHAR  # a swatch and a name, proportional type narrower than this
+    note = "each box: block, type, output per image (C x H x W for feature maps, tokens x width for token rows) " \
+           "and parameters"
 
-    def box(name):
-        row, k = where[name]
-        return k * width + gap, rows - 1 - row + (1 - height) / 2, width - 2 * gap, height
+    def legend_columns(width):
+        return max(1, int(width // legend_entry))
 
-    for name, (label, kind, shape, params, colour) in boxes.items():
-        x, y, w, h = box(name)
-        ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=(*colour[:3], 0.35), edgecolor="0.3"))
-        ax.text(x + 0.01 * w, y + 0.68 * h, label + (f"  [{kind}]" if kind else ""), va="center", fontsize=7,
-                family="monospace", clip_on=True)
-        ax.text(x + 0.01 * w, y + 0.25 * h, shape, va="center", fontsize=7, family="monospace")
-        ax.text(x + 0.99 * w, y + 0.25 * h, f"{params:,}" if params else "", va="center", ha="right", fontsize=7,
-                family="monospace")
-    gutter = 0
-    for name in [*(b["name"] for b in blocks), *([OUTPUT] if outputs is not None else [])]:
-        targets = outputs if name == OUTPUT else next(b["sources"] for b in blocks if b["name"] == name)
-        tx, ty, tw, th = box(name)
-        for source in targets:
-            sx, sy, sw, sh = box(source)
-            start, end = (sx + sw / 2, sy), (tx + tw / 2, ty + th)
-            if where[name][0] - where[source][0] == 1:
-                points = [start, end]
-            else:  # a long edge runs down a gutter right of every lane, never through a box
-                gutter += 1
-                lane_x = 1 + 0.012 * gutter
-                below = sy - (1 - height) / 4
-                row, lane = where[name]
-                if any(r == row and k > lane for r, k in where.values()):
-                    above = ty + th + (1 - height) / 4
-                    end_points = [(lane_x, above), (end[0], above), end]
-                else:  # nothing right of the target: straight in from the side
-                    end_points = [(lane_x, ty + th / 2), (tx + tw, ty + th / 2)]
-                points = [start, (start[0], below), (lane_x, below), *end_points]
-            xs, ys = zip(*points)
-            ax.plot(xs[:-1], ys[:-1], color="0.4", lw=0.6)
-            ax.annotate("", xy=points[-1], xytext=points[-2], arrowprops=dict(arrowstyle="->", color="0.4", lw=0.6))
-    ax.text(0, rows + 0.05, "each box: block [type]; output per image (C x H x W for feature maps, tokens x width "
-            "for token rows) and parameters", fontsize=7)
-    ax.set_xlim(-0.01, 1.02 + 0.012 * gutter)
-    ax.set_ylim(-0.1, rows + 0.4)
+    def size(wrap):
+        legend = 0.35 + 0.2 * -(-len(kinds) // legend_columns(wrap.width))  # its title and rows
+        header = 0.35 + LINE * len(note_lines(wrap.width))  # the title and the note
+        return wrap.width, wrap.height + wrap.over + header + legend, legend
+
+    def note_lines(width):  # proportional type: about half an em a character
+        return textwrap.wrap(note, width=max(40, int(width / (0.55 * FONT / 72))))
+
+    def on_a_page(wrap):
+        w, h, _ = size(wrap)
+        fits = max(w, h) + 2 * SAVE_PAD <= MAX_PIXELS / DPI
+        return fits, min(PAGE[0] / w, PAGE[1] / h)
+
+    # At least three rows a column: fewer is never the largest on a page.
+    wrap = max((_Wrap(where, edges, n, lane_width) for n in range(1, max(1, rows // 3) + 1)), key=on_a_page)
+    width, height, legend_height = size(wrap)
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(-legend_height, height - legend_height)
     ax.axis("off")
-    ax.set_title(title, fontsize=10)
+    for name, ((label, kind, shape, params), colour) in boxes.items():
+        x, y, w, h = wrap.box(name)
+        ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=colour, edgecolor="0.3", lw=0.7))
+        text = dict(va="center", fontsize=FONT, family="monospace")
+        lines = [label, kind, shape] if kind else [label, shape]  # the input has no type
+        for i, line in enumerate(lines):
+            ax.text(x + CHAR, y + h / 2 + (1 - i) * LINE, line, **text)
+        ax.text(x + w - CHAR, y + h / 2 - LINE, params, ha="right", **text)
+    for source, target in edges:
+        points = wrap.route(source, target)
+        xs, ys = zip(*points)
+        ax.plot(xs[:-1], ys[:-1], color="0.35", lw=0.6)
+        ax.annotate("", xy=points[-1], xytext=points[-2], arrowprops=dict(arrowstyle="->", color="0.35", lw=0.6))
+    top = wrap.height + wrap.over
+    ax.text(width / 2, height - legend_height - 0.05, title, ha="center", va="top", fontsize=10)
+    ax.text(0, top + 0.08, "\n".join(note_lines(width)), fontsize=FONT, va="bottom", linespacing=1.25)
+    ax.legend(handles=[Patch(facecolor=colours[k], edgecolor="0.3", lw=0.7, label=k) for k in kinds],
+              loc="upper left", bbox_to_anchor=(0, -0.08), bbox_transform=ax.transData, ncol=legend_columns(width),
+              fontsize=FONT, title="block type (box colour)", title_fontsize=FONT, frameon=False,
+              alignment="left", handlelength=1.2, columnspacing=1.0)
     save_figure(fig, path)
     return {"path": str(path), "panels": 1, "blocks": len(blocks), "params": sum(b["params"] for b in blocks),
-            "rows": rows, "lanes": lanes}
+            "rows": rows, "lanes": 1 + max(k for _, k in where.values()), "columns": wrap.columns, "kinds": kinds}
 
 
 def architecture_summary(blocks, *, title, input_shape):

@@ -2,8 +2,9 @@
 
 The features of every validation image are extracted (batched, inference mode) under the run's
 snapshots; ``p1_tsne.png`` shows t-SNE at the first, a middle and the last snapshot side by side,
-``p1_pca.png`` PCA of the best checkpoint with the last snapshot beside it, one colour per class
-throughout. scikit-learn's PCA and TSNE with a fixed ``random_state``.
+``p1_pca.png`` PCA of the best checkpoint with the last snapshot beside it (one panel when the best
+epoch is the last snapshot's), one colour per class throughout. scikit-learn's PCA and TSNE with a
+fixed ``random_state``.
 """
 from pathlib import Path
 
@@ -57,8 +58,8 @@ def tsne(features):
 
 
 def _title(ckpt, labels, preds, what):
-    acc = float((preds == labels).mean())
-    return f"{ckpt['arch']} {what}, epoch {ckpt['epoch']} (val acc {acc:.4f})"
+    """A panel's title; the figure's title names the model."""
+    return f"{what}, epoch {ckpt['epoch']}\nvalidation accuracy {float((preds == labels).mean()):.4f}"
 
 
 def feature_figures(inputs, out, *, batch_size=256, progress=True):
@@ -93,15 +94,18 @@ def feature_figures(inputs, out, *, batch_size=256, progress=True):
 
     pca_panels = []
     # best.pth is the first epoch reaching the best val_acc: a snapshot of that epoch (often the
-    # last one) already has its features, so the validation set is not run through it again.
+    # last one) already has its features, so the validation set is not run through it again, and
+    # when it is the last snapshot the two panels would be one drawn twice.
     records = read_metrics(inputs.run)
     best_epoch = max(records, key=lambda r: r["val_acc"])["epoch"]
-    best = inputs.run / "best.pth"
-    if best_epoch in extracted:
+    best, last = inputs.run / "best.pth", max(extracted)
+    if best_epoch != last and best_epoch in extracted:
         sources = [("best", *extracted[best_epoch])]
+    elif best_epoch != last and best.is_file():
+        sources = [("best", *extract(best, val.images, **common))]
     else:
-        sources = [("best", *extract(best, val.images, **common))] if best.is_file() else []
-    sources.append(("last snapshot", *extracted[max(extracted)]))
+        sources = []
+    sources.append(("best = last snapshot" if best_epoch == last else "last snapshot", *extracted[last]))
     for what, feats, preds, ckpt in sources:
         points = PCA(n_components=2, random_state=SEED).fit_transform(feats)
         pca_panels.append((_title(ckpt, labels, preds, f"PCA ({what})"), points))

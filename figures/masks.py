@@ -4,7 +4,7 @@
 middle / last epoch snapshot, ground truth. ``p2_overlay.png`` is the course visualiser's view of
 the same tiles: class colours blended over the photo (darkened, so that white shows) with the
 class boundaries drawn, for the ground truth and the prediction of ``best.pth``, the checkpoint
-grading uses.
+grading uses. Its legend shows each class as the overlay draws it over a mid-grey tile.
 """
 from pathlib import Path
 
@@ -21,7 +21,11 @@ from utils.errors import UserError
 
 # The course visualiser blends at 0.3 over the photo as it is, where white (barren) on a light
 # tile disappears; a photo at half brightness under a stronger blend keeps every class visible.
-OVERLAY = dict(alpha=0.45, dim=0.5)
+# Boundaries are pure red, the one corner of the RGB cube that is no class's colour (the course's
+# masks decode red as Unknown): a boundary is never taken for a class, black Unknown and white
+# barren included, and at full saturation it stands out on the darkened photo and on every blend.
+OVERLAY = dict(alpha=0.45, dim=0.5, boundary=(255, 0, 0))
+MID_GREY = 128  # the tile the legend's swatches are blended over
 
 
 def load_examples(val_dir, ids, flag="--ids"):
@@ -72,7 +76,7 @@ def mask_figures(inputs, ids, out, *, flag="--ids", progress=True):
     photos = [img.permute(1, 2, 0).numpy() for img in images]
     rows = [[photos[r], *[palette[predictions[e][r]] for e in epochs], palette[truths[r]]]
             for r in range(len(images))]
-    legend = list(zip(CLASS_NAMES, PALETTE))
+    legend = list(zip(CLASS_NAMES, PALETTE))  # the masks are drawn in the pure class colours
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     grid = plot_image_grid(rows, ["input", *[f"epoch {e}" for e in epochs], "ground truth"],
@@ -88,8 +92,17 @@ def mask_figures(inputs, ids, out, *, flag="--ids", progress=True):
     overlay_rows = [[mask_overlay(photos[r], truths[r], palette, **OVERLAY),
                      mask_overlay(photos[r], graded[r], palette, **OVERLAY)] for r in range(len(images))]
     overlay = plot_image_grid(overlay_rows, ["ground truth", graded_title], out / "p2_overlay.png",
-                              row_titles=list(ids), legend=legend,
-                              suptitle=f"{arch}: class colours at {OVERLAY['alpha']} over the darkened tile, "
-                                       "boundaries in black")
+                              row_titles=list(ids), legend=overlay_legend(palette),
+                              legend_title="class colours as blended over a mid-grey tile",
+                              suptitle=f"{arch}: classes blended at {OVERLAY['alpha']} over the tile at "
+                                       f"{OVERLAY['dim']:.0%} brightness; boundaries in red")
     print(f"wrote {grid['path']} and {overlay['path']}")
     return {"progress": {**grid, "epochs": epochs}, "overlay": {**overlay, "title": graded_title}}
+
+
+def overlay_legend(palette):
+    """``(name, colour)`` of every class as :data:`OVERLAY` draws it over a mid-grey tile, and of
+    the boundary."""
+    grey = np.full((1, 1, 3), MID_GREY, dtype=np.uint8)  # one pixel: no boundary
+    swatches = [tuple(mask_overlay(grey, np.full((1, 1), c), palette, **OVERLAY)[0, 0]) for c in range(len(palette))]
+    return [*zip(CLASS_NAMES, swatches), ("class boundary", OVERLAY["boundary"])]

@@ -19,13 +19,19 @@ from utils.runtime import resolve_amp, resolve_device
 DEFAULT_TILE_IDS = ("0013", "0062", "0104")  # the report's mask figures (the seed's choice)
 
 
-def check_run(folder, flag):
-    """``folder`` as a Path, refusing one that holds no run (no metrics.jsonl)."""
+def check_run(folder, flag, problem=None):
+    """``folder`` as a Path, refusing one that holds no run (no metrics.jsonl), or, given ``problem``
+    (``"p1"`` or ``"p2"``), a run of the other problem."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{flag} {folder}: no such run folder")
     if not (folder / "metrics.jsonl").is_file():
         raise UserError(f"{flag} {folder}: not a run folder (no metrics.jsonl)")
+    if problem is not None:
+        metric, wanted = run_metric(folder, read_metrics(folder), flag), METRICS[problem]
+        if metric != wanted:
+            raise UserError(f"{flag} {folder}: a {PROBLEMS[metric]} run (it logs val_{metric}); this needs a "
+                            f"{PROBLEMS[wanted]} run, of {problem}_train.py")
     return folder
 
 
@@ -58,7 +64,7 @@ def read_metrics(folder):
 
 
 def command_line(folder, script):
-    """The command that reproduces a run, rebuilt from its ``args.json``."""
+    """The command that reproduces a run, rebuilt from its ``args.json``, into a new folder beside it."""
     path = Path(folder) / "args.json"
     if not path.is_file():
         return f"python3 {script} (args.json missing)"
@@ -68,6 +74,8 @@ def command_line(folder, script):
         if value is None or key in ("resume", "overwrite", "progress", "device", "amp") or not applies(args, key):
             continue
         flag = "--" + key.replace("_", "-")
+        if key == "output_dir":
+            value = f"{value}-rerun"  # the run's own folder holds it already: a rerun needs a new one
         if value is True:
             parts.append(flag)
         elif value is False:
@@ -124,7 +132,7 @@ def open_run(run, *, val_dir, out, device, amp, problem, run_flag="--run", val_f
         A :class:`ReportInputs`.
     """
     check_writable(out, "--out", folder=True)
-    run = check_run(run, run_flag)
+    run = check_run(run, run_flag, problem)
     snaps = snapshots(run, run_flag)
     val_dir = val_dir_of(run, val_dir, problem)
     if not val_dir.is_dir():
@@ -154,6 +162,7 @@ def default_tile_ids(val_dir, flag):
 NOT_RECIPE = ("output_dir", "resume", "overwrite", "progress", "device", "amp", "train_dir", "val_dir",
               "save_epochs", "cache_dir", "eval_batch_size")
 PROBLEMS = {"acc": "Problem 1", "miou": "Problem 2"}  # a run's problem, told by the metric it logs
+METRICS = {"p1": "acc", "p2": "miou"}
 _MISSING = object()  # a key one run's args.json lacks (an older script's) differs from every value
 
 

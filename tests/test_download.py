@@ -15,7 +15,7 @@ import pytest
 
 import hw1_download
 from tests.conftest import REPO, assert_one_line_error, run_main, run_script
-from utils.errors import UserError
+from utils.errors import UserError, brief
 
 GDRIVE_ID = "1LMIaOY8NSKWmGtbvTsjXcHVaYKnNN_9u"
 
@@ -400,3 +400,11 @@ def test_downloader_imports_no_torch():
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+def test_a_long_error_is_cut_at_a_word_end_not_in_a_word():
+    cause = "HTTPSConnectionPool(host='drive.google.com', port=443): Max retries exceeded (Caused by NameResolutionError)"
+    text = brief(cause, limit=100)
+    assert len(text) <= 100 and text.endswith("...") and text[:-3] == cause[:len(text) - 3]
+    assert cause[len(text) - 3] == " "  # the cut falls between two words
+    assert brief("short", limit=100) == "short"

@@ -1,12 +1,13 @@
 """What the CUDA paths do, checked on the CPU: float16-style skipping of non-finite steps (a CPU
 GradScaler), batches in the model's memory format, SyncBatchNorm, the --cache-dir barrier under
-torchrun (2 gloo processes), the out-of-memory fallback of a compiled model, CPU JPEG decoding
-for grading, and the device check script on a machine without CUDA."""
+torchrun (2 gloo processes; several machines, as threads), the out-of-memory fallback of a compiled
+model, CPU JPEG decoding for grading, and the device check script on a machine without CUDA."""
 import json
 import math
 import runpy
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import datasets.p2
 from datasets.folder import decode_jpegs
 from datasets.p2 import load_pairs, load_tiles
 from datasets.transforms import Compose
@@ -27,6 +29,7 @@ from training.optim import Updater, build_optimizer, build_scheduler
 from utils import distributed
 from utils.args import MAX_SKIPPED_IN_A_ROW
 from utils.errors import UserError
+from utils.io import _umask
 from utils.metrics import Accuracy
 from utils.runtime import memory_format_of
 from utils.runtime import out_of_memory
@@ -296,6 +299,57 @@ def test_under_torchrun_rank_0_builds_the_cache_and_the_others_map_it(p2_data, t
     assert (log / "rank0.log").read_text().split() == ["write"] * 4 + ["loaded"]
     assert (log / "rank1.log").read_text().split() == ["map"] * 4 + ["loaded"]
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 4
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-shared-folder", "a-folder-per-machine"])
+def test_on_several_machines_each_ones_first_process_writes_the_cache_and_its_others_map_it(
+        p2_data, tmp_path, monkeypatch, shared):
+    # Two machines of two processes each, played by four threads; one barrier over the four stands
+    # for the process group's. Machines need not share a filesystem, so each one's LOCAL_RANK 0
+    # writes; where they do share it, both write the same files at once, which must be safe.
+    decoded = load_pairs(p2_data[0], size=64)
+    group = threading.Barrier(4, timeout=20)
+    monkeypatch.setattr(distributed, "barrier", group.wait)
+    writers = threading.Barrier(2, timeout=20)  # both writers find no cache before either writes one
+    decode_all = datasets.p2.decode_all
+    monkeypatch.setattr(datasets.p2, "decode_all", lambda *a, **kw: (writers.wait(), decode_all(*a, **kw))[1])
+    events, lock = [], threading.Lock()
+    save, load = np.save, np.load
+
+    def note(what):
+        with lock:
+            events.append((threading.current_thread().name, what))
+
+    monkeypatch.setattr(np, "save", lambda f, array: (note("write"), save(f, array))[1])
+    monkeypatch.setattr(np, "load", lambda path, **kw: (note("map"), load(path, **kw))[1])
+    _umask()  # read once per process by setting it: read it before four threads write files
+    folders = [tmp_path / ("cache" if shared else f"cache{machine}") for machine in range(2)]
+    loaded, failed = {}, []
+
+    def process(rank):
+        machine, local = divmod(rank, 2)
+        try:
+            with distributed.main_first(distributed.Context(rank, 4, local)):
+                loaded[rank] = load_pairs(p2_data[0], size=64, cache_dir=folders[machine])
+        except BaseException as e:  # noqa: BLE001 (reported by the test's thread)
+            failed.append(e)
+            group.abort()
+
+    threads = [threading.Thread(target=process, args=(rank,), name=f"rank{rank}") for rank in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failed, failed
+    # Each machine's first process (ranks 0 and 2) wrote images and masks; the others mapped them,
+    # and only after every writer was done.
+    assert sorted(events[:4]) == [("rank0", "write")] * 2 + [("rank2", "write")] * 2
+    assert sorted(events[4:]) == [("rank1", "map")] * 2 + [("rank3", "map")] * 2
+    for folder in set(folders):  # the two files, whole; no temporary file left behind
+        assert sorted(p.suffix for p in folder.iterdir() if not p.name.startswith(".")) == [".npy", ".npy"]
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    for tiles in loaded.values():
+        assert torch.equal(tiles.images, decoded.images) and torch.equal(tiles.masks, decoded.masks)
 
 
 def test_main_first_orders_nothing_alone():

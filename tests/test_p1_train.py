@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import p1_train
+from training.recipes import DEFAULTS
 from tests.conftest import assert_one_line_error, run_main, run_script
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
@@ -162,8 +163,16 @@ def test_missing_training_folder(tmp_path, p1_data):
     """p1_train.py's smoke test: a real `python3 p1_train.py ...`, whose refusal is one line, exit code 2."""
     proc = run_script("p1_train.py", "--train-dir", tmp_path / "nope", "--val-dir", p1_data[1],
                       "--output-dir", tmp_path / "o", "--device", "cpu")
-    assert_one_line_error(proc, tmp_path / "nope", "no such folder")
+    assert_one_line_error(proc, f"--train-dir {tmp_path / 'nope'}: no such folder (give --train-dir the folder")
     assert proc.returncode == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_course_data_not_yet_fetched_says_how_to_fetch_it(tmp_path, p1_data, monkeypatch):
+    monkeypatch.setitem(DEFAULTS["p1"], "train_dir", tmp_path / "hw1_data" / "p1_data" / "train_50")
+    proc = run_main(p1_train, "--val-dir", p1_data[1], "--output-dir", tmp_path / "o", "--device", "cpu")
+    assert_one_line_error(proc, "--train-dir", "no such folder (fetch the course data with: bash hw1_download.sh "
+                                "--only hw1_data.zip, or give --train-dir)")
     assert not (tmp_path / "o").exists()
 
 

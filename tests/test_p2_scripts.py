@@ -155,7 +155,7 @@ def test_training_refusals(p2_data, tmp_path):
     assert_one_line_error(proc, "0000_sat.jpg", "no mask beside it")
     proc = run_script("p2_train.py", "--train-dir", p2_data[0], "--val-dir", p2_data[1],
                       "--output-dir", tmp_path / "o", "--no-pretrained", "--device", "cpu")
-    assert_one_line_error(proc, "0000_sat.jpg", "64x64", "training needs 512x512")
+    assert_one_line_error(proc, "0000_sat.jpg", "64x64", "training needs 512x512 (--tile-size 512; give --tile-size 64")
     assert proc.returncode == 2
     assert not (tmp_path / "o").exists()
 

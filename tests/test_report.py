@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from torch import nn
 
 from datasets.p1 import load_folder
@@ -16,7 +17,8 @@ import p2_masks
 from tests.conftest import assert_one_line_error, run_main, run_script
 from figures import features, masks, plots as plotting
 from figures.architecture import architecture_summary, layout, plot_architecture, shape_text, trace_blocks, trace_graph
-from figures.plots import class_boundaries, mask_overlay, plot_class_iou, plot_confusion, plot_curves
+from figures.plots import (class_boundaries, mask_overlay, plot_class_iou, plot_compare, plot_confusion,
+                           plot_curves, plot_embeddings, plot_image_grid)
 from figures.runs import command_line, compare_runs, first_middle_last
 from utils.errors import UserError
 
@@ -29,10 +31,36 @@ def test_p1_features_and_embeddings(p1_run, p1_data, tmp_path):
     # No --val-dir: the run's own validation folder (from its args.json).
     result = p1_features.main(parse(p1_features, "--run", p1_run, "--out", tmp_path))
     assert result["tsne"]["panels"] == 3 and result["tsne"]["epochs"] == [1, 2, 4]
-    assert result["tsne"]["points"] == 16 and result["pca"]["panels"] == 2  # best and last
+    assert result["tsne"]["points"] == 16
+    assert result["tsne"]["titles"][0].startswith("t-SNE, epoch 1\nvalidation accuracy ")
     assert result["feature_dim"] == 512
     assert result["confusion"].shape == (50, 50) and result["confusion"].sum() == 16
     assert (tmp_path / "p1_tsne.png").stat().st_size > 0 and (tmp_path / "p1_pca.png").stat().st_size > 0
+
+
+def _run_whose_best_epoch_is(p1_run, folder, best_epoch):
+    """:func:`p1_run`'s files, linked, with a metrics.jsonl whose best val_acc is at ``best_epoch``."""
+    folder.mkdir()
+    for path in p1_run.iterdir():
+        if path.name != "metrics.jsonl":
+            (folder / path.name).symlink_to(path)
+    records = [json.loads(line) for line in (p1_run / "metrics.jsonl").read_text().splitlines()]
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({**r, "val_acc": 1.0 if r["epoch"] == best_epoch else 0.5}) + "\n" for r in records))
+    return folder
+
+
+@pytest.mark.parametrize("best_epoch", [4, 2])
+def test_pca_draws_the_best_epoch_once_when_it_is_the_last_snapshot(p1_run, tmp_path, best_epoch):
+    run = _run_whose_best_epoch_is(p1_run, tmp_path / "run", best_epoch)  # snapshots 1, 2, 4
+    result = p1_features.main(parse(p1_features, "--run", run, "--out", tmp_path / "o"))
+    titles = [t.split("\n")[0] for t in result["pca"]["titles"]]
+    if best_epoch == 4:
+        assert titles == ["PCA (best = last snapshot), epoch 4"] and result["pca"]["panels"] == 1
+    else:
+        assert titles == ["PCA (best), epoch 2", "PCA (last snapshot), epoch 4"]
+    assert all("\nvalidation accuracy " in t for t in result["pca"]["titles"])
+    assert result["confusion_epoch"] == best_epoch
 
 
 def test_extracted_features_are_the_second_last_layer(p1_run, p1_data):
@@ -52,6 +80,10 @@ def test_p2_mask_grid_and_overlay(p2_run, p2_data, tmp_path):
     assert result["progress"]["epochs"] == [1, 2]
     assert result["progress"]["rows"] == 2 and result["progress"]["cols"] == 1 + 2 + 1
     assert result["overlay"]["panels"] == 4
+    # The masks are drawn in the pure class colours, the overlay in blends: each legend shows its own.
+    assert result["progress"]["legend"] == [(n, tuple(c)) for n, c in zip(CLASS_NAMES, PALETTE)]
+    assert result["overlay"]["legend"] == masks.overlay_legend(np.array(PALETTE, dtype=np.uint8))
+    assert "boundaries in red" in result["overlay"]["suptitle"] and "black" not in result["overlay"]["suptitle"]
 
 
 def test_the_overlay_shows_best_pth_not_the_last_epoch(p2_run, p2_data, tmp_path):
@@ -81,6 +113,22 @@ def test_the_overlay_keeps_white_apart_from_every_other_colour():
     for cls in range(len(PALETTE)):
         if cls != barren:
             assert lightest_channel(0, barren, **masks.OVERLAY) > lightest_channel(255, cls, **masks.OVERLAY)
+
+
+def test_overlay_boundaries_have_a_colour_of_their_own_and_the_legend_shows_the_blends():
+    palette = np.array(PALETTE, dtype=np.uint8)
+    boundary = np.array(masks.OVERLAY["boundary"])
+    # Not a class colour (black is Unknown, white barren), and far from each: at least one channel
+    # differs by 255.
+    assert all(np.abs(boundary - colour).max() == 255 for colour in palette)
+    legend = dict(masks.overlay_legend(palette))
+    assert list(legend) == [*CLASS_NAMES, "class boundary"]
+    assert legend["class boundary"] == tuple(boundary)
+    grey = np.full((3, 3, 3), masks.MID_GREY, dtype=np.uint8)
+    for cls, name in enumerate(CLASS_NAMES):  # each swatch is what the overlay draws over a mid-grey tile
+        drawn = mask_overlay(grey, np.full((3, 3), cls), palette, **masks.OVERLAY)
+        assert tuple(drawn[1, 1]) == legend[name], name
+        assert np.abs(drawn[1, 1].astype(int) - boundary).max() > 100, name  # a boundary stands out on it
 
 
 def test_p2_masks_defaults_to_the_runs_folder_and_its_first_tiles(p2_run, tmp_path):
@@ -135,6 +183,15 @@ def test_overlay_blends_and_draws_boundaries():
     assert out[0, 0].tolist() == [70, 70, 70]  # 0.7 * 100 + 0.3 * 0
     assert out[0, 2].tolist() == [145, 70, 85]  # 0.7 * 100 + 0.3 * (250, 0, 50)
     assert out[0, 1].tolist() == [9, 9, 9] and out[1, 1].tolist() == [9, 9, 9]
+    row = np.array([[0] * 4 + [1] * 4])
+    assert class_boundaries(row, 2).astype(int).tolist() == [[0, 0, 0, 1, 1, 0, 0, 0]]  # both sides
+    assert class_boundaries(row, 3).astype(int).tolist() == [[0, 0, 1, 1, 1, 0, 0, 0]]
+    # A 512-pixel tile, drawn about 450 pixels wide, gets two-pixel boundaries; a 64-pixel one one.
+    for size, width in ((512, 2), (64, 1)):
+        classes = np.zeros((size, size), dtype=int)
+        classes[:, size // 2:] = 1
+        drawn = mask_overlay(np.zeros((size, size, 3), np.uint8), classes, palette, boundary=(9, 9, 9))
+        assert (drawn[0] == 9).all(-1).sum() == width, size
 
 
 def test_trace_sees_through_uncalled_containers(tmp_path):
@@ -165,7 +222,8 @@ def test_make_report_everything(p1_run, p1_data, p2_run, p2_data, tmp_path):
                                   "--p2-arch-size", "64", "--out", tmp_path))
     expected = ["p1_tsne.png", "p1_pca.png", "p1_confusion.png", "p1_curves.png", "p2_mask_progress.png",
                 "p2_overlay.png", "p2_class_iou.png", "p2_curves.png"]
-    expected += [f"arch_{m}.{ext}" for m in ("vgg13", "beit", "fcn32s", "deeplabv3", "lraspp") for ext in ("png", "txt")]
+    expected += [f"arch_{m}.{ext}" for m in ("vgg13", "beit", "fcn32s", "deeplabv3", "lraspp")
+                 for ext in ("png", "txt")]
     index = (tmp_path / "index.md").read_text()
     for name in expected:
         assert (tmp_path / name).is_file(), name
@@ -174,6 +232,12 @@ def test_make_report_everything(p1_run, p1_data, p2_run, p2_data, tmp_path):
     assert made["confusion"]["classes"] >= 4  # the four classes of the data, and any predicted
     for name, meta in made["arch"].items():  # the traced blocks hold every parameter of the model
         assert meta["params"] == meta["total_params"], name
+        # Readable at a report's width: a long chain wraps into columns, the long side stays within
+        # 2,000 pixels (VGG13 and FCN32s drew a column 3,200 tall), a legend keys the colours.
+        assert max(Image.open(tmp_path / f"arch_{name}.png").size) <= 2000, name
+        assert meta["kinds"] and len(meta["kinds"]) == len(set(meta["kinds"])), name
+    assert made["arch"]["vgg13"]["columns"] > 1 and made["arch"]["fcn32s"]["columns"] > 1
+    assert made["p1_curves"]["titles"][0].endswith(": loss, validation accuracy and learning rate per epoch")
     assert "python3 p1_train.py" in index and f"best val acc **{made['p1_best']['val_acc']:.4f}**" in index
     assert "--momentum" not in index  # neither run used SGD
 
@@ -205,25 +269,67 @@ def test_the_report_lists_only_the_flags_that_apply(p1_run, p2_run, tmp_path):
     assert "--dropout 0.5" in fcn and "--bn-momentum" not in fcn and "--momentum" not in fcn
 
 
-def test_class_iou_labels_are_not_struck_through(tmp_path, monkeypatch):
-    drawn = []
+def _drawn(monkeypatch):
+    """Make ``save_figure`` draw each figure before saving it; returns the list the figures go to."""
+    figures = []
 
     def look_then_save(fig, path, save=plotting.save_figure):
         fig.canvas.draw()
-        labels = [(t.get_text(), t.get_window_extent()) for t in fig.axes[0].texts]
-        drawn.append((np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int), labels))
+        figures.append((fig, np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)))
         save(fig, path)
 
     monkeypatch.setattr(plotting, "save_figure", look_then_save)
-    plot_class_iou([0.0, 0.0, 0.12, None, 0.0, 0.02], CLASS_NAMES[:6], tmp_path / "iou.png", title="t")
-    pixels, labels = drawn[0]
-    red = np.array([214, 39, 40])  # tab:red, the dashed mIoU line at 0.028, through the labels' height
-    labels = [(text, box) for text, box in labels if text in ("0.000", "absent")]
-    assert len(labels) == 4
-    for text, box in labels:
+    return figures
+
+
+@pytest.mark.parametrize("ious", [[0.0, 0.0, 0.12, None, 0.0, 0.02], [0.75, 0.88, 0.3, 0.7, 0.8, 0.62]])
+def test_class_iou_labels_keep_clear_of_the_miou_line(tmp_path, monkeypatch, ious):
+    drawn = _drawn(monkeypatch)
+    meta = plot_class_iou(ious, CLASS_NAMES[:6], tmp_path / "iou.png", title="t")
+    (fig, pixels), = drawn
+    ax = fig.axes[0]
+    line_y = ax.transData.transform((0, meta["miou"]))[1]
+    values = [t for t in ax.texts if not t.get_text().startswith("mIoU")]
+    assert len(values) == 6
+    red = np.array([214, 39, 40])  # tab:red, the dashed mIoU line
+    for text in values:
+        box = text.get_window_extent()
+        assert not box.y0 - 1 <= line_y <= box.y1 + 1, text.get_text()
         top, bottom = pixels.shape[0] - int(box.y1), pixels.shape[0] - int(box.y0)
         patch = pixels[top:bottom, int(box.x0):int(box.x1)]
-        assert patch.size and not (np.abs(patch - red).sum(-1) < 60).any(), text
+        assert patch.size and not (np.abs(patch - red).sum(-1) < 60).any(), text.get_text()
+    label, = [t for t in ax.texts if t.get_text().startswith("mIoU")]
+    assert label.get_text() == f"mIoU {np.mean([v for v in ious if v is not None]):.4f}"
+    assert label.get_window_extent().x0 > ax.get_window_extent().x1  # right of the bars, beside the line
+
+
+def _gap_above_legend(fig):
+    """Inches between the lowest panel and the top of the figure's legend."""
+    panels = min(ax.get_window_extent().y0 for ax in fig.axes)
+    return (panels - fig.legends[0].get_window_extent().y1) / fig.dpi
+
+
+def test_no_blank_band_above_the_legends(tmp_path, monkeypatch):
+    drawn = _drawn(monkeypatch)
+    rng = np.random.default_rng(0)
+    plot_embeddings([("a", rng.normal(size=(40, 2)))] * 3, rng.integers(0, 50, 40), tmp_path / "e.png",
+                    num_classes=50, suptitle="t")
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    plot_image_grid([[image] * 5] * 3, list("abcde"), tmp_path / "g.png", row_titles=list("xyz"), suptitle="t",
+                    legend=list(zip(CLASS_NAMES, PALETTE)))
+    for fig, _ in drawn:
+        assert 0 < _gap_above_legend(fig) < 0.3  # the tick-less panels' labels need no more
+
+
+def test_titles_spell_the_metrics_out_and_say_what_a_figure_shows(tmp_path):
+    records = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "val_loss": 1 / e, "val_miou": 0.1 * e, "val_acc": 0.2 * e}
+               for e in (1, 2)]
+    titles = plot_curves(records, tmp_path / "c.png", metric="miou", title="run p2_deeplabv3")["titles"]
+    assert titles[0] == "run p2_deeplabv3: loss, validation mIoU and learning rate per epoch"
+    assert titles[2] == "validation mIoU"
+    assert plot_curves(records, tmp_path / "c.png", metric="acc", title="r")["titles"][2] == "validation accuracy"
+    titles = plot_compare([("a", records), ("b", records)], tmp_path / "k.png", metric="acc", title="t")["titles"]
+    assert titles[1] == "validation accuracy (star: best epoch)"
 
 
 def test_a_constant_learning_rate_gets_an_axis_from_zero(tmp_path):
@@ -252,6 +358,15 @@ def test_the_architecture_graph_draws_branches_side_by_side(tmp_path):
     meta = plot_architecture(graph["blocks"], tmp_path / "a.png", title="t", input_shape=(1, 3, 64, 64),
                              outputs=graph["outputs"])
     assert meta["lanes"] == 5 and meta["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_a_long_chain_wraps_into_columns_with_a_legend_of_its_block_types(tmp_path):
+    blocks = [{"name": f"features.{i}", "type": ("Conv2d", "BatchNorm2d", "ReLU")[i % 3], "shape": (1, 512, 4, 4),
+               "params": 2_359_808 if i % 3 == 0 else 0} for i in range(90)]
+    meta = plot_architecture(blocks, tmp_path / "a.png", title="t", input_shape=(1, 3, 32, 32), outputs=["features.89"])
+    assert meta["rows"] == 92 and meta["columns"] >= 4  # input, 90 blocks, output
+    assert meta["kinds"] == ["BatchNorm2d", "Conv2d", "ReLU"]
+    assert max(Image.open(tmp_path / "a.png").size) <= 2000
 
 
 def test_the_architecture_of_a_vision_transformer_shows_tokens_and_the_cls_token_first():

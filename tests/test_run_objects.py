@@ -2,15 +2,23 @@
 that keep the code one design (no script imports another; no function with two dozen parameters)."""
 import argparse
 import ast
+import json
 import math
+import shutil
+import signal
 
 import pytest
 import torch
 
+import make_report
+import p1_features
 import p1_train
+import p2_masks
 from tests.conftest import REPO, assert_one_line_error, run_main
 from training.optim import Updater
+from figures.runs import command_line
 from training.run import TrainState
+from training.trainer import StopOnSignal
 from utils.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from utils.errors import UserError
 
@@ -175,3 +183,54 @@ def test_library_functions_take_at_most_ten_parameters():
                 count = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
                 count -= bool(a.args and a.args[0].arg in ("self", "cls"))
                 assert count <= 10, f"{path.name}:{node.lineno} {node.name} takes {count} parameters"
+
+
+def test_a_run_moved_to_another_folder_resumes_there_from_any_working_directory(p1_data, tmp_path, monkeypatch,
+                                                                                capsys):
+    """Started with relative paths in one directory, stopped part-way, moved, resumed from another."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    shutil.copytree(p1_data[0], start / "train")
+    shutil.copytree(p1_data[1], start / "val")
+    monkeypatch.chdir(start)
+    asked = []
+
+    def stop_after_step_2(self):  # SIGTERM arrives during step 2
+        asked.append(1)
+        self.signum = signal.SIGTERM if len(asked) >= 2 else None
+        return self.signum is not None
+
+    monkeypatch.setattr(StopOnSignal, "__call__", stop_after_step_2)
+    proc = run_main(p1_train, "--train-dir", "train", "--val-dir", "val", "--output-dir", "run", "--epochs", "2",
+                    "--batch-size", "16", "--device", "cpu", "--no-progress")
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    saved = json.loads((start / "run" / "args.json").read_text())
+    assert all(saved[k] == str(start / v) for k, v in (("train_dir", "train"), ("val_dir", "val"),
+                                                      ("output_dir", "run")))  # absolute
+    monkeypatch.undo()
+    shutil.move(start / "run", elsewhere / "moved")
+    monkeypatch.chdir(elsewhere)
+    p1_train.main(p1_train.get_args_parser().parse_args(["--resume", "moved/last.pth", "--no-progress"]))
+    out = capsys.readouterr().out
+    assert f"resuming {elsewhere / 'moved' / 'last.pth'}: 0 of 2 epochs done; epoch 1 goes on after its step 2" in out
+    assert load_checkpoint(elsewhere / "moved" / "last.pth")["epoch"] == 2
+    assert not (start / "run").exists()  # written where the run is now, not where it was
+    # The reproduce command of the report runs into a new folder beside the run's.
+    command = command_line(elsewhere / "moved", "p1_train.py")
+    assert f"--output-dir {elsewhere / 'moved'}-rerun" in command and f"--train-dir {start / 'train'}" in command
+
+
+def test_figures_of_the_other_problems_run_are_refused_in_one_line(p1_run, p2_run, tmp_path):
+    out = tmp_path / "report"
+    proc = run_main(make_report, "--p1-run", p2_run, "--out", out, "--device", "cpu", "--only", "curves")
+    assert_one_line_error(proc, f"--p1-run {p2_run}: a Problem 2 run (it logs val_miou); this needs a Problem 1 "
+                                "run, of p1_train.py")
+    assert not out.exists()
+    proc = run_main(make_report, "--p2-run", p1_run, "--out", out, "--device", "cpu")
+    assert_one_line_error(proc, f"--p2-run {p1_run}: a Problem 1 run")
+    proc = run_main(p2_masks, "--run", p1_run, "--out", out, "--device", "cpu")
+    assert_one_line_error(proc, f"--run {p1_run}: a Problem 1 run", "p2_train.py")
+    proc = run_main(p1_features, "--run", p2_run, "--out", out, "--device", "cpu")
+    assert_one_line_error(proc, f"--run {p2_run}: a Problem 2 run", "p1_train.py")
+    assert not out.exists()

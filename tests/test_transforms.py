@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF1
 import torchvision.transforms.v2.functional as TF2
+from torch import nn
 from torchvision.transforms import TrivialAugmentWide as TorchvisionTrivialAugmentWide
 
 from datasets.loader import TensorBatches
 from datasets.presets import p1_transforms
-from datasets.transforms import (MixupCutmix, Normalize, RandomCrop, RandomFlip, TrivialAugmentWide,
+from datasets.transforms import (Compose, MixupCutmix, Normalize, RandomCrop, RandomFlip, TrivialAugmentWide,
                                  smooth_one_hot)
 from utils.runtime import EpochRNG
 
@@ -168,6 +169,28 @@ def test_p1_trivial_augment_and_cutmix_give_soft_targets():
 def test_p1_trivial_augment_and_cutmix_only_with_crop_flip(augment, option):
     with pytest.raises(ValueError, match="crop-flip"):
         p1_transforms(augment, mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5, **option)
+
+
+@pytest.mark.parametrize("augment", ["beit", "beit-224"])
+def test_beit_mixup_leaves_label_smoothing_to_the_loss_which_applies_it_once(augment):
+    # These presets smoothed their mixed targets by 0.1 and the loss smoothed them again by
+    # --label-smoothing. Now their targets are mixtures of one-hot rows, and the loss's smoothing of
+    # them equals timm's (BEiT's) smoothing before mixing, the same draws otherwise.
+    x, y = batch(8)
+    train, _ = p1_transforms(augment, mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5)
+    mixer = train.ops[-1]
+    assert isinstance(mixer, MixupCutmix) and mixer.smoothing == 0.0
+    smoothed_first = Compose([*train.ops[:-1], MixupCutmix(5, mixup_alpha=mixer.mixup_alpha, cutmix_alpha=1.0,
+                                                           switch_prob=0.5, smoothing=0.1)])
+    logits = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    for epoch in range(4):
+        out, target = train(x, y, EpochRNG(0, epoch, CPU))
+        ref_out, ref_target = smoothed_first(x, y, EpochRNG(0, epoch, CPU))
+        assert torch.equal(out, ref_out)
+        assert ((target > 0).sum(1) <= 2).all()  # its own class and its partner's, nothing smoothed
+        assert torch.allclose(target * 0.9 + 0.1 / 5, ref_target)
+        loss = nn.CrossEntropyLoss(label_smoothing=0.1)(logits, target)  # as p1_train builds it
+        assert loss.item() == pytest.approx(nn.CrossEntropyLoss()(logits, ref_target).item(), rel=1e-6)
 
 
 def _ta_apply(ta, x, name, magnitude_bin=0, negative=False):

@@ -30,7 +30,8 @@ class SegmentationLoss(nn.Module):
         kind: ``ce`` or ``focal``.
         alpha, gamma: the focal loss's parameters.
         ignore_index: a class whose pixels are left out (Unknown), or ``None``.
-        aux_weight: weight of the ``aux`` output's loss (ignored when the model has none).
+        aux_weight: weight of the ``aux`` output's loss (ignored when the model has none; 0 still
+            gives the auxiliary head zero gradients, as DistributedDataParallel needs).
         class_weights: a weight per class (each pixel counts its class's weight), or ``None``.
     """
 
@@ -50,6 +51,12 @@ class SegmentationLoss(nn.Module):
     def forward(self, output, target):
         target = target.long()
         loss = self._one(output["out"], target)
-        if self.aux_weight and output.get("aux") is not None:
+        if output.get("aux") is not None:
+            # At weight 0 too: DistributedDataParallel needs a gradient for every parameter each step,
+            # and a head the loss left out would get none ("Expected to have finished reduction in the
+            # prior iteration"). Times 0 it gets zeros and every other gradient is unchanged, for the
+            # cost of the head's backward; the model and its checkpoints stay the same whatever
+            # --aux-weight is (building it without the head would change them, and a resume with
+            # another weight would not load; find_unused_parameters would walk the graph every step).
             loss = loss + self.aux_weight * self._one(output["aux"], target)
         return loss

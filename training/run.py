@@ -130,11 +130,15 @@ class RunFolder:
         path: the folder (created by :meth:`start`, not before).
         resume_epoch: the epoch the run resumes after, or ``None`` for a fresh run.
         overwrite: allow a fresh run to replace the files of an earlier run there.
+        check: refuse an unwritable folder, or one holding another run, now (False on the processes
+            that do not write it: under torchrun on several machines the path may not exist there).
     """
 
-    def __init__(self, path, *, resume_epoch=None, overwrite=False):
+    def __init__(self, path, *, resume_epoch=None, overwrite=False, check=True):
         self.path = Path(path)
         self.resume_epoch = resume_epoch
+        if not check:
+            return
         check_writable(self.path, "--output-dir", folder=True)
         if resume_epoch is None and not overwrite and (self.path / "last.pth").exists():
             raise UserError(f"--output-dir {self.path} already holds a run; pass --resume "

@@ -52,19 +52,25 @@ def resolve_flags(args, problem):
                             f"not of --model {args.model}")
         if ckpt.get("partial") is not None:
             _check_mid_epoch(args, given, ckpt)
-        # A new --epochs means new default snapshots, not the old run's.
-        skip = {"resume", "overwrite"} | ({"save_epochs"} if args.epochs is not None else set())
+        # A new --epochs means new default snapshots, not the old run's. The run goes on in the folder
+        # that holds the checkpoint, wherever the run has been moved since.
+        skip = {"resume", "overwrite", "output_dir"} | ({"save_epochs"} if args.epochs is not None else set())
         for key, value in ckpt["args"].items():
             if key in skip or getattr(args, key, None) is not None:
                 continue
-            is_path = isinstance(value, str) and key.endswith(("_dir", "_file"))
-            setattr(args, key, Path(value) if is_path else value)
+            setattr(args, key, Path(value) if _is_path(key) and isinstance(value, str) else value)
+        if args.output_dir is None:
+            args.output_dir = Path(args.resume).parent
     _fill(args, RUNTIME_DEFAULTS)
     _fill(args, DEFAULTS[problem])
     _fill(args, RECIPES[problem][args.model][args.recipe])
     args.tta = tta_mode(args.tta)
     if args.output_dir is None:
         args.output_dir = REPO / "runs" / f"{problem}_{args.model}"
+    # Absolute, so that args.json and every checkpoint name the same folders from any working directory.
+    for key, value in vars(args).items():
+        if _is_path(key) and value is not None:
+            setattr(args, key, Path(value).absolute())
     check_positive(args, "epochs", "batch_size", "eval_batch_size", "lr")
     check_scales(args, "scale_range", "tta_scales")
     if not 0 <= args.ema < 1:
@@ -74,7 +80,30 @@ def resolve_flags(args, problem):
     bad = [e for e in args.save_epochs if not 1 <= e <= args.epochs]
     if bad:
         raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {args.epochs})")
+    _check_data(args, problem, resumed=ckpt is not None)
     return ckpt
+
+
+def _is_path(key):
+    """Whether flag ``key`` names a file or folder."""
+    return key.endswith(("_dir", "_file")) or key == "resume"
+
+
+def _check_data(args, problem, *, resumed):
+    """Refuse a missing training or validation folder before anything is built, naming its flag and,
+    for the course data's default place, how to fetch it."""
+    for key in ("train_dir", "val_dir"):
+        path = getattr(args, key)
+        if path.is_dir():
+            continue
+        flag = "--" + key.replace("_", "-")
+        if path == DEFAULTS[problem][key]:
+            hint = f"fetch the course data with: bash hw1_download.sh --only hw1_data.zip, or give {flag}"
+        elif resumed:
+            hint = f"the resumed run's; give {flag} where the data is now"
+        else:
+            hint = f"give {flag} the folder that holds the data"
+        raise UserError(f"{flag} {path}: no such folder ({hint})")
 
 
 def _check_mid_epoch(args, given, ckpt):
@@ -84,7 +113,11 @@ def _check_mid_epoch(args, given, ckpt):
         if key == "epochs" and saved.get("sched") == "constant":
             continue  # a constant learning rate does not depend on the run's length
         new = args_to_dict(argparse.Namespace(**{key: getattr(args, key)}))[key]
-        if key in saved and new != saved[key]:
+        if _is_path(key) and new is not None and key in saved and saved[key] is not None:
+            new, saved_value = str(Path(new).absolute()), str(Path(saved[key]).absolute())
+        else:
+            saved_value = saved.get(key)
+        if key in saved and new != saved_value:
             raise mid_epoch_refusal(ckpt["epoch"] + 1, key, saved[key], new)
 
 
@@ -136,7 +169,8 @@ class RunSetup:
         distributed.check_batch_share(args.batch_size, ctx)
         sync_bn = distributed.resolve_sync_bn(args.sync_bn, problem=problem, batch_size=args.batch_size, ctx=ctx,
                                               device=device)
-        folder = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if ckpt else None, overwrite=args.overwrite)
+        folder = RunFolder(args.output_dir, resume_epoch=ckpt["epoch"] if ckpt else None, overwrite=args.overwrite,
+                           check=ctx.is_main)
         return cls(args, problem, ckpt, device, amp_dtype, ctx, folder, sync_bn)
 
     def build_model(self, *, num_classes, mean=None, std=None):

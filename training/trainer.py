@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,6 +29,7 @@ from training.engine import TTA, LossMeter, evaluate, train_one_epoch
 from training.optim import Updater
 from training.run import TrainState, mid_epoch_refusal
 from utils import distributed
+from utils.args import REPO
 from utils.distributed import all_reduce_sum
 from utils.errors import Interrupted
 from utils.runtime import EpochRNG, compile_model, mix_seed, peak_memory_gib, reset_peak_memory, seed_everything
@@ -102,6 +104,10 @@ class Trainer:
             print(f"{args.resume} has already trained {state.epoch} of --epochs {args.epochs}: "
                   "nothing to do (raise --epochs to train further)")
             return self._result()
+        if setup.ctx.is_main and setup.ckpt is not None:
+            stopped = (f"; epoch {state.epoch + 1} goes on after its step {state.partial['train']['step']}"
+                       if state.partial else "")
+            print(f"resuming {args.resume}: {state.epoch} of {args.epochs} epochs done{stopped}", flush=True)
         if setup.ctx.is_main:
             setup.folder.start(task.meta["args"])  # the flags as every checkpoint records them
             print(f"training {args.model} on {len(task.train_data[0])} {task.unit} ({args.train_dir}), validating "
@@ -210,8 +216,10 @@ class Trainer:
 
     def _stopped(self, stop, where):
         last = self.setup.folder.path / "last.pth"
-        return Interrupted(f"stopped by {stop.name} {where}; saved {last}; continue with: python3 "
-                           f"{self.setup.problem}_train.py --resume {last}", stop.signum)
+        script = REPO / f"{self.setup.problem}_train.py"  # runnable from any working directory
+        script = script.name if Path.cwd() == REPO else script
+        return Interrupted(f"stopped by {stop.name} {where}; saved {last}; continue with: python3 {script} "
+                           f"--resume {last}", stop.signum)
 
     def _result(self):
         return {f"best_{self.key}": self.state.best_metric, "best_epoch": self.state.best_epoch,

@@ -8,7 +8,12 @@ joins the group (nccl on CUDA, gloo on the CPU), takes the GPU of its ``LOCAL_RA
   recipes, the number of steps and a resume mean the same with any number of processes);
 - validates its contiguous share of the validation set, every sample exactly once, and sums the
   counts of all processes, so metrics are exact over the whole set;
-- prints, logs and writes files only on rank 0.
+- prints, logs and writes the run folder only on rank 0.
+
+Several machines (``torchrun --nnodes N``) are the same group over the network: ranks are global,
+``LOCAL_RANK`` counts the processes of one machine, and only global rank 0 writes the run folder.
+Files a process must read from disk (``--cache-dir``) are written by each machine's local rank 0
+(:func:`main_first`), so they need no filesystem shared between machines.
 """
 import atexit
 import contextlib
@@ -27,15 +32,22 @@ SYNC_BN_BELOW = 8
 
 @dataclass(frozen=True)
 class Context:
-    """This process's place in the group: ``rank`` of ``world_size`` (0 of 1 alone)."""
+    """This process's place in the group: ``rank`` of ``world_size`` (0 of 1 alone), and
+    ``local_rank`` among the processes of its machine."""
 
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0
 
     @property
     def is_main(self):
         """True on the one process that prints, logs and writes files."""
         return self.rank == 0
+
+    @property
+    def is_local_main(self):
+        """True on the first process of each machine (the one that writes ``--cache-dir``)."""
+        return self.local_rank == 0
 
     @property
     def distributed(self):
@@ -65,7 +77,7 @@ def init(device):
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
         atexit.register(shutdown)
-    return Context(dist.get_rank(), dist.get_world_size())
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank())
 
 
 def local_rank():
@@ -180,19 +192,24 @@ def barrier():
 
 @contextlib.contextmanager
 def main_first(ctx, enabled=True):
-    """Run the block on rank 0 first, and on the other processes once it is done.
+    """Run the block on each machine's first process (``LOCAL_RANK`` 0), then on the others.
 
-    For work whose result rank 0 leaves on disk for the others (the ``--cache-dir`` files):
-    one process writes them, the others read them. Alone, or when not ``enabled``, every
-    process runs the block at once.
+    For work whose result is left on disk for the other processes (the ``--cache-dir`` files):
+    on each machine one process writes them and the machine's others read them. One writer per
+    machine, not rank 0 alone, because the machines of a ``torchrun --nnodes`` job need not
+    share a filesystem; where they do, the writers of several machines write the same files at
+    once, which must then be safe: each file written whole to a temporary name and renamed into
+    place, with the same content (:func:`datasets.p2.load_pairs` does both). One barrier over
+    all the processes orders them: every first process finishes the block before any other
+    starts it. Alone, or when not ``enabled``, every process runs the block at once.
 
     Args:
         ctx: this process's :class:`Context`.
         enabled: whether to order the processes at all.
     """
     ordered = enabled and ctx.distributed
-    if ordered and not ctx.is_main:
+    if ordered and not ctx.is_local_main:
         barrier()
     yield
-    if ordered and ctx.is_main:
+    if ordered and ctx.is_local_main:
         barrier()

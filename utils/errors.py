@@ -23,7 +23,10 @@ class Interrupted(UserError):
 def brief(error, limit=160):
     """An exception's message squeezed onto one line (for embedding in a one-line error)."""
     text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "..."  # at a word's end, not in its middle
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
