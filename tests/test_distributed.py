@@ -15,58 +15,25 @@ import mean_iou_evaluate
 import p1_inference
 import p1_train
 import p2_inference
-from tests.conftest import REPO, run_main, run_script
+from tests.conftest import REPO, assert_one_line_error, run_main, run_script
 from datasets.p1 import csv_accuracy
 from models import get_model
 from training.losses import SegmentationLoss
+from utils import distributed
 from utils.checkpoint import load_checkpoint
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 ENV = {"OMP_NUM_THREADS": "1"}
 
 
-def test_torchrun_two_processes_write_one_run_with_exact_validation(p1_data, tmp_path):
+def test_a_batch_too_small_to_share_is_refused_before_any_file(p1_data, tmp_path, monkeypatch):
+    # As torchrun's second process would find it (the launch itself is tested below).
+    monkeypatch.setattr("training.setup.distributed.init", lambda device: distributed.Context(rank=0, world_size=2))
     train, val = p1_data
-    out = tmp_path / "run"
-    proc = run_script(*TORCHRUN, "p1_train.py", "--train-dir", train, "--val-dir", val, "--output-dir", out,
-                      "--epochs", "3", "--batch-size", "16", "--sched", "cosine", "--device", "cpu", "--no-progress",
-                      env=ENV)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    # Only rank 0 prints and writes: one line per epoch, one metrics line per epoch, one run.
-    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("epoch ")] == \
-        ["1/3", "2/3", "3/3"]
-    assert "2 x cpu" in proc.stdout
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert sorted(p.name for p in out.iterdir()) == [
-        "args.json", "best.pth", "epoch_001.pth", "epoch_003.pth", "last.pth", "metrics.jsonl"]
-
-    # The schedule spans exactly the steps taken: 48 images in global batches of 16, 3 epochs.
-    schedule = load_checkpoint(out / "last.pth")["scheduler"]
-    assert schedule["last_epoch"] == 9 and schedule["_last_lr"][0] == 0.0  # cosine reached 0 at the last step
-
-    # Each process validated half of the set; the summed counts are the whole set's accuracy, the
-    # one a single process gets from the saved weights.
-    csv_path = tmp_path / "pred.csv"
-    proc = run_main(p1_inference, "--checkpoint", out / "last.pth", "--device", "cpu", "--no-progress", val, csv_path)
-    assert proc.returncode == 0, proc.stderr
-    assert csv_accuracy(csv_path)[0] == records[-1]["val_acc"]
-
-    # A two-process run resumes on one process (the permutations come from (seed, epoch) alone).
-    proc = run_main(p1_train, "--resume", out / "last.pth", "--epochs", "4", "--device", "cpu", "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
-
-
-def test_torchrun_refuses_a_batch_too_small_to_share(p1_data, tmp_path):
-    train, val = p1_data
-    proc = run_script(*TORCHRUN, "p1_train.py", "--train-dir", train, "--val-dir", val,
-                      "--output-dir", tmp_path / "run", "--epochs", "1", "--batch-size", "3",
-                      "--device", "cpu", "--no-progress", env=ENV)
-    assert proc.returncode != 0
-    # Each process prints the one line (torchrun then adds its own failure summary).
-    assert proc.stderr.startswith("p1_train.py: error: --batch-size 3 is the global batch"), proc.stderr
-    assert "p1_train.py\", line" not in proc.stderr and "utils/" not in proc.stderr
+    proc = run_main(p1_train, "--train-dir", train, "--val-dir", val, "--output-dir", tmp_path / "run",
+                    "--epochs", "1", "--batch-size", "3", "--device", "cpu", "--no-progress")
+    assert_one_line_error(proc, "p1_train.py: error: --batch-size 3 is the global batch: it leaves each of the 2 "
+                                "processes fewer than 2 samples (use --batch-size >= 4)")
     assert not (tmp_path / "run").exists()
 
 
@@ -128,11 +95,13 @@ def torchrun_two_nodes(*argv, logs):
                                         (logs / f"{node}.err").read_text()) for node, agent in enumerate(agents)]
 
 
-def test_two_machines_train_one_run_and_resume_it(p1_data, tmp_path):
+def test_two_machines_train_one_run_with_exact_validation_and_resume_it(p1_data, tmp_path):
+    """Two torchrun agents of one process each (two machines), then a resume on two again, then on one."""
     train, val = p1_data
     out = tmp_path / "run"
     common = ("p1_train.py", "--device", "cpu", "--batch-size", "16", "--no-progress")
-    for step, flags in enumerate([("--train-dir", train, "--val-dir", val, "--output-dir", out, "--epochs", "2"),
+    for step, flags in enumerate([("--train-dir", train, "--val-dir", val, "--output-dir", out, "--epochs", "2",
+                                   "--sched", "cosine"),
                                   ("--resume", out / "last.pth", "--epochs", "3")]):
         procs = torchrun_two_nodes(*common, *flags, logs=tmp_path / f"launch{step}")
         assert all(p.returncode == 0 for p in procs), [p.stdout + p.stderr for p in procs]
@@ -146,8 +115,21 @@ def test_two_machines_train_one_run_and_resume_it(p1_data, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert sorted(p.name for p in out.iterdir()) == [
         "args.json", "best.pth", "epoch_001.pth", "epoch_002.pth", "epoch_003.pth", "last.pth", "metrics.jsonl"]
-    assert load_checkpoint(out / "last.pth")["epoch"] == 3
+    # The schedule spans exactly the steps taken: 48 images in global batches of 16, 3 epochs.
+    schedule = load_checkpoint(out / "last.pth")["scheduler"]
+    assert schedule["last_epoch"] == 9 and schedule["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
 
+    # Each process validated half of the set; the summed counts are the whole set's accuracy, the
+    # one a single process gets from the saved weights.
+    csv_path = tmp_path / "pred.csv"
+    proc = run_main(p1_inference, "--checkpoint", out / "last.pth", "--device", "cpu", "--no-progress", val, csv_path)
+    assert proc.returncode == 0, proc.stderr
+    assert csv_accuracy(csv_path)[0] == records[-1]["val_acc"]
+
+    # A two-process run resumes on one process (the permutations come from (seed, epoch) alone).
+    proc = run_main(p1_train, "--resume", out / "last.pth", "--epochs", "4", "--device", "cpu", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 def test_deeplabv3_without_its_auxiliary_loss_trains_under_ddp_and_its_aux_head_gets_zero_gradients(tmp_path):
     """--aux-weight 0 left DeepLabv3's auxiliary head without gradients, which DistributedDataParallel
