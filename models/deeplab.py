@@ -44,7 +44,8 @@ def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None, backbone="
         pretrained: start from torchvision's COCO (VOC labels) weights (downloaded once).
         pretrained_file: a local copy of those weights (torchvision's
             ``deeplabv3_resnet50_coco-cd0a2569.pth`` or ``deeplabv3_resnet101_coco-586e9e4e.pth``).
-        backbone: ``resnet50`` (the reference) or ``resnet101`` (about 1.45x the compute: 502 against 346 GFLOPs a 512x512 tile).
+        backbone: ``resnet50`` (the reference) or ``resnet101`` (about 1.45x the compute: 502 against 346
+            GFLOPs a 512x512 tile).
     """
     weights = BACKBONE_WEIGHTS[backbone]
     builder = deeplabv3_resnet101 if backbone == "resnet101" else deeplabv3_resnet50

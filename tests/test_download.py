@@ -403,7 +403,8 @@ def test_downloader_imports_no_torch():
 
 
 def test_a_long_error_is_cut_at_a_word_end_not_in_a_word():
-    cause = "HTTPSConnectionPool(host='drive.google.com', port=443): Max retries exceeded (Caused by NameResolutionError)"
+    cause = ("HTTPSConnectionPool(host='drive.google.com', port=443): Max retries exceeded "
+             "(Caused by NameResolutionError)")
     text = brief(cause, limit=100)
     assert len(text) <= 100 and text.endswith("...") and text[:-3] == cause[:len(text) - 3]
     assert cause[len(text) - 3] == " "  # the cut falls between two words

@@ -166,9 +166,10 @@ class RunFolder:
         """Log one epoch and write its checkpoints (metrics line, best, snapshot, then last).
 
         ``best.pth`` and the snapshot keep what inference needs, weights included, not the
-        optimiser (:func:`inference_checkpoint`): graded and published, best.pth
-        need not carry slots that double (SGD with momentum) or triple (AdamW) a file. When the epoch is both, the snapshot is a second
-        name of ``best.pth`` (a hard link, renamed into place) rather than a second write.
+        optimiser (:func:`inference_checkpoint`): graded and published, best.pth need not carry
+        slots that double (SGD with momentum) or triple (AdamW) a file. When the epoch is both, the
+        snapshot is a second name of ``best.pth`` (a hard link, renamed into place) rather than a
+        second write.
         """
         append_jsonl(self.path / "metrics.jsonl", record)
         best, snap = self.path / "best.pth", self.path / SNAPSHOT.format(record['epoch'])
