@@ -31,7 +31,8 @@ import mean_iou_evaluate
 from datasets.digits import write_digits
 from datasets.p1 import csv_accuracy
 from datasets.synthetic import write_tiles
-from utils.args import REPO, make_parser, runtime_parser
+from config.flags import runtime_parser, words
+from utils.args import REPO, make_parser
 from utils.errors import run_cli
 import p1_inference
 import p1_train
@@ -52,7 +53,7 @@ P2_MODELS = {
 
 
 def get_args_parser():
-    parser = make_parser(__doc__, [runtime_parser()])
+    parser = make_parser(__doc__, [runtime_parser("device", "amp", "progress")])
     parser.add_argument("--output-dir", type=Path, default=REPO / "runs" / "demo",
                         help="folder for the demo data, runs and predictions (replaced on each run)")
     parser.add_argument("--only", choices=["p1", "p2"], default=None, help="run one problem's demo only")
@@ -119,7 +120,7 @@ def _timed(parts, name, fn, *fn_args):
 
 
 def main(args):
-    common = ["--device", args.device, "--amp", args.amp, "--progress" if args.progress else "--no-progress"]
+    common = [w for name in ("device", "amp", "progress") for w in words(name, getattr(args, name))]
     out = args.output_dir
     summary, parts, report = [], [], ["--out", str(out / "report"), *common]
     if args.only in (None, "p1"):

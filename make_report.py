@@ -29,10 +29,11 @@ from models import get_model, get_model_spec, list_models
 from figures.architecture import architecture_summary, plot_architecture, trace_graph
 from figures.plots import plot_class_iou, plot_compare, plot_confusion, plot_curves
 from figures.features import feature_figures
-from figures.runs import (PROBLEMS, check_run, command_line, compare_runs, comparison_table, default_tile_ids,
-                           open_run, read_metrics)
+from figures.runs import (check_run, compare_runs, comparison_table, default_tile_ids, open_run, read_metrics,
+                          rerun_commands)
 from figures.masks import mask_figures
-from utils.args import REPO, make_parser, runtime_parser
+from config.flags import runtime_parser
+from utils.args import REPO, make_parser
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, check_writable
 
@@ -41,7 +42,7 @@ NUM_CLASSES = {"p1": p1_data.NUM_CLASSES, "p2": p2_data.NUM_CLASSES}
 
 
 def get_args_parser():
-    parser = make_parser(__doc__, [runtime_parser()])
+    parser = make_parser(__doc__, [runtime_parser("device", "amp", "progress")])
     parser.add_argument("--p1-run", type=Path, default=None, help="a p1_train.py run folder")
     parser.add_argument("--p2-run", type=Path, default=None, help="a p2_train.py run folder")
     parser.add_argument("--compare", type=Path, nargs="+", default=None, metavar="RUN",
@@ -82,11 +83,17 @@ def architecture(name, out, p2_size=512):
     return {**meta, "total_params": total}
 
 
-def _run_section(lines, title, run, script, records, metric):
+def _run_section(lines, title, run, problem, records, metric):
     best = max(records, key=lambda r: r[f"val_{metric}"])
     lines += [f"## {title}", "",
               f"Run `{run}`: {len(records)} epochs, best val {metric} **{best[f'val_{metric}']:.4f}** "
-              f"at epoch {best['epoch']}.", "", "```", command_line(run, script), "```", ""]
+              f"at epoch {best['epoch']}."]
+    commands = rerun_commands(run, problem)
+    if commands:
+        lines += ["", "Rerun it exactly (its args.json), or as the flags that differ from its recipe:", "", "```",
+                  *commands, "```", ""]
+    else:
+        lines += ["", "(its args.json is missing: no command reruns it)", ""]
     return best
 
 
@@ -95,7 +102,8 @@ def compare(runs, out):
     check_writable(out, "--out", folder=True)
     comparison = compare_runs(runs, "--compare")
     out.mkdir(parents=True, exist_ok=True)
-    m, problem = comparison.metric, PROBLEMS[comparison.metric]
+    m = comparison.metric
+    problem = {"acc": "Problem 1", "miou": "Problem 2"}[m]
     figure = plot_compare(list(comparison.records.items()), out / "compare.png", metric=m,
                           title=f"{problem}: {len(runs)} runs compared")
     lines = [f"# {problem}: {len(runs)} runs compared", "", *comparison_table(comparison), ""]
@@ -127,7 +135,7 @@ def main(args):
 
     if p1 is not None:
         records = read_metrics(p1)
-        best = _run_section(lines, "Problem 1: classification", p1, "p1_train.py", records, "acc")
+        best = _run_section(lines, "Problem 1: classification", p1, "p1", records, "acc")
         if {"features", "confusion"} & set(args.only):
             inputs = open_run(p1, val_dir=args.p1_val_dir, out=out, device=args.device, amp=args.amp, problem="p1",
                               run_flag="--p1-run", val_flag="--p1-val-dir")
@@ -149,7 +157,7 @@ def main(args):
 
     if p2 is not None:
         records = read_metrics(p2)
-        best = _run_section(lines, "Problem 2: segmentation", p2, "p2_train.py", records, "miou")
+        best = _run_section(lines, "Problem 2: segmentation", p2, "p2", records, "miou")
         if "masks" in args.only:
             inputs = open_run(p2, val_dir=args.p2_val_dir, out=out, device=args.device, amp=args.amp, problem="p2",
                               run_flag="--p2-run", val_flag="--p2-val-dir")

@@ -10,7 +10,8 @@ side, one colour per class throughout). scikit-learn's PCA and TSNE with a fixed
 """
 from figures.features import feature_figures
 from figures.runs import open_run
-from utils.args import make_parser, report_parser
+from config.flags import report_parser
+from utils.args import make_parser
 from utils.errors import run_cli
 
 

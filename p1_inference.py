@@ -13,8 +13,9 @@ from pathlib import Path
 from datasets.p1 import load_folder, write_predictions
 from datasets.transforms import Compose, Normalize
 from models import load_trained
-from training.engine import predict, run_tta
-from utils.args import check_positive, inference_parser, make_parser
+from inference import predict, run_tta
+from config.flags import inference_parser
+from utils.args import check_positive, make_parser
 from utils.errors import UserError, run_cli
 from utils.io import check_writable
 from utils.runtime import peak_memory_gib, resolve_amp, resolve_device

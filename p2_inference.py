@@ -16,15 +16,16 @@ from pathlib import Path
 from datasets.p2 import load_tiles, write_masks
 from datasets.presets import p2_inference_transform
 from models import load_trained
-from training.engine import run_tta, segment
-from utils.args import check_positive, check_scales, inference_parser, make_parser, segmentation_tta_parser
+from inference import run_tta, segment
+from config.flags import check, inference_parser
+from utils.args import check_positive, make_parser
 from utils.errors import run_cli
 from utils.io import check_writable
 from utils.runtime import peak_memory_gib, resolve_amp, resolve_device
 
 
 def get_args_parser():
-    parser = make_parser(__doc__, [inference_parser("p2"), segmentation_tta_parser()])
+    parser = make_parser(__doc__, [inference_parser("p2")])
     parser.add_argument("img_dir", type=Path, help="folder of .jpg tiles to segment")
     parser.add_argument("out_dir", type=Path, help="folder for the .png masks (created if needed)")
     return parser
@@ -32,7 +33,7 @@ def get_args_parser():
 
 def main(args):
     check_positive(args, "batch_size")
-    check_scales(args, "tta_scales")
+    check({"tta_scales": args.tta_scales}, "p2")
     check_writable(args.out_dir, "OUT_DIR", folder=True)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)

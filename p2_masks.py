@@ -11,7 +11,8 @@ best.pth, the checkpoint grading uses.
 """
 from figures.runs import default_tile_ids, open_run
 from figures.masks import mask_figures
-from utils.args import make_parser, report_parser
+from config.flags import report_parser
+from utils.args import make_parser
 from utils.errors import run_cli
 
 

@@ -23,8 +23,8 @@ pretrained weights unless --epochs, --batch-size or --pretrained-file say otherw
 In both, best.pth of every run grades a folder through p1_inference.py / p2_inference.py (with
 the TTA its run validated with): Problem 1's figure is the accuracy of the CSV, Problem 2's the
 mIoU of mean_iou_evaluate.py on the masks. --ablate adds, for every model, the strong recipe with
-each of its parts (training.recipes.PARTS) set back to the reference, and with each part tried and
-left out of it (training.recipes.CANDIDATES), on every seed or the first --ablate-seeds.
+each of its parts (config.recipes.PARTS) set back to the reference, and with each part tried and
+left out of it (config.recipes.CANDIDATES), on every seed or the first --ablate-seeds.
 
 Runs live in <work dir>/runs/<problem>/<model>/<variant>/seed<N>/ (variant reference, strong,
 strong-without-<part> or strong-with-<part>): flags.json (the data and the training flags) when it starts, result.json
@@ -52,7 +52,7 @@ import mean_iou_evaluate  # noqa: E402
 from datasets.digits import write_digits  # noqa: E402
 from datasets.p1 import csv_accuracy  # noqa: E402
 from datasets.synthetic import write_tiles  # noqa: E402
-from training import recipes  # noqa: E402
+from config import flags as config_flags, recipes  # noqa: E402
 from utils.args import check_positive, make_parser  # noqa: E402
 from utils.errors import Interrupted, UserError, run_cli  # noqa: E402
 from utils.io import atomic_write, check_writable, write_json  # noqa: E402
@@ -99,8 +99,8 @@ def get_args_parser():
                    help="a run of every variant for each seed (--seed of the training scripts)")
     p.add_argument("--ablate", action="store_true",
                    help="also train, for every model, the strong recipe with each of its parts set back to the "
-                        "reference (training.recipes.PARTS; one row per part) and with each part tried and left out "
-                        "of it (training.recipes.CANDIDATES)")
+                        "reference (config.recipes.PARTS; one row per part) and with each part tried and left out "
+                        "of it (config.recipes.CANDIDATES)")
     p.add_argument("--ablate-seeds", type=int, default=None, metavar="N",
                    help="with --ablate: run those rows on the first N seeds only (their differences are then "
                         "taken over those seeds); default: every seed")
@@ -248,7 +248,7 @@ def plan_runs(problem, models, args):
         runs += [Run(problem, model, name, seed) for name in ("reference", "strong") for seed in args.seeds]
         if args.ablate:
             variants = [(f"strong without {part}", tuple(flags))
-                        for part, flags in recipes.ablations(problem, model).items()]
+                        for part, flags in config_flags.ablations(problem, model).items()]
             variants += [(f"strong with {part}", tuple(flags))
                          for part, flags in recipes.CANDIDATES[problem].get(model, {}).items()]
             seeds = args.seeds[:args.ablate_seeds] if args.ablate_seeds else args.seeds

@@ -18,7 +18,7 @@ from datasets.transforms import Compose, Normalize
 from models import load_trained
 from figures.plots import plot_embeddings
 from figures.runs import first_middle_last, read_metrics
-from training.engine import predict
+from inference import predict
 from utils.metrics import confusion_matrix
 
 SEED = 0

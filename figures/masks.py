@@ -16,7 +16,7 @@ from datasets.presets import p2_inference_transform
 from models import load_trained
 from figures.plots import mask_overlay, plot_image_grid
 from figures.runs import first_middle_last
-from training.engine import run_tta, segment
+from inference import run_tta, segment
 from utils.errors import UserError
 
 # The course visualiser blends at 0.3 over the photo as it is, where white (barren) on a light

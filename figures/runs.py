@@ -1,47 +1,37 @@
-"""Reading training runs for the report: snapshots, metrics, the command that made them, and how
-several runs of one problem compare. The run folder's layout is :mod:`training.run`'s."""
-import json
+"""Reading training runs for the report: snapshots, metrics, the commands that rerun them, and how
+several runs of one problem compare. The run folder's files are :mod:`utils.run_folder`'s, the
+flags :mod:`config.flags`'."""
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from config import flags
 from datasets.folder import list_files
 from datasets.p2 import image_id
-from models import get_model_spec, list_models, option_names
-from training.recipes import DEFAULTS
-from training.run import SNAPSHOT_RE
 from utils.errors import UserError
 from utils.io import check_writable
+from utils.run_folder import ARGS, METRIC_OF, PROBLEM_NAMES, RunFolder
 from utils.runtime import resolve_amp, resolve_device
 
 DEFAULT_TILE_IDS = ("0013", "0062", "0104")  # the report's mask figures (the seed's choice)
 
 
 def check_run(folder, flag, problem=None):
-    """``folder`` as a Path, refusing one that holds no run (no metrics.jsonl), or, given ``problem``
-    (``"p1"`` or ``"p2"``), a run of the other problem."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{flag} {folder}: no such run folder")
-    if not (folder / "metrics.jsonl").is_file():
-        raise UserError(f"{flag} {folder}: not a run folder (no metrics.jsonl)")
-    if problem is not None:
-        metric, wanted = run_metric(folder, read_metrics(folder), flag), METRICS[problem]
-        if metric != wanted:
-            raise UserError(f"{flag} {folder}: a {PROBLEMS[metric]} run (it logs val_{metric}); this needs a "
-                            f"{PROBLEMS[wanted]} run, of {problem}_train.py")
-    return folder
+    """``folder`` as a Path, refusing one that holds no run, or, given ``problem`` (``"p1"`` or
+    ``"p2"``), a run of the other problem (:meth:`utils.run_folder.RunFolder.check`)."""
+    RunFolder(folder).check(flag, problem)
+    return Path(folder)
 
 
 def snapshots(folder, flag):
     """``{epoch: path}`` of a run's ``epoch_NNN.pth`` files."""
-    found = {int(m.group(1)): p for p in Path(folder).iterdir() if (m := SNAPSHOT_RE.fullmatch(p.name))}
+    found = RunFolder(folder).snapshots()
     if not found:
         raise UserError(f"{flag} {folder}: no epoch_NNN.pth snapshots (train with --save-epochs, "
                         "whose default keeps the first, middle and last epoch)")
-    return dict(sorted(found.items()))
+    return found
 
 
 def first_middle_last(epochs):
@@ -51,58 +41,23 @@ def first_middle_last(epochs):
     return sorted({epochs[0], middle, epochs[-1]})
 
 
-def run_arg(folder, key):
-    """A flag of the run that made ``folder`` (from its ``args.json``), or ``None``."""
-    path = Path(folder) / "args.json"
-    return json.loads(path.read_text()).get(key) if path.is_file() else None
-
-
 def read_metrics(folder):
     """The records of a run's ``metrics.jsonl``."""
-    path = Path(folder) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return RunFolder(folder).read_metrics()
 
 
-def command_line(folder, script):
-    """The command that reproduces a run, rebuilt from its ``args.json``, into a new folder beside it."""
-    path = Path(folder) / "args.json"
-    if not path.is_file():
-        return f"python3 {script} (args.json missing)"
-    args = json.loads(path.read_text())
-    parts = [f"python3 {script}"]
-    for key, value in sorted(args.items()):
-        if value is None or key in ("resume", "overwrite", "progress", "device", "amp") or not applies(args, key):
-            continue
-        flag = "--" + key.replace("_", "-")
-        if key == "output_dir":
-            value = f"{value}-rerun"  # the run's own folder holds it already: a rerun needs a new one
-        if value is True:
-            parts.append(flag)
-        elif value is False:
-            parts.append("--no-" + key.replace("_", "-"))
-        elif isinstance(value, list):
-            parts.append(" ".join([flag, *map(str, value)]))
-        else:
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
-
-
-# Flags that matter only beside another flag's value: SGD's momentum, the focal loss's numbers.
-ONLY_WITH = {"momentum": ("opt", "sgd"), "focal_alpha": ("loss", "focal"), "focal_gamma": ("loss", "focal")}
-
-
-def applies(args, key):
-    """Whether flag ``key`` changes what the run of ``args`` (its ``args.json``) computes: not
-    ``--momentum`` for AdamW, nor ``--global-pool`` for vgg13 (another model's option)."""
-    if key in ONLY_WITH:
-        other, value = ONLY_WITH[key]
-        return args.get(other) == value
-    model = args.get("model")
-    if model not in list_models():
-        return True
-    if key in option_names():
-        return key in option_names(model)
-    return key != "aux_weight" or get_model_spec(model).aux_head
+def rerun_commands(folder, problem):
+    """The two commands that rerun the run in ``folder`` into ``<folder>-rerun``: the exact one (the
+    run's ``args.json`` as ``--config``) and the short one a person reads (``--model``, ``--recipe``
+    and the flags that differ from that recipe), as text; ``[]`` without an ``args.json``."""
+    run = RunFolder(folder)
+    saved = run.read_args()
+    if saved is None:
+        return []
+    out = Path(f"{Path(folder).absolute()}-rerun")  # the run's own folder holds it already
+    values = flags.from_json(saved)
+    return [" ".join(flags.command(problem, values, output_dir=out, config=run.path.absolute() / ARGS)),
+            " ".join(flags.command(problem, values, output_dir=out))]
 
 
 @dataclass
@@ -143,7 +98,8 @@ def open_run(run, *, val_dir, out, device, amp, problem, run_flag="--run", val_f
 
 def val_dir_of(run, given, problem):
     """The validation folder a figure reads: ``given``, else the run's own, else the course's."""
-    return Path(given or run_arg(run, "val_dir") or DEFAULTS[problem]["val_dir"])
+    saved = RunFolder(run).read_args() or {}
+    return Path(given or saved.get("val_dir") or flags.BY_NAME["val_dir"].default_for(problem))
 
 
 def default_tile_ids(val_dir, flag):
@@ -157,12 +113,6 @@ def default_tile_ids(val_dir, flag):
     return ids
 
 
-# What a run's args.json records about where and how it computed rather than what it trained: runs
-# of one recipe on other machines, folders or validation batch sizes are the same recipe.
-NOT_RECIPE = ("output_dir", "resume", "overwrite", "progress", "device", "amp", "train_dir", "val_dir",
-              "save_epochs", "cache_dir", "eval_batch_size")
-PROBLEMS = {"acc": "Problem 1", "miou": "Problem 2"}  # a run's problem, told by the metric it logs
-METRICS = {"p1": "acc", "p2": "miou"}
 _MISSING = object()  # a key one run's args.json lacks (an older script's) differs from every value
 
 
@@ -184,16 +134,6 @@ class Comparison:
     records: dict = field(repr=False)
 
 
-def run_metric(folder, records, flag):
-    """The validation metric a run logs (``acc`` or ``miou``); refuses a run with no epochs."""
-    if not records:
-        raise UserError(f"{flag} {folder}: no epochs in its metrics.jsonl yet")
-    found = [m for m in PROBLEMS if f"val_{m}" in records[0]]
-    if not found:
-        raise UserError(f"{flag} {folder}: its metrics.jsonl has neither val_acc nor val_miou")
-    return found[0]
-
-
 def compare_runs(folders, flag="--compare"):
     """Read several runs of one problem into a :class:`Comparison`, refusing bad input before anything is drawn.
 
@@ -205,20 +145,20 @@ def compare_runs(folders, flag="--compare"):
     if len(folders) < 2:
         raise UserError(f"{flag} needs at least two runs to compare, got only {' '.join(map(str, folders))} "
                         "(one run's figures come from --p1-run or --p2-run)")
-    seen = {}
+    seen, metrics = {}, []
     for folder in folders:
-        check_run(folder, flag)
+        metrics.append(RunFolder(folder).check(flag))
         if folder.resolve() in seen:
             raise UserError(f"{flag}: {folder} is the same run as {seen[folder.resolve()]}")
         seen[folder.resolve()] = folder
     records = [read_metrics(f) for f in folders]
-    metrics = [run_metric(f, r, flag) for f, r in zip(folders, records)]
+    names = {m: PROBLEM_NAMES[p] for p, m in METRIC_OF.items()}
     for folder, metric in zip(folders, metrics):
         if metric != metrics[0]:
-            raise UserError(f"{flag}: {folders[0]} is a {PROBLEMS[metrics[0]]} run (val_{metrics[0]}) and {folder} "
-                            f"a {PROBLEMS[metric]} run (val_{metric}); compare runs of one problem")
+            raise UserError(f"{flag}: {folders[0]} is a {names[metrics[0]]} run (val_{metrics[0]}) and {folder} "
+                            f"a {names[metric]} run (val_{metric}); compare runs of one problem")
     metric = metrics[0]
-    args = [json.loads((f / "args.json").read_text()) if (f / "args.json").is_file() else None for f in folders]
+    args = [RunFolder(f).read_args() for f in folders]
     differing = differing_keys([a for a in args if a is not None])
     # Folder names label the runs, unless two share one (runs/seed0/vgg13, runs/seed1/vgg13).
     names = [f.name for f in folders]
@@ -234,21 +174,20 @@ def compare_runs(folders, flag="--compare"):
 
 
 def differing_keys(all_args):
-    """The keys of some ``args.json`` dicts whose values are not all equal, less :data:`NOT_RECIPE`."""
-    keys = sorted({k for a in all_args for k in a} - set(NOT_RECIPE))
+    """The recipe flags (:data:`config.flags.COMPARED`) whose values in some ``args.json`` dicts are
+    not all equal: not where the runs computed, nor their bookkeeping."""
+    keys = sorted({k for a in all_args for k in a} & flags.COMPARED)
     return [k for k in keys if any(a.get(k, _MISSING) != all_args[0].get(k, _MISSING) for a in all_args)]
 
 
 def flag_text(key, value):
-    """A flag's value as the comparison table shows it: ``lr 0.1``, ``pretrained``, ``no-pretrained``."""
-    name = key.replace("_", "-")
-    if isinstance(value, bool):
-        return name if value else f"no-{name}"
+    """A flag's value as the comparison table shows it: as a command line writes it
+    (:func:`config.flags.words`: ``--lr 0.1``, ``--no-pretrained``), or that a run lacks it."""
     if value is _MISSING:
-        return f"{name} missing"
+        return f"{flags.BY_NAME[key].option} missing"
     if value is None:
-        return f"{name} unset"  # not "none", which --tta takes as a value of its own
-    return f"{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+        return f"{flags.BY_NAME[key].option} unset"  # not "none", which --tta takes as a value of its own
+    return " ".join(flags.words(key, flags.from_json({key: value})[key]))
 
 
 def comparison_table(comparison):

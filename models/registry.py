@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from utils.args import REPO
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, model_entries
 from utils.errors import UserError, brief
 from utils.runtime import compile_model, place_model
 
@@ -133,9 +133,10 @@ def untrained_checkpoint(name, *, num_classes, mean, std, seed=0):
     model = get_model(name, num_classes=num_classes)
     if spec.mean is not None:
         mean, std = spec.mean, spec.std
-    return {"model": model.state_dict(), "arch": name, "problem": spec.problem,
-            "model_kwargs": {"num_classes": num_classes}, "num_classes": num_classes,
-            "mean": list(mean), "std": list(std), "epoch": 0, "args": {}}  # no run, so no flags: no TTA
+    # No run, so no flags: no TTA.
+    return {**model_entries(problem=spec.problem, arch=name, model_kwargs={"num_classes": num_classes}, mean=mean,
+                            std=std, args={}),
+            "model": model.state_dict(), "epoch": 0}
 
 
 def model_options(name, namespace):

@@ -10,7 +10,7 @@ import pytest
 from datasets.p1 import csv_accuracy
 import p1_train
 from tests.conftest import REPO, write_p1_folder
-from training import recipes
+from config import recipes
 from utils.errors import run_cli
 
 

@@ -27,7 +27,8 @@ from datasets.presets import p2_inference_transform
 from datasets.transforms import Compose, Normalize
 from models import get_model, list_models, load_trained
 from tests.conftest import run_script
-from training.engine import predict, train_one_epoch
+from inference import predict
+from training.engine import train_one_epoch
 from training.losses import SegmentationLoss
 from training.optim import Updater
 from utils.checkpoint import load_checkpoint

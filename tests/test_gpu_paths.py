@@ -24,7 +24,8 @@ from models import get_model
 import p1_train
 import p2_train
 from tests.conftest import REPO, run_script
-from training.engine import evaluate, predict, train_one_epoch
+from inference import predict
+from training.engine import evaluate, train_one_epoch
 from training.optim import Updater, build_optimizer, build_scheduler
 from utils import distributed
 from utils.args import MAX_SKIPPED_IN_A_ROW

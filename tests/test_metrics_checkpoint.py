@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.metrics import Accuracy
 
@@ -29,7 +29,7 @@ def test_accuracy_reads_segmenter_outputs():
 
 
 def make_ckpt(problem="p1"):
-    return {"model": {"w": torch.arange(3.0)}, "arch": "vgg13", "problem": problem,
+    return {"format": FORMAT, "model": {"w": torch.arange(3.0)}, "arch": "vgg13", "problem": problem,
             "model_kwargs": {"num_classes": 50}, "args": {"lr": 0.1, "output_dir": "runs/x"},
             "rng": {"torch": torch.get_rng_state()}, "epoch": 3}
 

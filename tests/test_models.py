@@ -8,7 +8,7 @@ from torch import nn
 import models.beit
 from datasets.synthetic import write_tiles
 from models import get_model, get_model_spec, list_models, load_trained, untrained_checkpoint
-from training.recipes import RECIPES
+from config.recipes import RECIPES
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 import p1_inference

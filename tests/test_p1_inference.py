@@ -8,7 +8,7 @@ import torch
 
 import p1_inference
 from tests.conftest import REPO, assert_one_line_error, run_main, run_script, write_p1_folder
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.io import check_writable
 
@@ -119,7 +119,8 @@ def test_check_writable_tries_to_create_a_file(tmp_path, monkeypatch):
 
 def test_checkpoint_of_the_other_problem(p1_data, tmp_path):
     ckpt = tmp_path / "p2_best.pth"
-    save_checkpoint({"model": {}, "arch": "fcn32s", "problem": "p2", "model_kwargs": {"num_classes": 7}}, ckpt)
+    save_checkpoint({"format": FORMAT, "model": {}, "arch": "fcn32s", "problem": "p2",
+                     "model_kwargs": {"num_classes": 7}}, ckpt)
     out = tmp_path / "p.csv"
     assert_one_line_error(infer(ckpt, p1_data[1], out), ckpt, "Problem 2", "fcn32s")
     assert not out.exists()

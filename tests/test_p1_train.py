@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import p1_train
-from training.recipes import DEFAULTS
+from config.flags import BY_NAME
 from tests.conftest import assert_one_line_error, run_main, run_script
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
@@ -169,7 +169,7 @@ def test_missing_training_folder(tmp_path, p1_data):
 
 
 def test_the_course_data_not_yet_fetched_says_how_to_fetch_it(tmp_path, p1_data, monkeypatch):
-    monkeypatch.setitem(DEFAULTS["p1"], "train_dir", tmp_path / "hw1_data" / "p1_data" / "train_50")
+    monkeypatch.setitem(BY_NAME["train_dir"].default, "p1", tmp_path / "hw1_data" / "p1_data" / "train_50")
     proc = run_main(p1_train, "--val-dir", p1_data[1], "--output-dir", tmp_path / "o", "--device", "cpu")
     assert_one_line_error(proc, "--train-dir", "no such folder (fetch the course data with: bash hw1_download.sh "
                                 "--only hw1_data.zip, or give --train-dir)")
@@ -195,12 +195,13 @@ def test_bad_numbers_and_resume_file(tmp_path):
 
 
 def test_run_folder_checkpoint_files(tmp_path):
-    from training.run import RunFolder
+    from utils.checkpoint import FORMAT
+    from utils.run_folder import RunFolder
 
     run = RunFolder(tmp_path / "run")
     run.start({"lr": 0.1})
-    state = {"model": {"w": torch.zeros(2)}, "optimizer": {"state": {}}, "arch": "vgg13", "problem": "p1",
-             "model_kwargs": {}}
+    state = {"format": FORMAT, "model": {"w": torch.zeros(2)}, "optimizer": {"state": {}}, "arch": "vgg13",
+             "problem": "p1", "model_kwargs": {}}
     run.end_epoch({"epoch": 1}, {**state, "epoch": 1, "rng": {"cpu": torch.zeros(3)}}, is_best=True, snapshot=True)
     best, last = tmp_path / "run" / "best.pth", tmp_path / "run" / "last.pth"
     # best.pth keeps what inference needs, not the optimiser (last.pth has it, for --resume)...

@@ -1,11 +1,9 @@
 """The recipes: --recipe reference is the seed's behaviour, --recipe strong trains every model, and
 each part of the strong recipes does what it says (exact values on hand-made inputs)."""
 import argparse
-import io
 import json
 import math
 import re
-import warnings
 
 import pytest
 import timm
@@ -19,10 +17,11 @@ from datasets.presets import p1_transforms, p2_transforms
 from datasets.transforms import ColorJitter, RandomErasing, RandomScale
 from models import get_model
 from models.beit import BEiT
-from training.engine import forward, tta_views
+from inference import forward, tta_views
 from training.losses import SegmentationLoss, focal_loss
 from training.optim import POLY_POWER, Updater, WeightAverage, build_optimizer, build_scheduler, param_groups
-from training.recipes import PARTS, RECIPES, ablations
+from config.flags import ablations, defaults
+from config.recipes import PARTS, RECIPES
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.runtime import EpochRNG, seed_everything
@@ -98,12 +97,12 @@ def test_reference_recipes_build_what_the_seed_built():
     train, _ = p2_transforms("flip", mean=(0.5,) * 3, std=(0.2,) * 3)
     assert repr(train) == ("Compose(RandomFlip(p=0.5, dim=-1), RandomFlip(p=0.5, dim=-2), "
                            "Normalize(mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)))")
-    for problem in RECIPES.values():
-        for recipes in problem.values():
-            assert recipes["reference"]["tta"] == "none" and recipes["reference"]["warmup"] == 0.0
+    for problem, models in RECIPES.items():
+        for model in models:
+            reference, strong = defaults(problem, model, "reference"), defaults(problem, model, "strong")
+            assert reference["tta"] == "none" and reference["warmup"] == 0.0 and reference["ema"] == 0.0
             # Equal compute: the strong recipe trains as many epochs, at the same batch.
-            assert (recipes["strong"]["epochs"], recipes["strong"]["batch_size"]) == \
-                (recipes["reference"]["epochs"], recipes["reference"]["batch_size"])
+            assert (strong["epochs"], strong["batch_size"]) == (reference["epochs"], reference["batch_size"])
 
 
 # --- strong: every model trains from random weights offline, and inference follows ----------
@@ -210,12 +209,12 @@ def test_class_weighted_losses():
     assert loss({"out": logits}, target) == pytest.approx(per_pixel[pixels].mean().item(), rel=1e-6)
 
 
-# The code before the groups and schedules were timm's and torch's: the references they must match
-# (the groups, because a checkpoint's optimiser state loads by the groups' positions).
+# The groups and schedules worked out by hand (the code before they were timm's and torch's): the
+# references they must match.
 
-def old_depth(name, num_layers):
-    """BEiT's depth rule (and this code's before timm's group_matcher): 0 the embeddings, ``i + 1``
-    block ``i``, ``num_layers + 1`` the final norm and the head."""
+def depth_of(name, num_layers):
+    """BEiT's depth rule: 0 the embeddings, ``i + 1`` block ``i``, ``num_layers + 1`` the final norm
+    and the head."""
     parts = name.split(".")
     if parts[1] in ("cls_token", "mask_token", "pos_embed", "patch_embed", "rel_pos_bias"):
         return 0
@@ -224,14 +223,15 @@ def old_depth(name, num_layers):
     return num_layers + 1
 
 
-def old_param_groups(net, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, aux_lr_scale=1.0):
-    """training.optim.param_groups before timm made the groups (BEiT's depth by :func:`old_depth`)."""
+def hand_made_groups(net, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, aux_lr_scale=1.0):
+    """The parameter groups by BEiT's rules (depth by :func:`depth_of`), one per (depth, auxiliary
+    head, undecayed)."""
     skip = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
     num_layers = len(net.net.blocks) if layer_decay != 1.0 else 0
     groups = {}
     for name, param in net.named_parameters():
         undecayed = not norm_bias_decay and (param.ndim <= 1 or name in skip)
-        depth = old_depth(name, num_layers) if layer_decay != 1.0 else 0
+        depth = depth_of(name, num_layers) if layer_decay != 1.0 else 0
         scale = layer_decay ** (num_layers + 1 - depth) if layer_decay != 1.0 else 1.0
         aux = aux_lr_scale != 1.0 and net.is_aux(name)
         scale *= aux_lr_scale if aux else 1.0
@@ -242,7 +242,7 @@ def old_param_groups(net, *, weight_decay, norm_bias_decay=True, layer_decay=1.0
 
 
 def warmup_factor(name, step, *, total_steps, warmup_steps):
-    """The closed form of the schedules before they were torch's (a LambdaLR of it)."""
+    """The closed form of the schedules (what they were before they were torch's)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
@@ -293,7 +293,7 @@ def test_timms_layer_decay_gives_every_beit_parameter_beits_lr_scale_and_decay(g
     num_layers, skip = len(model.net.blocks), model.no_weight_decay()
     groups = param_groups(model, weight_decay=0.05, norm_bias_decay=False, layer_decay=0.85)
     got = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
-    expected = {name: (0.85 ** (num_layers + 1 - old_depth(name, num_layers)),
+    expected = {name: (0.85 ** (num_layers + 1 - depth_of(name, num_layers)),
                        0.0 if p.ndim <= 1 or name in skip else 0.05) for name, p in model.named_parameters()}
     assert {name: got[id(p)] for name, p in model.named_parameters()} == expected
     final_norm = "net.norm.weight" if global_pool == "token" else "net.fc_norm.weight"
@@ -309,7 +309,7 @@ def test_timms_layer_decay_gives_every_beit_parameter_beits_lr_scale_and_decay(g
     ("beit", dict(weight_decay=0.0, norm_bias_decay=True, layer_decay=0.85)),
     ("beit-token", dict(weight_decay=0.05, norm_bias_decay=False, layer_decay=0.85)),
 ])
-def test_the_groups_are_todays_in_todays_order(model, flags, request):
+def test_the_groups_are_the_hand_made_ones(model, flags, request):
     if model == "beit":
         net = request.getfixturevalue("beit")
     elif model == "beit-token":
@@ -318,22 +318,9 @@ def test_the_groups_are_todays_in_todays_order(model, flags, request):
         net = get_model(model, num_classes=50 if model == "vgg13" else 7, pretrained=False)
 
     def described(groups):
-        return [([id(p) for p in g["params"]], g["weight_decay"], g["lr_scale"]) for g in groups]
+        return sorted((sorted(id(p) for p in g["params"]), g["weight_decay"], g["lr_scale"]) for g in groups)
 
-    assert described(param_groups(net, **flags)) == described(old_param_groups(net, **flags))
-
-
-def test_an_optimiser_state_of_todays_groups_loads_into_the_new_groups():
-    model = get_model("vgg13", num_classes=50)
-    flags = dict(weight_decay=5e-4, norm_bias_decay=False)
-    old = build_optimizer("sgd", old_param_groups(model, **flags), lr=0.1, weight_decay=5e-4, momentum=0.9)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    old.step()
-    new = build_optimizer("sgd", param_groups(model, **flags), lr=0.1, weight_decay=5e-4, momentum=0.9)
-    new.load_state_dict(old.state_dict())
-    assert all(torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
-               for p in model.parameters())
+    assert described(param_groups(net, **flags)) == described(hand_made_groups(net, **flags))
 
 
 def test_a_model_without_layers_refuses_layer_decay():
@@ -391,54 +378,6 @@ def test_warmup_then_decay_schedules():
     assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.1 * (2 / 3) ** 0.9, 0.1 * (1 / 3) ** 0.9])
 
 
-@pytest.mark.parametrize("sched, warmup", [("cosine", 0.1), ("poly", 0.1), ("constant", 0.1), ("cosine", 0.0),
-                                           ("poly", 0.0)])
-def test_a_checkpoint_of_the_lambdalr_schedules_resumes_on_torchs(sched, warmup):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))  # decayed and undecayed groups
-    args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=1e-4, momentum=0.9, sched=sched, epochs=4,
-                              warmup=warmup, norm_bias_decay=False)
-    total, warm, done = 40, round(warmup * 40), 23
-    # The code before: the same groups and optimiser, and a LambdaLR of the closed form.
-    old = build_optimizer("sgd", old_param_groups(model, weight_decay=1e-4, norm_bias_decay=False), lr=0.1,
-                          weight_decay=1e-4, momentum=0.9)
-    old_schedule = torch.optim.lr_scheduler.LambdaLR(
-        old, lambda step: warmup_factor(sched, step, total_steps=total, warmup_steps=warm))
-    x = torch.randn(8, 3)
-    for _ in range(done):
-        old.zero_grad()
-        model(x).square().mean().backward()
-        old.step()
-        old_schedule.step()
-    buffer = io.BytesIO()
-    torch.save({"optimizer": old.state_dict(), "scheduler": old_schedule.state_dict(), "scaler": None, "ema": None},
-               buffer)
-    buffer.seek(0)
-    ckpt = torch.load(buffer, weights_only=True)
-    assert "lr_lambdas" in ckpt["scheduler"]
-
-    resumed = Updater.from_flags(args, model, steps_per_epoch=10, device=torch.device("cpu"), amp_dtype=None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the fast-forward's steps before an optimiser step warn nothing
-        resumed.load_state_dict(ckpt)
-    # The lrs the schedule says at that step: those of the same schedule stepped there, exactly.
-    straight = Updater.from_flags(args, model, steps_per_epoch=10, device=torch.device("cpu"), amp_dtype=None)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-        for _ in range(done):
-            straight.scheduler.step()
-    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in straight.optimizer.param_groups]
-    assert resumed.scheduler.last_epoch == done
-    for p in model.parameters():
-        assert torch.equal(resumed.optimizer.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
-    # And the rest of the run follows the old schedule.
-    for step in range(done, total):
-        got, want = [g["lr"] for g in resumed.optimizer.param_groups], [g["lr"] for g in old.param_groups]
-        assert got == pytest.approx(want, rel=1e-6), step
-        resumed.scheduler.step()
-        old_schedule.step()
-
-
 def test_a_resume_with_more_epochs_lays_the_schedule_out_anew_and_one_with_the_same_loads_it():
     model = nn.Linear(2, 1)
 
@@ -454,7 +393,7 @@ def test_a_resume_with_more_epochs_lays_the_schedule_out_anew_and_one_with_the_s
     same = updater(2)
     same.load_state_dict(state)
     assert same.scheduler.state_dict() == first.scheduler.state_dict() and same.lr == first.lr == 0.0
-    # As the LambdaLR before it: the schedule of the new length, at the step the run is at.
+    # The schedule of the new length, at the step the run is at.
     longer = updater(4)
     longer.load_state_dict(state)
     for step in range(20, 40):
@@ -508,14 +447,15 @@ def test_each_strong_lr_is_its_source_rows_lr_scaled_by_the_rule_its_comment_sta
 def test_every_strong_part_is_ablated_and_its_flags_set_the_reference_back():
     for problem, models in RECIPES.items():
         script = p1_train if problem == "p1" else p2_train
-        for model, recipes in models.items():
-            differing = {k for k, v in recipes["strong"].items() if recipes["reference"].get(k) != v}
+        for model in models:
+            reference, strong = defaults(problem, model, "reference"), defaults(problem, model, "strong")
+            differing = {k for k, v in strong.items() if reference[k] != v} - {"recipe"}
             listed = [k for keys in PARTS[problem][model].values() for k in keys]
             assert sorted(listed) == sorted(differing), model  # each differing flag in exactly one part
             for part, flags in ablations(problem, model).items():
                 args = script.get_args_parser().parse_args(["--model", model, "--recipe", "strong", *flags])
                 for key in PARTS[problem][model][part]:
-                    assert getattr(args, key) == recipes["reference"][key], (model, part, key)
+                    assert getattr(args, key) == reference[key], (model, part, key)
 
 
 def test_the_weight_average_spans_a_twentieth_of_the_steps_then_its_cap():

@@ -19,7 +19,7 @@ from figures import features, masks, plots as plotting
 from figures.architecture import architecture_summary, layout, plot_architecture, shape_text, trace_blocks, trace_graph
 from figures.plots import (class_boundaries, mask_overlay, plot_class_iou, plot_compare, plot_confusion,
                            plot_curves, plot_embeddings, plot_image_grid)
-from figures.runs import command_line, compare_runs, first_middle_last
+from figures.runs import compare_runs, first_middle_last
 from utils.errors import UserError
 
 
@@ -248,27 +248,6 @@ def test_make_report_names_its_own_flag_for_the_tiles(p2_run, tmp_path):
     assert made["masks"]["progress"]["rows"] == 3
 
 
-def test_the_report_lists_only_the_flags_that_apply(p1_run, p2_run, tmp_path):
-    p1 = command_line(p1_run, "p1_train.py")  # vgg13 with AdamW
-    assert "--opt adamw" in p1 and "--dropout 0.5" in p1
-    assert "--momentum" not in p1 and "--global-pool" not in p1
-    p2 = command_line(p2_run, "p2_train.py")  # lraspp, cross-entropy, AdamW
-    assert "--loss ce" in p2 and "--opt adamw" in p2
-    for flag in ("--momentum", "--focal-alpha", "--focal-gamma", "--aux-weight", "--dropout"):
-        assert flag not in p2, flag
-    run = tmp_path / "deeplab"
-    run.mkdir()
-    args = {**json.loads((p2_run / "args.json").read_text()), "model": "deeplabv3", "opt": "sgd",
-            "momentum": 0.9, "loss": "focal", "aux_weight": 1.0}
-    (run / "args.json").write_text(json.dumps(args))
-    deeplab = command_line(run, "p2_train.py")
-    assert "--momentum 0.9" in deeplab and "--focal-alpha 0.2" in deeplab and "--aux-weight 1.0" in deeplab
-    assert "--dropout" not in deeplab and "--bn-momentum" not in deeplab
-    (run / "args.json").write_text(json.dumps({**args, "model": "fcn32s", "opt": "adamw"}))
-    fcn = command_line(run, "p2_train.py")
-    assert "--dropout 0.5" in fcn and "--bn-momentum" not in fcn and "--momentum" not in fcn
-
-
 def _drawn(monkeypatch):
     """Make ``save_figure`` draw each figure before saving it; returns the list the figures go to."""
     figures = []
@@ -430,7 +409,7 @@ def test_compare_tables_and_draws_two_runs(p1_run, p1_run_lr, tmp_path):
         assert row["best"] == best and row["epochs"] == epochs and row["last"] == records[-1]["val_acc"]
         assert records[row["best_epoch"] - 1]["val_acc"] == best
         lr = json.loads((run / "args.json").read_text())["lr"]
-        assert row["flags"] == f"epochs {epochs}, lr {lr}"  # nothing else differs
+        assert row["flags"] == f"--epochs {epochs}, --lr {lr}"  # nothing else differs, written as typed
         cells = [c.strip() for c in rows[run.name].strip("|").split("|")]
         assert cells == [run.name, str(epochs), f"{best:.4f}", str(row["best_epoch"]),
                          f"{records[-1]['val_acc']:.4f}", row["flags"]]
@@ -471,5 +450,5 @@ def test_compare_rows_without_drawing(p1_run, tmp_path):
     comparison = compare_runs(runs)
     assert comparison.differing == ["pretrained", "seed", "tta"]
     assert [r["run"] for r in comparison.rows] == [str(r) for r in runs]
-    assert comparison.rows[0]["flags"] == f"pretrained missing, seed 0, tta {base['tta']}"
-    assert comparison.rows[1]["flags"] == "no-pretrained, seed 1, tta unset"
+    assert comparison.rows[0]["flags"] == f"--pretrained missing, --seed 0, --tta {base['tta']}"
+    assert comparison.rows[1]["flags"] == "--no-pretrained, --seed 1, --tta unset"

@@ -12,19 +12,20 @@ import torch
 
 import make_report
 import p1_features
+import p1_inference
 import p1_train
 import p2_masks
 from tests.conftest import REPO, assert_one_line_error, run_main
 from training.optim import Updater
-from figures.runs import command_line
-from training.run import TrainState
+from figures.runs import rerun_commands
+from training.run import Resume, TrainState
 from training.trainer import StopOnSignal
-from utils.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from utils.checkpoint import FORMAT, load_checkpoint, model_entries, save_checkpoint
 from utils.errors import UserError
 
 
 def make_updater(model, sched="cosine", epochs=2, steps=3, opt="sgd"):
-    args = argparse.Namespace(opt=opt, lr=0.1, weight_decay=0.0, momentum=0.9, sched=sched, epochs=epochs)
+    args = argparse.Namespace(opt=opt, lr=0.1, weight_decay=0.0, momentum=0.9, sched=sched, epochs=epochs)  # the rest off
     return Updater.from_flags(args, model, steps_per_epoch=steps, device=torch.device("cpu"),
                               amp_dtype=None)
 
@@ -46,17 +47,17 @@ def test_a_checkpoint_restores_weights_optimiser_schedule_rng_and_state(tmp_path
     for _ in range(2):
         updater.step(model(torch.randn(4, 3)).pow(2).mean())
     state = TrainState(epoch=1, best_metric=0.5, best_epoch=1, record={"epoch": 1, "val_acc": 0.5})
-    state.partial = {"train": {"step": 2, "lr": 0.1, "loss_sum": 1.5, "samples": 8}, "rng": {}, "device": "cpu",
-                     "batch_size": 4, "seed": 0}
-    meta = {"problem": "p1", "arch": "vgg13", "model_kwargs": {}, "args": {}}
-    save_checkpoint(state.checkpoint(model, updater, meta), tmp_path / "c.pth")
+    state.partial = {"train": {"step": 2, "lr": 0.1, "loss_sum": 1.5, "samples": 8, "skipped": 0}, "rng": {},
+                     "device": "cpu", "batch_size": 4, "seed": 0}
+    entries = model_entries(problem="p1", arch="vgg13", model_kwargs={"num_classes": 2}, mean=[0.5], std=[0.5], args={})
+    save_checkpoint(state.checkpoint(model, updater, entries), tmp_path / "c.pth")
     expected_draw = torch.rand(3)  # the global RNG continues from the saved state on resume
 
     ckpt = load_checkpoint(tmp_path / "c.pth")
     assert ckpt["format"] == FORMAT and ckpt["step"] == 2 and ckpt["arch"] == "vgg13"
     other = torch.nn.Linear(3, 2)
     other_updater = make_updater(other)
-    resumed = TrainState.resume(ckpt, other, other_updater)
+    resumed = Resume(tmp_path / "c.pth", ckpt).restore(other, other_updater)
     assert resumed == state
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
     assert other_updater.lr == updater.lr and other_updater.scheduler.last_epoch == 2
@@ -81,26 +82,31 @@ def test_a_checkpoint_of_a_later_format_is_refused_naming_it(tmp_path, p1_run):
     ckpt = load_checkpoint(p1_run / "last.pth")
     save_checkpoint({**ckpt, "format": FORMAT + 1}, tmp_path / "future.pth")
     with pytest.raises(UserError, match=f"checkpoint format {FORMAT + 1} is newer than this code reads "
-                                        f"\\(format {FORMAT} and earlier\\)"):
+                                        f"\\(format {FORMAT}\\)"):
         load_checkpoint(tmp_path / "future.pth")
 
 
-def test_a_checkpoint_written_before_the_format_entry_still_resumes(p1_run, tmp_path):
+@pytest.mark.parametrize("older", [None, FORMAT - 1])
+def test_a_checkpoint_of_an_earlier_format_is_refused_naming_it(p1_run, p1_data, tmp_path, older):
     old = load_checkpoint(p1_run / "last.pth")
-    del old["format"]
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("metrics.jsonl", "args.json"):
-        (run / name).write_text((p1_run / name).read_text())
-    save_checkpoint({**old, "args": {**old["args"], "output_dir": str(run)}}, run / "last.pth")
-    result = p1_train.main(p1_train.get_args_parser().parse_args(
-        ["--resume", str(run / "last.pth"), "--epochs", "5", "--no-progress"]))
-    assert result["epochs"] == 5 and load_checkpoint(run / "last.pth")["format"] == FORMAT
+    if older is None:
+        del old["format"]  # written before the entry: format 1
+    else:
+        old["format"] = older
+    save_checkpoint(old, tmp_path / "last.pth")
+    found = 1 if older is None else older
+    for script, argv in ((p1_train, ["--resume", tmp_path / "last.pth"]),
+                         (p1_inference, ["--checkpoint", tmp_path / "last.pth", p1_data[1], tmp_path / "out.csv"])):
+        proc = run_main(script, *argv)
+        assert_one_line_error(proc, f"{tmp_path / 'last.pth'}: checkpoint format {found}, of an earlier release of "
+                                    f"this code (this one reads format {FORMAT}); retrain, or use the release that "
+                                    "wrote it")
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_mid_epoch_resume_refuses_a_flag_that_changes_the_numbers(p1_run, tmp_path):
     ckpt = load_checkpoint(p1_run / "last.pth")
-    ckpt["partial"] = {"train": {"step": 1, "lr": 1e-3, "loss_sum": 1.0, "samples": 16}, "rng": {},
+    ckpt["partial"] = {"train": {"step": 1, "lr": 1e-3, "loss_sum": 1.0, "samples": 16, "skipped": 0}, "rng": {},
                        "device": "cpu", "batch_size": 16, "seed": 0}
     save_checkpoint({**ckpt, "epoch": 3, "args": {**ckpt["args"], "output_dir": str(tmp_path)}},
                     tmp_path / "last.pth")
@@ -111,19 +117,22 @@ def test_mid_epoch_resume_refuses_a_flag_that_changes_the_numbers(p1_run, tmp_pa
 
 def test_help_lists_every_recipe():
     text = p1_train.get_args_parser().format_help()
-    assert "vgg13 reference: epochs 300, batch-size 128, opt adamw, lr 0.001" in text
-    assert "beit reference: epochs 6, batch-size 32, opt sgd, lr 0.003" in text
-    assert "vgg13 strong:    nesterov yes" in text and "beit strong:" in text
-    assert "--amp {auto,bf16,fp16,off}" in text and "(default: auto, or the resumed run's)" in text
+    assert "vgg13 reference: --epochs 300 --batch-size 128 --opt adamw --lr 0.001" in text
+    assert "beit reference: --epochs 6 --batch-size 32 --opt sgd --lr 0.003" in text
+    assert "vgg13 strong:    --opt sgd --nesterov" in text and "beit strong:" in text
+    assert "--amp {auto,bf16,fp16,off}" in text and "(default: auto, or the resumed run's)" in " ".join(text.split())
 
 
 # demo.py is left out: its job is to run each of these end to end, as a user would, in one process.
 ENTRY_SCRIPTS = ("p1_train", "p2_train", "p1_inference", "p2_inference", "p1_features", "p2_masks", "make_report",
                  "mean_iou_evaluate", "hw1_download")
 # What each package may import of the others: utils/ is the ground floor, models/ and datasets/ stand on
-# it, the training loop on those, the report figures (figures/) on all of them.
-FLOORS = {"utils": set(), "models": {"utils"}, "datasets": {"utils"}, "training": {"utils", "models", "datasets"},
-          "figures": {"utils", "models", "datasets", "training"}}
+# it, inference on those, the flags and recipes (config/) on those, and the training loop and the report
+# figures (figures/) side by side on all of them: figures/ reads runs without the training loop.
+FLOORS = {"utils": set(), "models": {"utils"}, "datasets": {"utils"}, "inference": {"utils", "models", "datasets"},
+          "config": {"utils", "models", "datasets", "inference"},
+          "training": {"utils", "models", "datasets", "inference", "config"},
+          "figures": {"utils", "models", "datasets", "inference", "config"}}
 
 
 def _python_files(*folders):
@@ -217,8 +226,9 @@ def test_a_run_moved_to_another_folder_resumes_there_from_any_working_directory(
     assert load_checkpoint(elsewhere / "moved" / "last.pth")["epoch"] == 2
     assert not (start / "run").exists()  # written where the run is now, not where it was
     # The reproduce command of the report runs into a new folder beside the run's.
-    command = command_line(elsewhere / "moved", "p1_train.py")
-    assert f"--output-dir {elsewhere / 'moved'}-rerun" in command and f"--train-dir {start / 'train'}" in command
+    exact, short = rerun_commands(elsewhere / "moved", "p1")
+    assert exact.endswith(f"--config {elsewhere / 'moved' / 'args.json'} --output-dir {elsewhere / 'moved'}-rerun")
+    assert f"--output-dir {elsewhere / 'moved'}-rerun" in short and f"--train-dir {start / 'train'}" in short
 
 
 def test_figures_of_the_other_problems_run_are_refused_in_one_line(p1_run, p2_run, tmp_path):

@@ -9,7 +9,7 @@ from torch import nn
 from datasets.p1 import load_folder
 from datasets.transforms import Compose, Normalize
 from models import load_trained
-from training.engine import forward, predict
+from inference import forward, predict
 from utils.errors import UserError
 from utils.runtime import cannot_build, out_of_memory
 import p1_inference
@@ -153,14 +153,14 @@ class _Segmenter(nn.Module):
 def test_tta_averages_the_mirror_and_is_mirror_invariant():
     x = torch.rand(3, 2, 4, 6)
     model = _Classifier()
-    assert torch.allclose(forward(model, x, tta=True), (model(x) + model(x.flip(-1))) / 2)
+    assert torch.allclose(forward(model, x, tta="flip"), (model(x) + model(x.flip(-1))) / 2)
     assert not torch.allclose(model(x), model(x.flip(-1)))
-    assert torch.allclose(forward(model, x, tta=True), forward(model, x.flip(-1), tta=True))
+    assert torch.allclose(forward(model, x, tta="flip"), forward(model, x.flip(-1), tta="flip"))
     seg = _Segmenter()
     # A segmentation output is flipped back before averaging: the mirror's map, mirrored back.
-    out = forward(seg, x, tta=True)["out"]
+    out = forward(seg, x, tta="flip")["out"]
     assert torch.allclose(out, (seg(x)["out"] + seg(x.flip(-1))["out"].flip(-1)) / 2)
-    assert torch.allclose(forward(seg, x.flip(-1), tta=True)["out"].flip(-1), out)
+    assert torch.allclose(forward(seg, x.flip(-1), tta="flip")["out"].flip(-1), out)
 
 
 class _SmallGPU(nn.Module):

@@ -5,126 +5,18 @@ iterable of ``(inputs, targets)`` batches already on the device, a batch transfo
 (augmentation and normalisation, run on the device), and an optimiser or a metric. The same
 loop body runs with mixed precision on or off, and with one process or several (sums over
 samples are reduced over every process at the end, so the returned figures are global).
+Validation predicts as grading does, through :mod:`inference` (test-time augmentation).
 """
-import contextlib
-import functools
 import time
-import warnings
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from inference.tta import TTA, forward
 from utils.args import MAX_SKIPPED_IN_A_ROW
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
-from utils.runtime import memory_format_of, out_of_memory, peak_memory_gib
-
-
-def autocast(device, amp_dtype):
-    """``torch.autocast`` for ``amp_dtype``, or a no-op context when it is ``None``."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
-def tta_mode(value):
-    """A ``--tta`` value as one of ``none``, ``flip``, ``d4`` (runs saved before the modes
-    recorded ``True`` for flip and ``False`` for none)."""
-    return {True: "flip", False: "none", None: "none"}.get(value, value) if not isinstance(value, str) else value
-
-
-class TTA(NamedTuple):
-    """Test-time augmentation: the views (a mode of :func:`tta_views`) and the input scales
-    (segmenters only; see :func:`forward`). ``TTA()`` is none."""
-
-    mode: str = "none"
-    scales: tuple = (1.0,)
-
-
-def run_tta(run_args, mode=None, scales=None):
-    """The test-time augmentation a run validated with (its ``args``: ``tta``, ``tta_scales``),
-    unless ``mode`` or ``scales`` (an inference script's ``--tta``, ``--tta-scales``) say otherwise."""
-    return TTA(mode or tta_mode(run_args.get("tta")), tuple(scales or run_args.get("tta_scales") or (1.0,)))
-
-
-def tta_views(mode):
-    """The views of test-time augmentation ``mode``, as ``(view, undo)`` pairs of functions on
-    (..., H, W) tensors: ``undo(view(x)) == x``. ``flip``: the image and its horizontal mirror;
-    ``d4``: the 8 symmetries of the square (4 rotations by 90 degrees, each mirrored or not)."""
-    mode = tta_mode(mode)
-    if mode == "none":
-        return [(_identity, _identity)]
-    if mode == "flip":
-        return [(_identity, _identity), (_hflip, _hflip)]
-    if mode == "d4":
-        views = []
-        for k in range(4):
-            views.append((functools.partial(_rot, k=k), functools.partial(_rot, k=-k)))
-            views.append((functools.partial(_flip_rot, k=k), functools.partial(_unrot_flip, k=k)))
-        return views
-    raise ValueError(f"unknown test-time augmentation {mode!r}")
-
-
-def _identity(x):
-    return x
-
-
-def _hflip(x):
-    return x.flip(-1)
-
-
-def _rot(x, k):
-    return torch.rot90(x, k, dims=(-2, -1)) if k % 4 else x
-
-
-def _flip_rot(x, k):
-    return _rot(x.flip(-1), k)
-
-
-def _unrot_flip(x, k):
-    return _rot(x, -k).flip(-1)
-
-
-def forward(model, x, tta="none", scales=(1.0,)):
-    """``model(x)``, or with test-time augmentation the mean of the outputs of every view.
-
-    Spatial outputs (a segmenter's dict of (B, C, H, W) maps) are brought back to the input's
-    frame before averaging; a classifier's logits are averaged as they are. ``tta`` is a mode of
-    :func:`tta_views` (``True`` means ``flip``). ``scales`` (segmenters only) runs every view at
-    each scale of the input too (bilinear resizing), and resizes the outputs back before averaging
-    (multi-scale inference: Chen et al., DeepLab, TPAMI 2018). The sum is taken in float32, whatever
-    dtype autocast computes the outputs in: eight or twenty-four bfloat16 terms would keep ~3 digits.
-    """
-    views = tta_views(tta)
-    scales = tuple(float(s) for s in scales)
-    if len(views) == 1 and scales == (1.0,):
-        return model(x)
-    size = x.shape[-2:]
-    total, count = None, 0
-    for scale in scales:
-        xs = x if scale == 1.0 else F.interpolate(
-            x, size=[max(1, round(n * scale)) for n in size], mode="bilinear", align_corners=False)
-        for view, undo in views:
-            out = model(view(xs))
-            if isinstance(out, dict):
-                out = {k: _resized(undo(v), size) for k, v in out.items() if v is not None}
-                total = out if total is None else {k: total[k] + v for k, v in out.items()}
-            elif scale != 1.0:
-                raise ValueError("multi-scale test-time augmentation needs a segmenter's spatial outputs")
-            else:
-                total = out.float() if total is None else total + out.float()
-            count += 1
-    if isinstance(total, dict):
-        return {k: v / count for k, v in total.items()}
-    return total / count
-
-
-def _resized(t, size):
-    """A (B, C, h, w) map in float32, resized (bilinearly) to ``size`` when it is not that size already."""
-    t = t.float()
-    return t if t.shape[-2:] == size else F.interpolate(t, size=list(size), mode="bilinear", align_corners=False)
+from utils.runtime import autocast, memory_format_of, peak_memory_gib
 
 
 def _sums(*values, device):
@@ -311,82 +203,3 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
     return {"loss": loss_total / max(seen, 1), **metric.compute()}
 
 
-@torch.inference_mode()
-def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta=TTA(), keep=None, desc="predict",
-            progress=True):
-    """Run the model over every sample of ``inputs``, ``batch_size`` at a time.
-
-    When the GPU runs out of memory the batch size halves (with a warning) and the batch is run
-    again, so grading inference fits a smaller GPU than the one it was tuned on. A compiled model
-    works too: the new batch size is compiled anew, and an out-of-memory error raised inside the
-    compiler (which wraps it in an error of its own) is recognised by its cause.
-
-    Args:
-        model: the network, already on ``device`` (batches take the memory format of its weights).
-        inputs: a tensor (N, ...) of raw inputs, on ``device`` or in (pinned) host memory.
-        batch_size: samples per forward pass to start with.
-        transform: ``(x, None) -> (x, None)`` (normalisation).
-        keep: ``keep(output) -> tensor or tuple of tensors``, what to keep of each batch's output
-            (the class map rather than the logits, say); the output itself by default.
-        device, amp_dtype, tta, desc, progress: as in :func:`evaluate`.
-
-    Returns:
-        What ``keep`` returns, concatenated over batches, on the CPU.
-
-    Raises:
-        UserError: the GPU runs out of memory even one sample at a time.
-    """
-    model.eval()
-    keep = keep or (lambda output: output)
-    layout = memory_format_of(model)
-    parts, done = [], 0
-    with tqdm(total=len(inputs), desc=desc, unit="img", disable=not progress, leave=False,
-              dynamic_ncols=True) as bar:
-        while done < len(inputs):
-            x = inputs[done: done + batch_size].to(device, non_blocking=True)
-            try:
-                with autocast(device, amp_dtype):
-                    batch = transform(x, None)[0].contiguous(memory_format=layout)
-                    kept = keep(forward(model, batch, tta.mode, tta.scales))
-            except Exception as e:  # torch.compile wraps an out-of-memory error in errors of its own
-                if not out_of_memory(e):
-                    raise
-                if batch_size == 1:
-                    raise UserError(f"out of GPU memory on {device} even at --batch-size 1") from None
-                kept = None
-            if kept is None:  # outside the except block, so the failed batch's memory is free
-                batch_size //= 2
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                warnings.warn(f"out of GPU memory: retrying with --batch-size {batch_size}")
-                continue
-            parts.append(kept if isinstance(kept, tuple) else (kept,))
-            done += len(x)
-            bar.update(len(x))
-    out = tuple(torch.cat(p).cpu() for p in zip(*parts))
-    return out if len(out) > 1 else out[0]
-
-
-def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta=TTA(), progress=True):
-    """Class maps for a list of images of any sizes: (H, W) uint8 arrays, one per image.
-
-    Images of the same size are predicted together by :func:`predict`; ``transform`` may pad
-    them (to the model's output stride, say), and each map is cropped back to its image's size.
-
-    Args:
-        model: a segmenter returning ``{"out": logits (B, C, H, W), ...}``.
-        images: uint8 tensors (3, H, W).
-        transform, batch_size, device, amp_dtype, tta, progress: as in :func:`predict`.
-    """
-    by_size = {}
-    for i, image in enumerate(images):
-        by_size.setdefault(tuple(image.shape[-2:]), []).append(i)
-    results = [None] * len(images)
-    for (h, w), indices in by_size.items():
-        stack = torch.stack([images[i] for i in indices]).to(device)
-        classes = predict(model, stack, batch_size=batch_size, transform=transform, device=device,
-                          amp_dtype=amp_dtype, tta=tta, desc=f"segment {w}x{h}",
-                          progress=progress, keep=lambda out: out["out"][..., :h, :w].argmax(1).to(torch.uint8))
-        for i, c in zip(indices, classes):
-            results[i] = c.numpy()
-    return results

@@ -7,10 +7,10 @@ What is the library's: the parameter groups (no decay on norms, biases and a mod
 SGD and AdamW; the schedules are ``torch.optim.lr_scheduler``'s (LinearLR warm-up, then
 CosineAnnealingLR, PolynomialLR or ConstantLR, joined by SequentialLR; OneCycleLR); the moving
 average is timm's ``ModelEmaV3``. What stays ours, because neither library does it: the auxiliary
-head's learning-rate factor (``--aux-lr-scale``), the groups' order (that of the checkpoints this
-code wrote before it used timm), and the resume of a schedule laid out otherwise than the saved one
-(older checkpoints' ``LambdaLR``, or another ``--epochs``), which steps the new schedule to the saved
-step instead of loading a state it cannot take.
+head's learning-rate factor (``--aux-lr-scale``), and the resume of a schedule laid out for another
+``--epochs``, which steps the new schedule to the saved step instead of loading a state it cannot
+take. A flag a run does not have (``--layer-decay`` in Problem 2, say) takes the value its
+declaration (:mod:`config.flags`) calls off.
 """
 import math
 import warnings
@@ -19,6 +19,7 @@ import timm.optim
 import torch
 from timm.utils import ModelEmaV3
 
+from config.flags import BY_NAME
 from utils.checkpoint import unwrap
 from utils.errors import UserError
 
@@ -33,11 +34,8 @@ def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, 
 
     timm's optimizer factory makes the groups (``timm.optim.param_groups_layer_decay`` when
     ``layer_decay`` is on, else ``param_groups_weight_decay``); the auxiliary head's factor is ours
-    (timm has no such option), applied by splitting each group into its main and auxiliary parts.
-    The groups come in the order this function gave them before timm made them (depth ascending;
-    then main before auxiliary head; then decayed before undecayed; timm's order differs), so that
-    the optimiser states of older checkpoints still load: ``optimizer.load_state_dict`` matches
-    groups by position.
+    (timm has no such option), applied by splitting each group into its main and auxiliary parts,
+    in timm's order.
 
     Args:
         model: the network.
@@ -83,10 +81,7 @@ def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, 
     else:
         groups = timm.optim.param_groups_weight_decay(net, **kwargs)
     names = {id(param): name for name, param in net.named_parameters()}
-    # timm scales depth d by layer_decay ** (deepest - d): depth ascending is lr scale ascending
-    # (descending for a factor above 1).
-    order = 1.0 if layer_decay <= 1.0 else -1.0
-    keyed = []
+    split = []
     for group in groups:
         undecayed = group["weight_decay"] == 0.0
         scale = group.get("lr_scale", 1.0)
@@ -94,10 +89,9 @@ def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, 
         for in_aux in (False, True):
             params = [param for param, a in zip(group["params"], aux) if a == in_aux]
             if params:
-                keyed.append(((order * scale, in_aux, undecayed),
-                              {"params": params, "weight_decay": 0.0 if undecayed else weight_decay,
-                               "lr_scale": scale * aux_lr_scale if in_aux else scale}))
-    return [group for _, group in sorted(keyed, key=lambda item: item[0])]
+                split.append({"params": params, "weight_decay": 0.0 if undecayed else weight_decay,
+                              "lr_scale": scale * aux_lr_scale if in_aux else scale})
+    return split
 
 
 def build_optimizer(name, params, *, lr, weight_decay, momentum, nesterov=False, fused=False):
@@ -204,28 +198,29 @@ class Updater:
     def from_flags(cls, args, model, *, steps_per_epoch, device, amp_dtype):
         """The updater of ``model`` for a run's ``--opt``, ``--lr``, ``--weight-decay``,
         ``--momentum``, ``--nesterov``, ``--norm-bias-decay``, ``--layer-decay``, ``--aux-lr-scale``,
-        ``--sched``, ``--warmup``, ``--ema`` and ``--epochs``; fused kernels on CUDA, a gradient
-        scaler under float16."""
-        params = param_groups(model, weight_decay=args.weight_decay,
-                              norm_bias_decay=getattr(args, "norm_bias_decay", True),
-                              layer_decay=getattr(args, "layer_decay", 1.0),
-                              aux_lr_scale=getattr(args, "aux_lr_scale", 1.0))
+        ``--sched``, ``--warmup``, ``--ema`` and ``--epochs`` (a flag the run's problem does not have
+        takes its declared off value); fused kernels on CUDA, a gradient scaler under float16."""
+        def flag(name):
+            return getattr(args, name, BY_NAME[name].off)
+
+        params = param_groups(model, weight_decay=args.weight_decay, norm_bias_decay=flag("norm_bias_decay"),
+                              layer_decay=flag("layer_decay"), aux_lr_scale=flag("aux_lr_scale"))
         optimizer = build_optimizer(args.opt, params, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, nesterov=getattr(args, "nesterov", False),
-                                    fused=device.type == "cuda")
+                                    momentum=flag("momentum"), nesterov=flag("nesterov"), fused=device.type == "cuda")
         total = args.epochs * steps_per_epoch
         scheduler = build_scheduler(args.sched, optimizer, total_steps=total,
-                                    warmup_steps=round(getattr(args, "warmup", 0.0) * total))
+                                    warmup_steps=round(flag("warmup") * total))
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-        decay = getattr(args, "ema", 0.0) or 0.0
-        ema = WeightAverage(model, decay) if decay else None
+        ema = WeightAverage(model, flag("ema")) if flag("ema") else None
         return cls(optimizer, scheduler, scaler, ema, amp_dtype=amp_dtype, epochs=args.epochs,
                    steps_per_epoch=steps_per_epoch)
 
     @property
     def lr(self):
-        """The learning rate the next step takes (of the first parameter group)."""
-        return self.optimizer.param_groups[0]["lr"]
+        """The learning rate the next step takes: that of the groups at the full rate (a parameter
+        group's ``lr_scale`` 1: the head under layer decay, the network beside its auxiliary head)."""
+        groups = self.optimizer.param_groups
+        return next((g["lr"] for g in groups if g.get("lr_scale", 1.0) == 1.0), groups[0]["lr"])
 
     @property
     def skips_nonfinite(self):
@@ -277,11 +272,10 @@ class Updater:
         """Continue from :meth:`state_dict`'s entries (a checkpoint's), into an updater as built.
 
         The saved schedule's state is loaded when this run's schedule is laid out as the saved one
-        (same kind, length and warm-up). Otherwise (a checkpoint of this code before its schedules
-        were torch's, which saved a ``LambdaLR``; or a resume with another ``--epochs``, whose
-        schedule is laid out anew for the new length, as that ``LambdaLR`` was) this run's schedule
-        is stepped from its start to the saved step: ours, since torch's schedulers load only a state
-        of their own kind and length. The steps take about 16 us each (BEiT's 28 groups): a second
+        (same kind, length and warm-up). Otherwise (a resume with another ``--epochs``, whose
+        schedule is laid out anew for the new length) this run's schedule is stepped from its start
+        to the saved step: ours, since torch's schedulers load only a state of their own kind and
+        length. The steps take about 16 us each (BEiT's 28 groups): a second
         for 60,000.
 
         Raises:

@@ -9,10 +9,10 @@ written atomically, so even SIGKILL leaves them loadable). A second signal withi
 each worker twice, from the terminal and forwarded by the launcher.
 
 A training script builds two values and hands them to :class:`Trainer`: a
-:class:`training.setup.RunSetup` (flags, device, process group, run folder, resumed checkpoint)
+:class:`training.setup.RunSetup` (flags, device, process group, run folder, the run it resumes)
 and a :class:`Task` (what differs between the problems: data, model, losses, transforms,
-metric). The per-batch loops are :mod:`training.engine`'s; the run folder, what a checkpoint holds
-and the progress a resume restores are :mod:`training.run`'s.
+metric). The per-batch loops are :mod:`training.engine`'s; the progress a resume restores is
+:mod:`training.run`'s; the run folder's files are :mod:`utils.run_folder`'s.
 """
 import signal
 import threading
@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from datasets.loader import TensorBatches, count_batches
-from training.engine import TTA, LossMeter, evaluate, train_one_epoch
+from inference import run_tta
+from training.engine import LossMeter, evaluate, train_one_epoch
 from training.optim import Updater
-from training.run import TrainState, mid_epoch_refusal
+from training.run import TrainState
 from utils import distributed
 from utils.args import REPO
 from utils.distributed import all_reduce_sum
@@ -50,7 +51,7 @@ class Task:
         make_metric: a fresh metric object (``update``/``compute``) for each validation.
         metric_name: the metric's key (``acc``, ``miou``): logged as ``val_<name>``, and the one
             that selects ``best.pth``.
-        meta: what every checkpoint carries to rebuild the model
+        entries: what every checkpoint carries to rebuild the model
             (:meth:`training.setup.RunSetup.build_model`).
         unit: what a sample is called in messages.
     """
@@ -64,14 +65,14 @@ class Task:
     eval_transform: Callable
     make_metric: Callable
     metric_name: str
-    meta: dict
+    entries: dict
     unit: str = "images"
 
 
 class Trainer:
     """Train ``task`` as ``setup`` says, from the resumed state or from scratch.
 
-    The optimiser, schedule and state are restored from ``setup.ckpt`` here, before any file
+    The optimiser, schedule and state are restored from ``setup.resume`` here, before any file
     is written, so a resume that cannot continue is refused with the run folder untouched.
     """
 
@@ -82,7 +83,7 @@ class Trainer:
                                              drop_small=True)
         self.updater = Updater.from_flags(args, task.model, steps_per_epoch=self.steps_per_epoch,
                                           device=setup.device, amp_dtype=setup.amp_dtype)
-        self.state = TrainState.resume(setup.ckpt, task.model, self.updater) if setup.ckpt else TrainState()
+        self.state = setup.resume.restore(task.model, self.updater) if setup.resume else TrainState()
         self.val_batches = TensorBatches(*task.val_data, args.eval_batch_size, device=setup.device,
                                          rank=ctx.rank, world_size=ctx.world_size)
         self.key = f"val_{task.metric_name}"
@@ -101,15 +102,16 @@ class Trainer:
         """
         setup, task, state, args = self.setup, self.task, self.state, self.setup.args
         if state.epoch >= args.epochs:
-            print(f"{args.resume} has already trained {state.epoch} of --epochs {args.epochs}: "
+            print(f"{setup.resume.path} has already trained {state.epoch} of --epochs {args.epochs}: "
                   "nothing to do (raise --epochs to train further)")
             return self._result()
-        if setup.ctx.is_main and setup.ckpt is not None:
+        if setup.ctx.is_main and setup.resume is not None:
             stopped = (f"; epoch {state.epoch + 1} goes on after its step {state.partial['train']['step']}"
                        if state.partial else "")
-            print(f"resuming {args.resume}: {state.epoch} of {args.epochs} epochs done{stopped}", flush=True)
+            print(f"resuming {setup.resume.path}: {state.epoch} of {args.epochs} epochs done{stopped}", flush=True)
         if setup.ctx.is_main:
-            setup.folder.start(task.meta["args"])  # the flags as every checkpoint records them
+            # The flags as every checkpoint records them.
+            setup.folder.start(task.entries["args"], resume_epoch=state.epoch if setup.resume else None)
             print(f"training {args.model} on {len(task.train_data[0])} {task.unit} ({args.train_dir}), validating "
                   f"on {len(task.val_data[0])} ({args.val_dir}); {setup.ctx.world_size} x {setup.device.type}, "
                   f"amp {args.amp}{', sync-bn' if setup.sync_bn else ''}; output {args.output_dir}", flush=True)
@@ -130,7 +132,7 @@ class Trainer:
                     distributed.broadcast_buffers(self.updater.ema.module, setup.ctx)
                 val = evaluate(val_model, task.eval_criterion, self.val_batches, task.make_metric(),
                                transform=task.eval_transform, device=setup.device, amp_dtype=setup.amp_dtype,
-                               tta=TTA(args.tta, tuple(getattr(args, "tta_scales", (1.0,)))),
+                               tta=run_tta(task.entries["args"]),
                                desc="validate", progress=self._progress)
                 self._end_epoch(epoch, train, val, time.perf_counter() - start)
                 if epoch < args.epochs and stop():
@@ -156,8 +158,7 @@ class Trainer:
         batches = TensorBatches(*self.task.train_data, args.batch_size, generator=rng.cpu, drop_small=True,
                                 device=setup.device, rank=ctx.rank, world_size=ctx.world_size)
         lr, meter = self.updater.lr, LossMeter(setup.device)
-        if partial is not None:
-            self._check_partial(partial, epoch)
+        if partial is not None:  # Resume.check made sure it continues with the numbers it started with
             batches = batches.from_step(partial["train"]["step"])
             lr = partial["train"]["lr"]
             if ctx.is_main:
@@ -165,7 +166,7 @@ class Trainer:
                 # one of them carries them on.
                 rng.load_state(partial["rng"])
                 meter = LossMeter(setup.device, partial["train"]["loss_sum"], partial["train"]["samples"],
-                                  partial["train"].get("skipped", 0))
+                                  partial["train"]["skipped"])
         train = train_one_epoch(model, self.task.criterion, self.updater, batches,
                                 transform=lambda x, y: self.task.train_transform(x, y, rng), device=setup.device,
                                 meter=meter, should_stop=stop,
@@ -181,14 +182,6 @@ class Trainer:
             distributed.barrier()  # torchrun ends every process once one exits: save first
             raise self._stopped(stop, f"in epoch {epoch} after step {train['steps']} of {len(batches)}")
         return train
-
-    def _check_partial(self, partial, epoch):
-        """The stopped epoch continues only on the device, batch size and seed it started with."""
-        args = self.setup.args
-        now = {"device": self.setup.device.type, "batch_size": args.batch_size, "seed": args.seed}
-        for key, value in now.items():
-            if partial.get(key) != value:
-                raise mid_epoch_refusal(epoch, key, partial.get(key), value)
 
     def _end_epoch(self, epoch, train, val, seconds):
         """Log the epoch (metrics line, progress line) and write its checkpoints.
@@ -212,7 +205,7 @@ class Trainer:
                   flush=True)
 
     def _checkpoint(self):
-        return self.state.checkpoint(self.task.model, self.updater, self.task.meta)
+        return self.state.checkpoint(self.task.model, self.updater, self.task.entries)
 
     def _stopped(self, stop, where):
         last = self.setup.folder.path / "last.pth"

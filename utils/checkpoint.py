@@ -1,11 +1,25 @@
-"""Checkpoints: plain dicts, written atomically, loaded with ``weights_only=True``.
+"""Checkpoints: plain dicts, written atomically, loaded with ``weights_only=True``; their entries
+declared once, here.
 
-A checkpoint holds everything needed to rebuild the model with no other input (``arch``,
-``model_kwargs``, ``problem``, ``num_classes``, ``mean``/``std``) and everything needed to resume
-exactly (:mod:`training.run` lists the entries). The weights are saved from the CPU; optimiser
+A checkpoint is one dict of three groups of entries:
+
+- :data:`MODEL_ENTRIES`, what rebuilds the model with no other input, and the weights: ``format``
+  (:data:`FORMAT`), ``problem``, ``arch``, ``model_kwargs`` (the builder's keywords, the number of
+  classes among them), ``num_classes``, ``mean``/``std`` (the input normalisation), ``args`` (the
+  run's flags, as ``args.json``), ``class_weights`` (Problem 2's median-frequency weights, or
+  ``None``) and ``model`` (the weights; the moving average's where the run keeps one, marked
+  ``"weights": "ema"``, in every file but ``last.pth``);
+- :data:`PROGRESS_ENTRIES`: ``epoch`` (finished), ``best_metric``, ``best_epoch``, ``metrics`` (that
+  epoch's line of ``metrics.jsonl``);
+- :data:`RESUME_ENTRIES`, in ``last.pth`` only: ``optimizer``, ``scheduler``, ``scaler``, ``ema``
+  (the moving average of the weights, or ``None``), ``rng`` (the global RNG states), and for an
+  epoch stopped part-way ``step`` and ``partial`` (the steps done, the loss sums so far, the epoch's
+  augmentation streams, and the device, batch size and seed they continue only with).
+
+:func:`model_entries` builds the first group, :func:`inference_checkpoint` drops the last.
+Which file holds which is :mod:`utils.run_folder`'s. The weights are saved from the CPU; optimiser
 states keep their device, and every load maps all tensors to the CPU, so a checkpoint written on
-a GPU loads anywhere. ``format`` numbers the layout: 1 (no entry) and 2 are the same layout, 2
-naming it; a file of a later format is refused with its number.
+a GPU loads anywhere. A file of another ``format`` is refused with its number.
 """
 import pickle
 import re
@@ -18,8 +32,12 @@ from utils.errors import UserError, brief
 from utils.io import atomic_write
 
 PROBLEM_NAMES = {"p1": "Problem 1 (classification)", "p2": "Problem 2 (segmentation)"}
-REQUIRED_KEYS = ("model", "arch", "problem", "model_kwargs")
-FORMAT = 2
+MODEL_ENTRIES = ("format", "problem", "arch", "model_kwargs", "num_classes", "mean", "std", "args", "class_weights",
+                 "model")
+PROGRESS_ENTRIES = ("epoch", "best_metric", "best_epoch", "metrics")
+RESUME_ENTRIES = ("optimizer", "scheduler", "scaler", "ema", "rng", "step", "partial")
+# 3: flags as config.flags declares them, TTA as a mode's name, timm's parameter-group order.
+FORMAT = 3
 # torch.save writes a zip archive; files of torch before 1.6 are a pickle (protocol 2 opcode).
 ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
 
@@ -28,6 +46,32 @@ def unwrap(model):
     """The bare module inside DistributedDataParallel or ``torch.compile`` wrappers."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
+
+
+def model_entries(*, problem, arch, model_kwargs, mean, std, args, class_weights=None):
+    """The entries every checkpoint carries to rebuild its model (:data:`MODEL_ENTRIES`, but the
+    weights).
+
+    Args:
+        problem: ``"p1"`` or ``"p2"``.
+        arch: the registry name of the model.
+        model_kwargs: its builder's keywords, ``num_classes`` among them.
+        mean, std: the normalisation of its inputs.
+        args: the run's flags as JSON values (``{}`` for no run).
+        class_weights: Problem 2's class weights in the loss, or ``None``.
+    """
+    return {"format": FORMAT, "problem": problem, "arch": arch, "model_kwargs": dict(model_kwargs),
+            "num_classes": model_kwargs["num_classes"], "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std], "args": dict(args), "class_weights": class_weights}
+
+
+def inference_checkpoint(ckpt):
+    """``ckpt`` without :data:`RESUME_ENTRIES`: what inference and the report figures read, with
+    the weights that were validated (the moving average, when the run keeps one)."""
+    weights = {k: v for k, v in ckpt.items() if k not in RESUME_ENTRIES}
+    if ckpt.get("ema") is not None:
+        weights.update(model=ckpt["ema"], weights="ema")
+    return weights
 
 
 def save_checkpoint(state, path):
@@ -54,11 +98,15 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     ckpt = _load(path, map_location, f"{path}: not a readable checkpoint")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in ("model", "arch", "problem", "model_kwargs")):
         raise UserError(f"{path}: not a checkpoint of this project (no model/arch/problem entries)")
-    if ckpt.get("format", 1) > FORMAT:
-        raise UserError(f"{path}: checkpoint format {ckpt['format']} is newer than this code reads "
-                        f"(format {FORMAT} and earlier); update the repository")
+    found = ckpt.get("format", 1)
+    if found > FORMAT:
+        raise UserError(f"{path}: checkpoint format {found} is newer than this code reads "
+                        f"(format {FORMAT}); update the repository")
+    if found < FORMAT:
+        raise UserError(f"{path}: checkpoint format {found}, of an earlier release of this code (this one reads "
+                        f"format {FORMAT}); retrain, or use the release that wrote it")
     if problem is not None and ckpt["problem"] != problem:
         raise UserError(
             f"{path}: this is a {PROBLEM_NAMES.get(ckpt['problem'], ckpt['problem'])} checkpoint "

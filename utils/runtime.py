@@ -1,4 +1,5 @@
 """Device, memory layout, mixed precision, compilation, GPU memory figures and seeding."""
+import contextlib
 import logging
 import warnings
 
@@ -163,6 +164,13 @@ def resolve_amp(name, device):
     if name == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16: float16 autocast needs CUDA (use --amp bf16 or off on the CPU)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[name]
+
+
+def autocast(device, amp_dtype):
+    """``torch.autocast`` for ``amp_dtype``, or a no-op context when it is ``None``."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 def mix_seed(*parts):

@@ -1,18 +1,13 @@
-"""The training recipes: the one table of what each model trains with by default.
-
-``RECIPES[problem][model]["reference"]`` reproduces the seed's report (the default);
-``RECIPES[problem][model]["strong"]`` is ours, at the same epochs and batch (the same training
-compute), each of its parts a flag of its own. ``DEFAULTS[problem]`` holds the flags that do not
-depend on the model. A training run fills every flag the user left out from the resumed checkpoint
-first, then from these tables (:mod:`training.setup`). :func:`describe` renders them into ``--help``;
-:data:`PARTS` names each part of a strong recipe, and :func:`ablations` gives the flags that turn
-one off (``benchmarks/recipes.py --ablate``).
+"""The recipes: each model's ``reference`` (the seed's, reproduced exactly; the default) and
+``strong`` (ours, at the same epochs and batch: the same training compute), as values of the
+flags :mod:`config.flags` declares. A recipe lists the flags it sets; every other recipe flag
+takes the value its declaration calls off. :data:`PARTS` names each part of a strong recipe, and
+:func:`config.flags.ablations` gives the flags that turn one off (``benchmarks/recipes.py --ablate``).
 
 Each strong recipe starts from a published recipe *for the weights it loads* (or, from scratch,
 for the same network and batch); its comment names the source row and how its learning rate was
 brought to our batch by :func:`scale_lr`.
 """
-from utils.args import REPO
 
 
 def scale_lr(lr, *, batch, to_batch, rule):
@@ -30,17 +25,11 @@ def scale_lr(lr, *, batch, to_batch, rule):
     raise ValueError(f"unknown scaling rule {rule!r}")
 
 
-# What the reference recipes leave as they were: the parts of the strong recipes that are off.
-_PLAIN = dict(nesterov=False, warmup=0.0, norm_bias_decay=True, label_smoothing=0.0, random_erasing=0.0,
-              layer_decay=1.0, drop_path=0.0, tta="none", ema=0.0, trivial_augment=False, cutmix=0.0)
-_PLAIN_P2 = dict(nesterov=False, warmup=0.0, norm_bias_decay=True, color_jitter=0.0, class_weights="none",
-                 backbone="resnet50", tta="none", ema=0.0, scale_range=[1.0, 1.0], tta_scales=[1.0], aux_lr_scale=1.0)
-
 RECIPES = {
     "p1": {
         "vgg13": {
             # The seed's: AdamW at a constant lr.
-            "reference": dict(_PLAIN, epochs=300, batch_size=128, opt="adamw", lr=1e-3, momentum=0.0,
+            "reference": dict(epochs=300, batch_size=128, opt="adamw", lr=1e-3, momentum=0.0,
                               weight_decay=0.0, sched="constant", augment="crop-flip", pretrained=False),
             # Source row: "Bag of Tricks" (He et al., CVPR 2019): SGD, Nesterov momentum 0.9, lr 0.1 at batch
             # 256 (linear rule: 0.05 at our 128), cosine decay after a linear warm-up, weight decay 5e-4 off
@@ -48,7 +37,7 @@ RECIPES = {
             # crop + flip, and flip TTA. Measured on the digits proxy and left out (docs/RECIPES.md): an EMA of
             # the weights (a run still improving fast lags behind it), the CIFAR VGG13-BN row's lr 0.1 at
             # batch 128 with a one-cycle 15% warm-up, TrivialAugment and CutMix.
-            "strong": dict(_PLAIN, epochs=300, batch_size=128, opt="sgd", nesterov=True,
+            "strong": dict(epochs=300, batch_size=128, opt="sgd", nesterov=True,
                            lr=scale_lr(0.1, batch=256, to_batch=128, rule="linear"), momentum=0.9,
                            weight_decay=5e-4, norm_bias_decay=False, sched="cosine", warmup=0.02,
                            label_smoothing=0.1, augment="crop-flip", random_erasing=0.25, tta="flip",
@@ -56,7 +45,7 @@ RECIPES = {
         },
         "beit": {
             # The seed's; its mixup/cutmix targets were smoothed by 0.1, which the loss now does (once).
-            "reference": dict(_PLAIN, epochs=6, batch_size=32, opt="sgd", lr=0.003, momentum=0.0, weight_decay=0.0,
+            "reference": dict(epochs=6, batch_size=32, opt="sgd", lr=0.003, momentum=0.0, weight_decay=0.0,
                               sched="constant", augment="beit", label_smoothing=0.1, pretrained=True),
             # Source row: BEiT's own fine-tuning of these very weights (microsoft/unilm,
             # beit/get_started_for_image_classification.md, BEiT-base from beit_base_patch16_224_pt22k_ft22k:
@@ -67,7 +56,7 @@ RECIPES = {
             # weights). lr 2e-5 at 512 -> batch 32 by the square-root rule of Adam: 5e-6. Warm-up 1/6 of the
             # run, as theirs; cosine to 0. Inputs trained at the scale evaluation sees (resize to 224, crop
             # with padding 28, flip: the beit-ft preset); flip TTA; an EMA over ~400 of the 4,218 steps.
-            "strong": dict(_PLAIN, epochs=6, batch_size=32, opt="adamw",
+            "strong": dict(epochs=6, batch_size=32, opt="adamw",
                            lr=scale_lr(2e-5, batch=512, to_batch=32, rule="sqrt"), momentum=0.0,
                            weight_decay=1e-8, norm_bias_decay=False, layer_decay=0.85, drop_path=0.1, sched="cosine",
                            warmup=1 / 6, label_smoothing=0.1, random_erasing=0.25, augment="beit-ft", tta="flip",
@@ -76,8 +65,8 @@ RECIPES = {
     },
     "p2": {
         "fcn32s": {
-            "reference": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="sgd", lr=0.003, momentum=0.9, weight_decay=0.0,
-                              sched="constant", loss="ce", ignore_unknown=False, aux_weight=0.0, augment="none",
+            "reference": dict(epochs=100, batch_size=8, opt="sgd", lr=0.003, momentum=0.9, weight_decay=0.0,
+                              sched="constant", loss="ce", ignore_unknown=False, augment="none",
                               pretrained=True),
             # Source row: what took FCN32s to 0.734 on this very data (AdamW 1e-4, class-weighted
             # cross-entropy, flips, rotations, colour jitter; its batch is not reported, so its lr is
@@ -85,14 +74,14 @@ RECIPES = {
             # poly schedule (Chen et al., DeepLab, TPAMI 2018), D4 augmentation and TTA. Random scaling
             # 0.75-1.5 (narrower than DeepLab's 0.5-2: FCN32s predicts at stride 32, and a tile shrunk
             # by half leaves it 8x8 cells), 3-scale TTA, an EMA over ~2,500 of its 25,000 steps.
-            "strong": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="adamw",
+            "strong": dict(epochs=100, batch_size=8, opt="adamw",
                            lr=scale_lr(1e-4, batch=8, to_batch=8, rule="sqrt"), momentum=0.9, weight_decay=1e-4,
                            norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce", ignore_unknown=True,
-                           aux_weight=0.0, augment="d4", color_jitter=0.2, class_weights="median-freq", tta="d4",
+                           augment="d4", color_jitter=0.2, class_weights="median-freq", tta="d4",
                            scale_range=[0.75, 1.5], tta_scales=[0.75, 1.0, 1.25], ema=0.9996, pretrained=True),
         },
         "deeplabv3": {
-            "reference": dict(_PLAIN_P2, epochs=100, batch_size=4, opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-5,
+            "reference": dict(epochs=100, batch_size=4, opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-5,
                               sched="onecycle", loss="focal", ignore_unknown=True, aux_weight=1.0, augment="flip",
                               pretrained=True),
             # Source row: torchvision's recipe that made these very COCO weights (references/segmentation:
@@ -105,7 +94,7 @@ RECIPES = {
             # scale 0.5-2.0, Chen et al. 2017) and 3-scale + D4 TTA, colour jitter 0.2, an EMA over ~5,000
             # of the 50,000 steps. ResNet-50 as the reference, so the same compute per step
             # (--backbone resnet101 is a choice: 502 against 346 GFLOPs a tile, 1.45x).
-            "strong": dict(_PLAIN_P2, epochs=100, batch_size=4, opt="sgd",
+            "strong": dict(epochs=100, batch_size=4, opt="sgd",
                            lr=scale_lr(0.02, batch=32, to_batch=4, rule="linear"), momentum=0.9, weight_decay=1e-4,
                            norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce", ignore_unknown=True,
                            aux_weight=0.5, aux_lr_scale=10.0, augment="d4", color_jitter=0.2,
@@ -116,18 +105,18 @@ RECIPES = {
             # Not in the seed's report: torchvision's reference recipe for this model (SGD 0.01,
             # momentum 0.9, weight decay 1e-6, ImageNet backbone, void pixels ignored, a schedule that
             # decays to zero: cosine for its polynomial one), at this homework's 100 epochs and batch 8.
-            "reference": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="sgd", lr=0.01, momentum=0.9,
-                              weight_decay=1e-6, sched="cosine", loss="ce", ignore_unknown=True, aux_weight=0.0,
+            "reference": dict(epochs=100, batch_size=8, opt="sgd", lr=0.01, momentum=0.9,
+                              weight_decay=1e-6, sched="cosine", loss="ce", ignore_unknown=True,
                               augment="flip", pretrained=True),
             # Source row: torchvision's recipe for lraspp_mobilenet_v3_large (lr 0.01 at batch 32, 4 x 8
             # GPUs, weight decay 1e-6, poly 0.9): lr 0.01 at 32 -> batch 8 by the linear rule of SGD,
             # 0.0025. The segmenters' strong parts: D4 augmentation and TTA, random scale 0.5-2.0 (that
             # recipe's) and 3-scale TTA, colour jitter, median-frequency class weights, norms and biases
             # undecayed, an EMA over ~2,500 of the 25,000 steps.
-            "strong": dict(_PLAIN_P2, epochs=100, batch_size=8, opt="sgd",
+            "strong": dict(epochs=100, batch_size=8, opt="sgd",
                            lr=scale_lr(0.01, batch=32, to_batch=8, rule="linear"), momentum=0.9,
                            weight_decay=1e-6, norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce",
-                           ignore_unknown=True, aux_weight=0.0, augment="d4", color_jitter=0.2,
+                           ignore_unknown=True, augment="d4", color_jitter=0.2,
                            class_weights="median-freq", tta="d4", scale_range=[0.5, 2.0], tta_scales=[0.75, 1.0, 1.25],
                            ema=0.9996, pretrained=True),
         },
@@ -166,58 +155,6 @@ PARTS = {
 # also runs the strong recipe with each of them, as "strong with <part>".
 CANDIDATES = {
     "p1": {"vgg13": {"ema": ["--ema", "0.9998"], "one-cycle-0.1": ["--lr", "0.1", "--warmup", "0.15"],
-                     "trivial-augment": ["--trivial-augment"], "cutmix": ["--cutmix", "0.5"]}},
+                     "cutmix": ["--cutmix", "0.5"]}},
     "p2": {},
 }
-
-DEFAULTS = {
-    "p1": dict(model="vgg13", recipe="reference", train_dir=REPO / "hw1_data" / "p1_data" / "train_50",
-               val_dir=REPO / "hw1_data" / "p1_data" / "val_50", global_pool="avg", dropout=0.5,
-               eval_batch_size=256, seed=0),
-    "p2": dict(model="fcn32s", recipe="reference", train_dir=REPO / "hw1_data" / "p2_data" / "train",
-               val_dir=REPO / "hw1_data" / "p2_data" / "validation", focal_alpha=0.2, focal_gamma=2.0,
-               tile_size=512, eval_batch_size=8, dropout=0.5, seed=0),
-}
-
-
-def ablations(problem, model):
-    """``{part: flags}``: for each part of ``model``'s strong recipe (:data:`PARTS`), the command-line
-    flags that set it back to the reference recipe's values, given after ``--recipe strong``."""
-    reference = RECIPES[problem][model]["reference"]
-    return {part: [flag for key in keys for flag in as_flags(key, reference[key])]
-            for part, keys in PARTS[problem][model].items()}
-
-
-def as_flags(key, value):
-    """One flag and its value as command-line words (``--no-x`` for False, a list comma-separated)."""
-    flag = "--" + key.replace("_", "-")
-    if isinstance(value, bool):
-        return [flag if value else "--no-" + key.replace("_", "-")]
-    if isinstance(value, (list, tuple)):
-        return [flag, ",".join(map(str, value))]
-    return [flag, str(value)]
-
-
-def describe(problem):
-    """The recipes of ``problem`` as lines for ``--help``: each reference recipe in full, and what
-    each strong recipe changes."""
-    lines = ["recipes (--recipe; what flags marked 'recipe' default to):"]
-    for model, recipes in RECIPES[problem].items():
-        reference = recipes["reference"]
-        plain = _PLAIN if problem == "p1" else _PLAIN_P2
-        lines.append(f"  {model} reference: " + _flags({k: v for k, v in reference.items() if k not in plain}))
-        lines.append(f"  {model} strong:    " + _flags({k: v for k, v in recipes["strong"].items()
-                                                         if reference.get(k) != v}))
-    return "\n".join(lines)
-
-
-def _flags(recipe):
-    return ", ".join(f"{k.replace('_', '-')} {_show(v)}" for k, v in recipe.items())
-
-
-def _show(value):
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return f"{value:.4g}" if isinstance(value, float) else value
