@@ -2,16 +2,30 @@
 
 Every op is called as ``op(x, y, rng) -> (x, y)`` on a whole batch: ``x`` images (B, C, H, W),
 ``y`` targets (class indices (B,), or masks (B, H, W) that follow every geometric change of the
-image; :class:`TrivialAugmentWide`, for classification, refuses masks), ``rng`` an
-:class:`utils.runtime.EpochRNG` (``None`` for deterministic ops). No op loops over samples in
-Python. Random draws come only from ``rng.device`` (per-sample values, on the batch's device) and
-``rng.np`` (per-batch scalars), so a run is the same for the same (seed, epoch).
+image), ``rng`` an :class:`utils.runtime.EpochRNG` (``None`` for deterministic ops). No op loops
+over samples in Python. Random draws come only from ``rng.device`` (per-sample values, on the
+batch's device) and ``rng.np`` (per-batch scalars), so a run is the same for the same (seed, epoch).
+
+One convention for the pixel values (the presets in :mod:`datasets.presets` follow it):
+
+1. Images arrive as uint8. Geometry that only moves pixels (:class:`RandomCrop`,
+   :class:`RandomFlip`, :class:`RandomTranspose`) runs on them, and is exact on floats too.
+2. :class:`ToFloat` converts them once, to float in [0, 1], before the first op that computes new
+   pixel values: :class:`RandomScale` (bilinear resampling) and :class:`ColorJitter` take [0, 1]
+   floats only and refuse uint8, so a preset that forgets the conversion fails loudly instead of
+   converting twice or not at all.
+3. :class:`Normalize` takes either kind: uint8 (the /255 folded into its affine map), where no op
+   needs floats before it, or [0, 1] floats. Ops after it work on normalised floats:
+   :class:`RandomErasing` and :class:`MixupCutmix`, and in the BEiT presets :class:`Resize` (whose
+   bilinear resampling needs floats, so normalisation is their conversion) and the crop and flip.
+
+Exact geometry after a float op (the flips after :class:`RandomScale`) stays on floats: moving it
+first would hand it other random draws, and a flip does not commute with the scale's random window.
 """
 import math
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 
 
 class Compose:
@@ -29,8 +43,40 @@ class Compose:
         return "Compose(" + ", ".join(map(repr, self.ops)) + ")"
 
 
+class ToFloat:
+    """uint8 images to float32 in [0, 1] (``x / 255``): the one conversion of a preset.
+
+    It comes after the uint8 geometry and before the ops that need floats (:class:`RandomScale`,
+    :class:`ColorJitter`). It refuses float images (a second conversion would divide by 255 twice);
+    targets are not touched.
+    """
+
+    def __call__(self, x, y, rng=None):
+        if x.dtype != torch.uint8:
+            raise TypeError(f"ToFloat takes uint8 images, not {x.dtype}: convert once, after the uint8 geometry")
+        return x.float() / 255.0, y
+
+    def __repr__(self):
+        return "ToFloat()"
+
+
+def _needs_floats(op, x):
+    """Refuse uint8 (or other integer) images in an op that computes on [0, 1] floats."""
+    if not x.is_floating_point():
+        raise TypeError(f"{type(op).__name__} takes float images in [0, 1], not {x.dtype}: "
+                        "put ToFloat() before it (after the uint8 geometry)")
+
+
 class Normalize:
-    """uint8 (or float in [0, 1]) images to float ``(x / 255 - mean) / std``."""
+    """Images to float ``(x / 255 - mean) / std``, from either kind the preset convention allows.
+
+    - uint8 images (0..255): the /255 is folded into the affine map, one multiply-add per pixel,
+      with no [0, 1] float copy of the batch; for presets with no op that needs floats before it.
+    - float images in [0, 1] (:class:`ToFloat`'s output, or what :class:`RandomScale` and
+      :class:`ColorJitter` return): multiplied back by 255 first, so both kinds go through the
+      same map (for a ToFloat'ed uint8 batch, ``x * 255`` gives back the integers exactly, hence
+      the very same result).
+    """
 
     def __init__(self, mean, std):
         self.mean = tuple(float(m) for m in mean)
@@ -172,9 +218,10 @@ class RandomTranspose:
 class ColorJitter:
     """Random brightness, contrast and saturation per sample, each factor from [1 - s, 1 + s].
 
-    Takes uint8 (or [0, 1] float) images and returns [0, 1] floats (what :class:`Normalize`
-    takes), so it comes before normalisation. Contrast blends with each image's mean grey,
-    saturation with its own grey (ITU-R 601 luma), as torchvision's ColorJitter does per image.
+    Takes float images in [0, 1] only (after :class:`ToFloat`; uint8 is refused with a TypeError)
+    and returns [0, 1] floats (what :class:`Normalize` takes), so it comes between the two.
+    Contrast blends with each image's mean grey, saturation with its own grey (ITU-R 601 luma), as
+    torchvision's ColorJitter does per image.
     """
 
     LUMA = (0.299, 0.587, 0.114)
@@ -183,7 +230,7 @@ class ColorJitter:
         self.strength = strength
 
     def __call__(self, x, y, rng):
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        _needs_floats(self, x)
         b = x.shape[0]
 
         def factor():
@@ -235,200 +282,6 @@ class RandomErasing:
 
     def __repr__(self):
         return f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio})"
-
-
-def _inverse_affine(center, angle, translate, shear):
-    """The inverse affine matrix (6 doubles) torchvision samples with, at scale 1.
-
-    As ``torchvision.transforms.v2.functional.affine`` computes it (``_get_inverse_affine_matrix``): the
-    rotation ``angle`` and ``shear`` (x, y) in degrees, about ``center`` given relative to the image centre,
-    then ``translate`` in pixels; same operations in the same order, so the float32 matrices match exactly.
-    """
-    rot, sx, sy = math.radians(angle), math.radians(shear[0]), math.radians(shear[1])
-    (cx, cy), (tx, ty) = center, translate
-    a = math.cos(rot - sy) / math.cos(sy)
-    b = -(a * math.tan(sx) + math.sin(rot))
-    c = math.sin(rot - sy) / math.cos(sy)
-    d = math.cos(rot) - c * math.tan(sx)
-    m = [d, -b, 0.0, -c, a, 0.0]
-    m[2] += cx - m[0] * (cx + tx) - m[1] * (cy + ty)
-    m[5] += cy - m[3] * (cx + tx) - m[4] * (cy + ty)
-    return m
-
-
-def _blend(x, degenerate, ratio, complement):
-    """``ratio * x + (1 - ratio) * degenerate`` per sample, ``x`` the float of uint8 images, truncated to uint8
-    as torchvision's blend.
-
-    ``complement`` is ``1 - ratio`` computed in double before the cast to float32, as torchvision's Python
-    float is, so the factors are the very ones torchvision multiplies by.
-    """
-    return (x * ratio + degenerate.float() * complement).clamp_(0, 255).to(torch.uint8)
-
-
-class TrivialAugmentWide:
-    """TrivialAugment with the wide op space, each sample its own op (Müller & Hutter, "TrivialAugment:
-    Tuning-free Yet State-of-the-Art Data Augmentation", ICCV 2021).
-
-    Each sample draws one of the 14 :attr:`OPS` uniformly, one of ``num_magnitude_bins`` magnitudes uniformly
-    and, for a signed op, a sign: the op space, magnitudes and zero fill of torchvision's
-    ``transforms.TrivialAugmentWide`` (translations up to 32 pixels whatever the image size, as there). Takes
-    and returns uint8 (B, 3, H, W), so it comes before :class:`Normalize`; labels are not touched.
-
-    Geometric ops use torchvision's inverse matrices (shears about the top-left corner, as torchvision's op
-    passes ``center=[0, 0]``; translations and rotations about the centre) and its sampling grid, one per
-    sample, in one nearest-neighbour ``grid_sample`` for the batch. Colour ops blend with per-sample factors
-    against the degenerate images of torchvision's batched kernels (grey, mean grey, the blur of
-    ``adjust_sharpness``, black), or run its batched posterize, solarize, autocontrast and equalize.
-
-    Measured on the CPU (64 random 32x32 images, every op, bin and sign), each op gives the result of
-    torchvision's ``transforms.TrivialAugmentWide`` (its v1 kernels) bit for bit, except AutoContrast, which
-    is the v2 kernel (v1 rounds differently: one level on about 1 pixel in 10^4); the v2 kernels associate
-    the blend differently and differ from both by one level on 0.03% of the pixels of Color and 1% of
-    Sharpness's.
-
-    Differences from torchvision, none in the distribution of what is applied: every sample draws a bin and
-    a sign whether or not its op uses them (torchvision draws them only when it does); every op is computed
-    for the whole batch and each sample keeps its own op's result (no data-dependent indexing, no host sync).
-    """
-
-    OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
-           "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
-    GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-
-    def __init__(self, num_magnitude_bins=31):
-        self.num_magnitude_bins = num_magnitude_bins
-        self._cache = {}
-
-    def space(self):
-        """``{op: (magnitudes, signed)}`` exactly as torchvision's ``TrivialAugmentWide._augmentation_space``."""
-        n = self.num_magnitude_bins
-        unit = torch.linspace(0.0, 0.99, n)
-        return {
-            "Identity": (torch.tensor(0.0), False),
-            "ShearX": (unit, True),
-            "ShearY": (unit, True),
-            "TranslateX": (torch.linspace(0.0, 32.0, n), True),
-            "TranslateY": (torch.linspace(0.0, 32.0, n), True),
-            "Rotate": (torch.linspace(0.0, 135.0, n), True),
-            "Brightness": (unit, True),
-            "Color": (unit, True),
-            "Contrast": (unit, True),
-            "Sharpness": (unit, True),
-            "Posterize": (8 - (torch.arange(n) / ((n - 1) / 6)).round().int(), False),
-            "Solarize": (torch.linspace(255.0, 0.0, n), False),
-            "AutoContrast": (torch.tensor(0.0), False),
-            "Equalize": (torch.tensor(0.0), False),
-        }
-
-    def _matrix(self, name, m, h, w):
-        """torchvision's inverse matrix of geometric op ``name`` at signed magnitude ``m`` (identity otherwise)."""
-        if name in ("ShearX", "ShearY"):
-            shear = math.degrees(math.atan(m))
-            return _inverse_affine([-0.5 * w, -0.5 * h], 0.0, [0.0, 0.0],
-                                   [shear, 0.0] if name == "ShearX" else [0.0, shear])
-        if name in ("TranslateX", "TranslateY"):
-            # int(): torchvision truncates the pixel shift towards zero after applying the sign.
-            return _inverse_affine([0.0, 0.0], 0.0, [float(int(m)), 0.0] if name == "TranslateX"
-                                   else [0.0, float(int(m))], [0.0, 0.0])
-        if name == "Rotate":
-            # rotate() reduces the angle to [0, 360) and hands affine the opposite one.
-            return _inverse_affine([0.0, 0.0], -(m % 360), [0.0, 0.0], [0.0, 0.0])
-        return [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-
-    def _tables(self, x):
-        """Every (op, bin, sign)'s parameters, computed once per device and image size in Python doubles as
-        torchvision computes them, then gathered per sample: rows ``(op * bins + bin) * 2 + negative``."""
-        h, w = x.shape[-2:]
-        key = (x.device, h, w)
-        if key not in self._cache:
-            theta, geometric, ratio, complement, mask, threshold = [], [], [], [], [], []
-            for name, (values, signed) in self.space().items():
-                for i in range(self.num_magnitude_bins):
-                    for negative in (False, True):
-                        m = float(values[i]) if values.dim() else 0.0
-                        m = -m if signed and negative else m
-                        theta.append(self._matrix(name, m, h, w))
-                        geometric.append(name in self.GEOMETRIC)
-                        factor = 1.0 + m if name in ("Brightness", "Color", "Contrast", "Sharpness") else 1.0
-                        ratio.append(factor)
-                        complement.append(1.0 - factor)
-                        bits = int(m) if name == "Posterize" else 8
-                        mask.append((0xFF << (8 - bits)) & 0xFF)
-                        threshold.append(m if name == "Solarize" else 256.0)
-            with torch.inference_mode(False):
-                dev = x.device
-                theta = torch.tensor(theta, dtype=torch.float32).view(-1, 2, 3)
-                # torchvision's _affine_grid: pixel centres about the image centre, normalised after theta.
-                rescaled = theta.transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h])
-                xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w)
-                ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h)
-                base = torch.stack([xs.expand(h, w), ys.view(h, 1).expand(h, w), torch.ones(h, w)], -1)
-                self._cache[key] = dict(
-                    rescaled=rescaled.to(dev), base=base.view(1, h * w, 3).to(dev),
-                    geometric=torch.tensor(geometric, device=dev),
-                    ratio=torch.tensor(ratio, dtype=torch.float32, device=dev),
-                    complement=torch.tensor(complement, dtype=torch.float32, device=dev),
-                    mask=torch.tensor(mask, dtype=torch.uint8, device=dev),
-                    threshold=torch.tensor(threshold, dtype=torch.float32, device=dev))
-        return self._cache[key]
-
-    def draw(self, b, rng, device):
-        """Each of ``b`` samples' op index, magnitude bin and sign (True: negative), from ``rng.device``."""
-        gen = rng.device
-        op = torch.randint(len(self.OPS), (b,), device=device, generator=gen)
-        magnitude_bin = torch.randint(self.num_magnitude_bins, (b,), device=device, generator=gen)
-        negative = torch.randint(2, (b,), device=device, generator=gen).bool()
-        return op, magnitude_bin, negative
-
-    def apply(self, x, op, magnitude_bin, negative):
-        """Apply op ``OPS[op[i]]`` at bin ``magnitude_bin[i]`` (negated where ``negative[i]``) to sample ``i``.
-
-        Args:
-            x: uint8 images (B, 3, H, W).
-            op, magnitude_bin, negative: (B,) tensors on ``x``'s device (see :meth:`draw`).
-        """
-        if x.dtype != torch.uint8:
-            raise TypeError(f"TrivialAugmentWide takes uint8 images, not {x.dtype}")
-        t = self._tables(x)
-        b, _, h, w = x.shape
-        row = (op * self.num_magnitude_bins + magnitude_bin) * 2 + negative.long()
-
-        def per_sample(table):
-            return table[row].view(b, 1, 1, 1)
-
-        def drew(name):
-            return _per_sample(op == self.OPS.index(name), x)
-
-        # torchvision's grid is base @ rescaled theta (bmm); written out elementwise it gives the same float32
-        # values, and no TF32 matmul on CUDA moves the sampling points by hundredths of a pixel.
-        base, rescaled = t["base"], t["rescaled"][row]
-        grid = base[..., 0:1] * rescaled[:, None, 0] + base[..., 1:2] * rescaled[:, None, 1] + rescaled[:, None, 2]
-        grid = grid.view(b, h, w, 2)
-        xf = x.float()
-        warped = F.grid_sample(xf, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        out = torch.where(per_sample(t["geometric"]), warped.round_().to(torch.uint8), x)
-
-        ratio, complement = per_sample(t["ratio"]), per_sample(t["complement"])
-        grey = TF.rgb_to_grayscale(x)  # truncated to uint8, as adjust_saturation / adjust_contrast floor it
-        out = torch.where(drew("Brightness"), (xf * ratio).clamp_(0, 255).to(torch.uint8), out)
-        out = torch.where(drew("Color"), _blend(xf, grey, ratio, complement), out)
-        mean = grey.float().mean((-3, -2, -1), keepdim=True)
-        out = torch.where(drew("Contrast"), _blend(xf, mean, ratio, complement), out)
-        # Factor 0 gives adjust_sharpness's degenerate image itself: the rounded blur, the border kept.
-        out = torch.where(drew("Sharpness"), _blend(xf, TF.adjust_sharpness(x, 0.0), ratio, complement), out)
-        out = torch.where(drew("Posterize"), x & per_sample(t["mask"]), out)
-        out = torch.where(drew("Solarize") & (x >= per_sample(t["threshold"])), 255 - x, out)
-        out = torch.where(drew("AutoContrast"), TF.autocontrast(x), out)
-        return torch.where(drew("Equalize"), TF.equalize(x), out)
-
-    def __call__(self, x, y, rng):
-        if y is not None and y.dim() >= 3:
-            raise ValueError("TrivialAugmentWide is for class labels: it does not move masks with their images")
-        return self.apply(x, *self.draw(x.shape[0], rng, x.device)), y
-
-    def __repr__(self):
-        return f"TrivialAugmentWide(num_magnitude_bins={self.num_magnitude_bins})"
 
 
 def smooth_one_hot(y, num_classes, smoothing):
@@ -494,16 +347,18 @@ class RandomScale:
     The image is resampled bilinearly and the mask by nearest neighbour, so masks stay hard labels
     on the same pixels as their tiles. Where a shrunk sample does not fill the window, both are
     mirrored at its border (rather than padded with a fill the loss would have to ignore). Takes
-    uint8 (or [0, 1] float) images and returns [0, 1] floats, as :class:`ColorJitter` does.
+    float images in [0, 1] only (after :class:`ToFloat`; uint8 is refused with a TypeError, the
+    bilinear resampling computes new values) and returns [0, 1] floats, as :class:`ColorJitter`.
     """
 
     def __init__(self, lo, hi):
         self.lo, self.hi = float(lo), float(hi)
 
     def __call__(self, x, y, rng):
+        _needs_floats(self, x)
+        x = x.float()  # the sampling grid is float32
         b, _, h, w = x.shape
         dev, gen = x.device, rng.device
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         scale = self.lo + (self.hi - self.lo) * torch.rand(b, device=dev, generator=gen)
         # The window covers 1/scale of the sample (in normalised coordinates, from -1 to 1); its
         # centre moves by up to |1 - 1/scale|: inside a grown sample, or the sample inside the window.

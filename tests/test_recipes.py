@@ -14,7 +14,7 @@ from datasets.loader import TensorBatches
 from datasets.p1 import MEAN as P1_MEAN, NUM_CLASSES as P1_CLASSES, STD as P1_STD, load_folder
 from datasets.p2 import class_weights
 from datasets.presets import p1_transforms, p2_transforms
-from datasets.transforms import ColorJitter, RandomErasing, RandomScale
+from datasets.transforms import ColorJitter, RandomErasing, RandomScale, ToFloat
 from models import get_model
 from models.beit import BEiT
 from inference import forward, tta_views
@@ -423,9 +423,10 @@ def test_random_erasing_erases_one_box_of_the_stated_size():
 
 def test_colour_jitter_keeps_range_and_is_the_identity_at_zero_strength():
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x, _ = ToFloat()(x, None)
     rng = EpochRNG(0, 1, torch.device("cpu"))
     same, _ = ColorJitter(0.0)(x, None, rng)
-    assert torch.allclose(same, x.float() / 255, atol=1e-6)
+    assert torch.allclose(same, x, atol=1e-6)
     jittered, _ = ColorJitter(0.4)(x, None, rng)
     assert jittered.min() >= 0 and jittered.max() <= 1 and not torch.allclose(jittered, same)
 
@@ -554,7 +555,8 @@ def test_multi_scale_training_keeps_masks_hard_labels_aligned_with_their_tiles()
     label = (rows // 8 + cols // 8) % 7
     tile = torch.stack([rows * 4, cols * 4, torch.zeros_like(rows)]).to(torch.uint8).expand(n, 3, size, size)
     mask = label.to(torch.uint8).expand(n, size, size)
-    x, y = RandomScale(0.5, 2.0)(tile.contiguous(), mask.contiguous(), EpochRNG(0, 1, torch.device("cpu")))
+    tile, _ = ToFloat()(tile.contiguous(), None)
+    x, y = RandomScale(0.5, 2.0)(tile, mask.contiguous(), EpochRNG(0, 1, torch.device("cpu")))
     assert x.shape == (n, 3, size, size) and y.shape == (n, size, size) and y.dtype == torch.uint8
     assert set(y.unique().tolist()) <= set(range(7))  # hard labels, no blends
     src_row, src_col = (x[:, 0] * 255 / 4).round().long(), (x[:, 1] * 255 / 4).round().long()
@@ -564,8 +566,8 @@ def test_multi_scale_training_keeps_masks_hard_labels_aligned_with_their_tiles()
     assert aligned > 0.995
     zoom = (x[:, 0, 1:] - x[:, 0, :-1]).abs().amax((1, 2))  # how fast the row coordinate moves down a column
     assert zoom.min() < zoom.max()  # the samples drew different scales
-    same, kept = RandomScale(1.0, 1.0)(tile.contiguous(), mask.contiguous(), EpochRNG(0, 1, torch.device("cpu")))
-    assert torch.equal(kept, mask) and torch.allclose(same * 255, tile.float(), atol=1e-3)  # scale 1: identity
+    same, kept = RandomScale(1.0, 1.0)(tile, mask.contiguous(), EpochRNG(0, 1, torch.device("cpu")))
+    assert torch.equal(kept, mask) and torch.allclose(same, tile, atol=1e-5)  # scale 1: identity
 
 
 @pytest.mark.parametrize("flags, needle", [

@@ -1,18 +1,15 @@
-"""Batched augmentation: shapes, exact semantics, and seeded determinism."""
-import math
+"""Batched augmentation: shapes, exact semantics, the uint8 / float convention, and seeded determinism."""
+import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF1
-import torchvision.transforms.v2.functional as TF2
 from torch import nn
-from torchvision.transforms import TrivialAugmentWide as TorchvisionTrivialAugmentWide
 
 from datasets.loader import TensorBatches
-from datasets.presets import p1_transforms
-from datasets.transforms import (Compose, MixupCutmix, Normalize, RandomCrop, RandomFlip, TrivialAugmentWide,
-                                 smooth_one_hot)
+from datasets.presets import P1_AUGMENTS, P2_AUGMENTS, p1_transforms, p2_transforms
+from datasets.transforms import (ColorJitter, Compose, MixupCutmix, Normalize, RandomCrop, RandomFlip, RandomScale,
+                                 ToFloat, smooth_one_hot)
 from utils.runtime import EpochRNG
 
 CPU = torch.device("cpu")
@@ -152,23 +149,29 @@ def test_p1_defaults_keep_the_crop_flip_preset():
                            "Normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))")
 
 
-def test_p1_trivial_augment_and_cutmix_give_soft_targets():
+def test_p1_cutmix_gives_soft_targets():
     x, y = batch(8)
-    train, _ = p1_transforms("crop-flip", mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5,
-                             trivial_augment=True, cutmix=0.5)
+    train, _ = p1_transforms("crop-flip", mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5, cutmix=0.5)
     names = [type(op).__name__ for op in train.ops]
-    assert names == ["RandomCrop", "RandomFlip", "TrivialAugmentWide", "Normalize", "MixupCutmix"]
+    assert names == ["RandomCrop", "RandomFlip", "Normalize", "MixupCutmix"]
     for epoch in range(4):  # mixed batches and unmixed ones alike
         out, target = train(x, y, EpochRNG(0, epoch, CPU))
         assert out.shape == x.shape and out.dtype == torch.float32
         assert target.shape == (8, 5) and torch.allclose(target.sum(1), torch.ones(8))
 
 
-@pytest.mark.parametrize("option", [dict(trivial_augment=True), dict(cutmix=0.5)])
 @pytest.mark.parametrize("augment", ["beit", "beit-224", "none"])
-def test_p1_trivial_augment_and_cutmix_only_with_crop_flip(augment, option):
-    with pytest.raises(ValueError, match="crop-flip"):
-        p1_transforms(augment, mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5, **option)
+def test_p1_cutmix_only_with_crop_flip(augment):
+    with pytest.raises(ValueError, match="cutmix: an option of the crop-flip preset only"):
+        p1_transforms(augment, mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5, cutmix=0.5)
+
+
+def test_p1_transforms_has_no_trivial_augment_option():
+    # TrivialAugmentWide was measured and left out of every recipe (docs/RECIPES.md): it left the code.
+    assert str(inspect.signature(p1_transforms)) == \
+        "(augment, *, mean, std, num_classes, random_erasing=0.0, cutmix=0.0)"
+    with pytest.raises(TypeError, match="trivial_augment"):
+        p1_transforms("crop-flip", mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5, trivial_augment=True)
 
 
 @pytest.mark.parametrize("augment", ["beit", "beit-224"])
@@ -191,137 +194,6 @@ def test_beit_mixup_leaves_label_smoothing_to_the_loss_which_applies_it_once(aug
         assert torch.allclose(target * 0.9 + 0.1 / 5, ref_target)
         loss = nn.CrossEntropyLoss(label_smoothing=0.1)(logits, target)  # as p1_train builds it
         assert loss.item() == pytest.approx(nn.CrossEntropyLoss()(logits, ref_target).item(), rel=1e-6)
-
-
-def _ta_apply(ta, x, name, magnitude_bin=0, negative=False):
-    """``ta``'s op ``name`` at one bin and sign for every sample of ``x``."""
-    b = x.shape[0]
-    return ta.apply(x, torch.full((b,), ta.OPS.index(name)), torch.full((b,), magnitude_bin),
-                    torch.full((b,), negative))
-
-
-def _ta_magnitude(name, magnitude_bin, negative):
-    """The signed magnitude torchvision's TrivialAugmentWide gives op ``name`` at that bin and sign."""
-    values, signed = TrivialAugmentWide().space()[name]
-    m = float(values[magnitude_bin]) if values.dim() else 0.0
-    return -m if signed and negative else m
-
-
-def test_trivial_augment_keeps_dtype_shape_and_labels():
-    x, y = batch(32)
-    ta = TrivialAugmentWide()
-    out, y2 = ta(x, y, EpochRNG(0, 1, CPU))
-    assert out.shape == x.shape and out.dtype == torch.uint8 and torch.equal(y2, y)
-    changed = [not torch.equal(out[i], x[i]) for i in range(32)]
-    assert 0 < sum(changed) < 32  # Identity (and a few bins of other ops) leave a sample as it is
-    assert repr(ta) == "TrivialAugmentWide(num_magnitude_bins=31)"
-    with pytest.raises(TypeError, match="uint8"):
-        ta(x.float(), y, EpochRNG(0, 1, CPU))
-    with pytest.raises(ValueError, match="masks"):
-        ta(x, torch.zeros(32, 32, 32, dtype=torch.long), EpochRNG(0, 1, CPU))
-
-
-def test_trivial_augment_is_seeded():
-    x, y = batch(32)
-    ta = TrivialAugmentWide()
-    a, _ = ta(x, y, EpochRNG(5, 1, CPU))
-    b, _ = ta(x, y, EpochRNG(5, 1, CPU))
-    c, _ = ta(x, y, EpochRNG(5, 2, CPU))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def test_trivial_augment_draws_every_op_bin_and_sign():
-    op, magnitude_bin, negative = TrivialAugmentWide().draw(4096, EpochRNG(0, 1, CPU), CPU)
-    # 4096 draws miss one of 14 ops with probability about 14 * (13/14)**4096: never.
-    assert set(op.tolist()) == set(range(14))
-    assert set(magnitude_bin.tolist()) == set(range(31))
-    assert set(negative.tolist()) == {False, True}
-
-
-def test_trivial_augment_op_space_is_torchvisions():
-    # Torchvision's table is a private method; this pins the ops, bins, ranges and signs to it.
-    theirs = TorchvisionTrivialAugmentWide()._augmentation_space(31)
-    ours = TrivialAugmentWide().space()
-    assert list(ours) == list(theirs) == list(TrivialAugmentWide.OPS)
-    for name, (values, signed) in theirs.items():
-        assert torch.equal(ours[name][0], values) and ours[name][1] == signed, name
-
-
-def test_trivial_augment_identity_and_zero_magnitudes_leave_samples_unchanged():
-    x, _ = batch(8)
-    ta = TrivialAugmentWide()
-    for name in ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Posterize"):
-        for negative in (False, True):  # bin 0: magnitude 0, factor 1, or 8 bits
-            assert torch.equal(_ta_apply(ta, x, name, 0, negative), x), name
-
-
-def _torchvision_op(image, name, m):
-    """Torchvision's TrivialAugmentWide op ``name`` at signed magnitude ``m``, as its public functional calls."""
-    if name in ("ShearX", "ShearY"):
-        shear = [math.degrees(math.atan(m)), 0.0] if name == "ShearX" else [0.0, math.degrees(math.atan(m))]
-        return TF2.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, center=[0, 0])
-    if name in ("TranslateX", "TranslateY"):
-        translate = [int(m), 0] if name == "TranslateX" else [0, int(m)]
-        return TF2.affine(image, angle=0.0, translate=translate, scale=1.0, shear=[0.0, 0.0])
-    if name == "Rotate":
-        return TF2.rotate(image, m)
-    # The colour ops as torchvision.transforms.TrivialAugmentWide calls them (the v1 kernels).
-    return {"Brightness": lambda: TF1.adjust_brightness(image, 1.0 + m),
-            "Color": lambda: TF1.adjust_saturation(image, 1.0 + m),
-            "Contrast": lambda: TF1.adjust_contrast(image, 1.0 + m),
-            "Sharpness": lambda: TF1.adjust_sharpness(image, 1.0 + m),
-            "Posterize": lambda: TF1.posterize(image, int(m)),
-            "Solarize": lambda: TF1.solarize(image, m),
-            "AutoContrast": lambda: TF2.autocontrast(image),
-            "Equalize": lambda: TF1.equalize(image)}[name]()
-
-
-@pytest.mark.parametrize("name", TrivialAugmentWide.GEOMETRIC)
-def test_trivial_augment_geometry_matches_torchvision(name):
-    x, _ = batch(4)
-    ta = TrivialAugmentWide()
-    for magnitude_bin in (7, 20, 30):  # Rotate bin 20 is 90 degrees, which torchvision does with rot90
-        for negative in (False, True):
-            ours = _ta_apply(ta, x, name, magnitude_bin, negative)
-            m = _ta_magnitude(name, magnitude_bin, negative)
-            theirs = torch.stack([_torchvision_op(image, name, m) for image in x])
-            # Same float32 matrices and grid, so bit-identical here (every bin and sign, 64 random images);
-            # 1% slack for a BLAS that rounds torchvision's grid matmul differently, which can move a
-            # nearest-neighbour pick only where a sampling point falls within rounding of a pixel edge.
-            agree = (ours == theirs).all(1).float().mean().item()
-            assert agree >= 0.99, (name, magnitude_bin, negative, agree)
-
-
-@pytest.mark.parametrize("name", ["Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
-                                  "AutoContrast", "Equalize"])
-def test_trivial_augment_colour_ops_match_torchvision(name):
-    x, _ = batch(4)
-    ta = TrivialAugmentWide()
-    for magnitude_bin in (9, 30):
-        for negative in (False, True):
-            ours = _ta_apply(ta, x, name, magnitude_bin, negative)
-            m = _ta_magnitude(name, magnitude_bin, negative)
-            theirs = torch.stack([_torchvision_op(image, name, m) for image in x])
-            # Bit-identical here; a blend truncated to uint8 may land one level apart on another CPU.
-            assert (ours.int() - theirs.int()).abs().max() <= 1, (name, magnitude_bin, negative)
-            assert (ours == theirs).float().mean() >= 0.99, (name, magnitude_bin, negative)
-
-
-def test_trivial_augment_posterize_and_solarize_exact():
-    values = [0, 1, 127, 128, 200, 238, 246, 247, 255]
-    x = torch.tensor(values, dtype=torch.uint8).view(1, 1, 1, 9).expand(1, 3, 1, 9)
-    ta = TrivialAugmentWide()
-
-    def pixels(name, magnitude_bin):
-        return _ta_apply(ta, x, name, magnitude_bin)[0, 0, 0].tolist()
-
-    # Bits 8 - round(bin / 5): bin 15 keeps 5 bits (mask 0b11111000), bin 30 keeps 2 (0b11000000).
-    assert pixels("Posterize", 15) == [0, 0, 120, 128, 200, 232, 240, 240, 248]
-    assert pixels("Posterize", 30) == [0, 0, 64, 128, 192, 192, 192, 192, 192]
-    # Threshold 255 - 8.5 * bin, pixels at or above it inverted: 255, 246.5, 0.
-    assert pixels("Solarize", 0) == [0, 1, 127, 128, 200, 238, 246, 247, 0]
-    assert pixels("Solarize", 1) == [0, 1, 127, 128, 200, 238, 246, 8, 0]
-    assert pixels("Solarize", 30) == [255 - v for v in values]
 
 
 def test_batches_cover_every_sample_once():
@@ -374,3 +246,106 @@ def test_normalize_first_used_under_inference_mode_then_in_training():
     out, _ = normalize(image, None)
     out.sum().backward()  # the cached constants are normal tensors autograd may save
     assert torch.allclose(image.grad, torch.full_like(image, 2.0))
+
+
+# --- one convention: geometry on uint8, one ToFloat, colour ops on [0, 1] floats, then Normalize -----------
+
+def test_to_float_is_x_over_255_exactly_and_leaves_targets():
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16).contiguous()
+    masks = torch.randint(0, 7, (2, 16, 16), dtype=torch.uint8)
+    out, y = ToFloat()(x, masks)
+    assert out.dtype == torch.float32 and out.shape == x.shape and y is masks
+    assert torch.equal(out, x.float() / 255.0)  # the arithmetic ColorJitter and RandomScale used inline
+    flat = out[0, 0].flatten()
+    assert flat[0].item() == 0.0 and flat[255].item() == 1.0
+    assert flat[51].item() == torch.tensor(0.2).item()  # 51 / 255, correctly rounded to float32
+    assert repr(ToFloat()) == "ToFloat()"
+    with pytest.raises(TypeError, match="uint8"):  # a second conversion would divide by 255 twice
+        ToFloat()(out, masks)
+
+
+def test_normalize_gives_the_same_bits_for_uint8_and_to_float_output():
+    # The two input kinds Normalize documents mean the same thing, bit for bit: x / 255 * 255 gives the
+    # integers back exactly, so a preset may convert with ToFloat or leave it to Normalize.
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16).contiguous()
+    normalize = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert torch.equal(normalize(x, None)[0], normalize(*ToFloat()(x, None))[0])
+
+
+@pytest.mark.parametrize("op", [ColorJitter(0.2), RandomScale(0.5, 2.0)], ids=repr)
+def test_float_ops_refuse_uint8_and_take_to_float_output(op):
+    x, _ = batch(4)
+    masks = torch.randint(0, 7, (4, 32, 32), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=rf"{type(op).__name__} takes float images in \[0, 1\], not torch.uint8: "
+                                        r"put ToFloat\(\) before it"):
+        op(x, masks, EpochRNG(0, 1, CPU))
+    out, _ = op(*ToFloat()(x, masks), EpochRNG(0, 1, CPU))
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+GEOMETRY = ("RandomCrop", "RandomFlip", "RandomTranspose")
+
+
+def _trace(transform, x, y):
+    """(op name, dtype of the images it is handed) for each op of ``transform``, in order."""
+    rng, seen = EpochRNG(0, 1, CPU), []
+    for op in transform.ops:
+        seen.append((type(op).__name__, x.dtype))
+        x, y = op(x, y, rng)
+    return seen, x
+
+
+def _assert_follows_the_convention(transform, x, y):
+    seen, out = _trace(transform, x, y)
+    names = [name for name, _ in seen]
+    assert names.count("ToFloat") <= 1 and names.count("Normalize") == 1, names
+    # Only pixel-moving geometry runs before the one conversion (ToFloat, or Normalize folding /255 in) ...
+    first = next(i for i, name in enumerate(names) if name not in GEOMETRY)
+    assert names[first] in ("ToFloat", "Normalize"), names
+    assert all(dtype == torch.uint8 for _, dtype in seen[:first + 1]), seen
+    # ... and every op after it is handed floats: the colour ops between ToFloat and Normalize.
+    assert all(dtype == torch.float32 for _, dtype in seen[first + 1:]), seen
+    for name in ("RandomScale", "ColorJitter"):
+        if name in names:
+            assert names.index("ToFloat") < names.index(name) < names.index("Normalize"), names
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("scale_range", [None, (1.0, 1.0), (0.5, 2.0)])
+@pytest.mark.parametrize("color_jitter", [0.0, 0.2])
+@pytest.mark.parametrize("augment", P2_AUGMENTS)
+def test_p2_presets_follow_the_convention(augment, color_jitter, scale_range):
+    x, _ = batch(4)
+    masks = torch.randint(0, 7, (4, 32, 32), dtype=torch.uint8)
+    train, evaluation = p2_transforms(augment, mean=(0.5,) * 3, std=(0.5,) * 3, color_jitter=color_jitter,
+                                      scale_range=scale_range)
+    _assert_follows_the_convention(train, x, masks)
+    _assert_follows_the_convention(evaluation, x, masks)
+
+
+@pytest.mark.parametrize("augment, color_jitter, scale_range, names", [
+    ("flip", 0.2, None, ["RandomFlip", "RandomFlip", "ToFloat", "ColorJitter", "Normalize"]),
+    ("d4", 0.2, None, ["RandomFlip", "RandomFlip", "RandomTranspose", "ToFloat", "ColorJitter", "Normalize"]),
+    ("none", 0.2, None, ["ToFloat", "ColorJitter", "Normalize"]),
+    ("flip", 0.0, (1.0, 1.0), ["RandomFlip", "RandomFlip", "Normalize"]),  # nothing needs floats: no ToFloat
+    # RandomScale first, as it always was (its draws, then the flips'), so the flips run on its floats.
+    ("flip", 0.0, (0.5, 2.0), ["ToFloat", "RandomScale", "RandomFlip", "RandomFlip", "Normalize"]),
+    ("d4", 0.2, (0.75, 1.5), ["ToFloat", "RandomScale", "RandomFlip", "RandomFlip", "RandomTranspose",
+                              "ColorJitter", "Normalize"]),
+])
+def test_p2_preset_op_order(augment, color_jitter, scale_range, names):
+    train, evaluation = p2_transforms(augment, mean=(0.5,) * 3, std=(0.5,) * 3, color_jitter=color_jitter,
+                                      scale_range=scale_range)
+    assert [type(op).__name__ for op in train.ops] == names
+    assert [type(op).__name__ for op in evaluation.ops] == ["Normalize"]
+
+
+@pytest.mark.parametrize("random_erasing", [0.0, 0.25])
+@pytest.mark.parametrize("augment, cutmix", [*((a, 0.0) for a in P1_AUGMENTS), ("crop-flip", 0.5)])
+def test_p1_presets_follow_the_convention(augment, cutmix, random_erasing):
+    x, y = batch(4)
+    train, evaluation = p1_transforms(augment, mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=5,
+                                      random_erasing=random_erasing, cutmix=cutmix)
+    _assert_follows_the_convention(train, x, y)
+    _assert_follows_the_convention(evaluation, x, y)
