@@ -102,8 +102,7 @@ def compare(runs, out):
     check_writable(out, "--out", folder=True)
     comparison = compare_runs(runs, "--compare")
     out.mkdir(parents=True, exist_ok=True)
-    m = comparison.metric
-    problem = {"acc": "Problem 1", "miou": "Problem 2"}[m]
+    m, problem = comparison.metric, comparison.problem
     figure = plot_compare(list(comparison.records.items()), out / "compare.png", metric=m,
                           title=f"{problem}: {len(runs)} runs compared")
     lines = [f"# {problem}: {len(runs)} runs compared", "", *comparison_table(comparison), ""]

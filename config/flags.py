@@ -243,7 +243,7 @@ BY_NAME = {flag.name: flag for flag in FLAGS}
 # The flags a resume may give anew even inside an epoch stopped part-way: none changes a number of the run.
 FREE_ON_RESUME = frozenset(f.name for f in FLAGS if f.role == RECORD)
 # The flags that tell two runs' recipes apart (not where they ran, nor their bookkeeping).
-COMPARED = frozenset(f.name for f in FLAGS if f.role == RECIPE_ROLE) - {"config"}
+COMPARED = frozenset(f.name for f in FLAGS if f.role == RECIPE_ROLE)
 # The flags of one invocation rather than of the run: a resume does not take them from its run, nor a
 # rerun from its args.json, nor a reproduce command (which writes to a new folder) from either.
 OF_THE_INVOCATION = frozenset({"output_dir", "resume", "overwrite", "config"})
@@ -258,7 +258,7 @@ def flags_of(problem):
 def add_flags(parser, problem):
     """Add ``problem``'s flags to ``parser``, each in its ``--help`` group, every default left out of
     the namespace (``argparse.SUPPRESS``): the namespace holds what was typed, and
-    :func:`resolve` the rest."""
+    :func:`training.setup.resolve` the rest."""
     groups = {}
     for flag in flags_of(problem):
         if flag.group not in groups:

@@ -126,12 +126,14 @@ class Comparison:
             ``last`` (the last epoch's metric) and ``flags`` (its values of the differing flags, rendered).
         differing: the ``args.json`` keys whose values are not all equal across the runs, sorted.
         records: each run's ``metrics.jsonl`` records by label, for the figure.
+        problem: the runs' problem, as a title names it (``Problem 1``).
     """
 
     metric: str
     rows: list
     differing: list
     records: dict = field(repr=False)
+    problem: str = ""
 
 
 def compare_runs(folders, flag="--compare"):
@@ -166,11 +168,11 @@ def compare_runs(folders, flag="--compare"):
     rows = []
     for label, folder, recs, run_args in zip(labels, folders, records, args):
         best = max(recs, key=lambda r: r[f"val_{metric}"])  # the first of equals, as the trainer keeps
-        flags = "args.json missing" if run_args is None else ", ".join(
+        shown = "args.json missing" if run_args is None else ", ".join(
             flag_text(key, run_args.get(key, _MISSING)) for key in differing)
         rows.append({"run": label, "folder": str(folder), "epochs": len(recs), "best": best[f"val_{metric}"],
-                     "best_epoch": best["epoch"], "last": recs[-1][f"val_{metric}"], "flags": flags})
-    return Comparison(metric, rows, differing, dict(zip(labels, records)))
+                     "best_epoch": best["epoch"], "last": recs[-1][f"val_{metric}"], "flags": shown})
+    return Comparison(metric, rows, differing, dict(zip(labels, records)), names[metric])
 
 
 def differing_keys(all_args):

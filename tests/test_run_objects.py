@@ -165,6 +165,14 @@ def test_each_package_imports_only_the_floors_below_it():
             assert imported <= below, f"{package}/{path.name} imports {sorted(imported - below)}"
 
 
+def test_no_module_imports_another_modules_private_name():
+    for path in [*_python_files(*FLOORS), *(REPO / f"{script}.py" for script in ENTRY_SCRIPTS)]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in FLOORS:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.relative_to(REPO)} imports {node.module}.{', '.join(private)}"
+
+
 def test_the_import_graph_has_no_cycle():
     modules = {f"{p.parent.name}.{p.stem}".removesuffix(".__init__"): p for p in _python_files(*FLOORS)}
     graph = {m: {n for n in _imports(p) if n in modules and n != m} for m, p in modules.items()}

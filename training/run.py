@@ -12,7 +12,6 @@ from config import flags
 from utils.checkpoint import load_checkpoint, unwrap
 from utils.errors import UserError
 from utils.run_folder import LAST
-from utils.runtime import rng_state, set_rng_state
 
 
 @dataclass
@@ -53,6 +52,21 @@ class TrainState:
         if self.partial is not None:
             ckpt.update(step=self.partial["train"]["step"], partial=self.partial)
         return ckpt
+
+
+def rng_state():
+    """The global torch RNG states (CPU and every CUDA device), for the checkpoint."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what :func:`rng_state` saved (CUDA states only where CUDA is present)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _cpu_state(state_dict):

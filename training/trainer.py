@@ -81,11 +81,11 @@ class Trainer:
         args, ctx = setup.args, setup.ctx
         self.steps_per_epoch = count_batches(len(task.train_data[0]), args.batch_size, ctx.world_size,
                                              drop_small=True)
+        self.val_batches = TensorBatches(*task.val_data, args.eval_batch_size, device=setup.device,
+                                         rank=ctx.rank, world_size=ctx.world_size)
         self.updater = Updater.from_flags(args, task.model, steps_per_epoch=self.steps_per_epoch,
                                           device=setup.device, amp_dtype=setup.amp_dtype)
         self.state = setup.resume.restore(task.model, self.updater) if setup.resume else TrainState()
-        self.val_batches = TensorBatches(*task.val_data, args.eval_batch_size, device=setup.device,
-                                         rank=ctx.rank, world_size=ctx.world_size)
         self.key = f"val_{task.metric_name}"
 
     def fit(self):

@@ -212,18 +212,3 @@ def seed_everything(seed):
     """Seed the global RNGs (weight init, dropout)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-def rng_state():
-    """The global torch RNG states (CPU and every CUDA device), for the checkpoint."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    """Restore what :func:`rng_state` saved (CUDA states only where CUDA is present)."""
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
