@@ -154,11 +154,11 @@ def compare_runs(folders, flag="--compare"):
             raise UserError(f"{flag}: {folder} is the same run as {seen[folder.resolve()]}")
         seen[folder.resolve()] = folder
     records = [read_metrics(f) for f in folders]
-    names = {m: PROBLEM_NAMES[p] for p, m in METRIC_OF.items()}
+    problem_of = {m: PROBLEM_NAMES[p] for p, m in METRIC_OF.items()}
     for folder, metric in zip(folders, metrics):
         if metric != metrics[0]:
-            raise UserError(f"{flag}: {folders[0]} is a {names[metrics[0]]} run (val_{metrics[0]}) and {folder} "
-                            f"a {names[metric]} run (val_{metric}); compare runs of one problem")
+            raise UserError(f"{flag}: {folders[0]} is a {problem_of[metrics[0]]} run (val_{metrics[0]}) and {folder} "
+                            f"a {problem_of[metric]} run (val_{metric}); compare runs of one problem")
     metric = metrics[0]
     args = [RunFolder(f).read_args() for f in folders]
     differing = differing_keys([a for a in args if a is not None])
@@ -172,7 +172,7 @@ def compare_runs(folders, flag="--compare"):
             flag_text(key, run_args.get(key, _MISSING)) for key in differing)
         rows.append({"run": label, "folder": str(folder), "epochs": len(recs), "best": best[f"val_{metric}"],
                      "best_epoch": best["epoch"], "last": recs[-1][f"val_{metric}"], "flags": shown})
-    return Comparison(metric, rows, differing, dict(zip(labels, records)), names[metric])
+    return Comparison(metric, rows, differing, dict(zip(labels, records)), problem_of[metric])
 
 
 def differing_keys(all_args):
