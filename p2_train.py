@@ -36,16 +36,16 @@ def main(args):
     with distributed.main_first(setup.ctx, enabled=args.cache_dir is not None):
         train_set = load_pairs(args.train_dir, size=args.tile_size, cache_dir=args.cache_dir)
         val_set = load_pairs(args.val_dir, size=args.tile_size, cache_dir=args.cache_dir)
-    if fits_on(setup.device, train_set.nbytes + val_set.nbytes):
-        # 2,257 tiles are about 2.3 GB: on a large GPU they live there, as Problem 1's images do;
-        # on an 11 GB card that would leave too little for DeepLabv3's activations.
-        train_set, val_set = train_set.to(setup.device), val_set.to(setup.device)
     weights = None
     if args.class_weights == "median-freq":
         # Counted once from the training masks; the checkpoints record them.
         weights = class_weights(train_set.masks)
         if setup.ctx.is_main:
             print("class weights " + ", ".join(f"{name} {w:.3f}" for name, w in zip(CLASS_NAMES, weights)), flush=True)
+    if fits_on(setup.device, train_set.nbytes + val_set.nbytes):
+        # 2,257 tiles are about 2.3 GB: on a large GPU they live there, as Problem 1's images do;
+        # on an 11 GB card that would leave too little for DeepLabv3's activations.
+        train_set, val_set = train_set.to(setup.device), val_set.to(setup.device)
     entries = {**setup.entries, "class_weights": weights}
     train_tf, eval_tf = p2_transforms(args.augment, mean=entries["mean"], std=entries["std"],
                                       color_jitter=args.color_jitter, scale_range=args.scale_range)
