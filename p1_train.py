@@ -26,13 +26,14 @@ def get_args_parser():
 
 
 def main(args):
-    setup = RunSetup.prepare(args, "p1", num_classes=NUM_CLASSES, mean=MEAN, std=STD)
-    args, entries = setup.args, setup.entries
+    setup = RunSetup.prepare(args, "p1")
+    args = setup.args
     train_set = load_folder(args.train_dir, labeled=True).to(setup.device)
     val_set = load_folder(args.val_dir, labeled=True).to(setup.device)
+    model, entries = setup.build_model(num_classes=NUM_CLASSES, mean=MEAN, std=STD)
     train_tf, eval_tf = p1_transforms(args.augment, mean=entries["mean"], std=entries["std"], num_classes=NUM_CLASSES,
                                       random_erasing=args.random_erasing, cutmix=args.cutmix)
-    task = Task(model=setup.model, train_data=(train_set.images, train_set.labels),
+    task = Task(model=model, train_data=(train_set.images, train_set.labels),
                 val_data=(val_set.images, val_set.labels),
                 criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
                 eval_criterion=nn.CrossEntropyLoss(), train_transform=train_tf, eval_transform=eval_tf,

@@ -29,7 +29,7 @@ def get_args_parser():
 
 
 def main(args):
-    setup = RunSetup.prepare(args, "p2", num_classes=NUM_CLASSES)
+    setup = RunSetup.prepare(args, "p2")
     args = setup.args
     # Under torchrun each machine's first process decodes the tiles into --cache-dir and the machine's
     # others then map its files, rather than every process decoding and writing the same files at once.
@@ -46,13 +46,13 @@ def main(args):
         # 2,257 tiles are about 2.3 GB: on a large GPU they live there, as Problem 1's images do;
         # on an 11 GB card that would leave too little for DeepLabv3's activations.
         train_set, val_set = train_set.to(setup.device), val_set.to(setup.device)
-    entries = {**setup.entries, "class_weights": weights}
+    model, entries = setup.build_model(num_classes=NUM_CLASSES, class_weights=weights)
     train_tf, eval_tf = p2_transforms(args.augment, mean=entries["mean"], std=entries["std"],
                                       color_jitter=args.color_jitter, scale_range=args.scale_range)
     criterion = SegmentationLoss(args.loss, alpha=args.focal_alpha, gamma=args.focal_gamma,
                                  ignore_index=UNKNOWN if args.ignore_unknown else None, aux_weight=args.aux_weight,
                                  class_weights=weights).to(setup.device)
-    task = Task(model=setup.model, train_data=(train_set.images, train_set.masks),
+    task = Task(model=model, train_data=(train_set.images, train_set.masks),
                 val_data=(val_set.images, val_set.masks), criterion=criterion, eval_criterion=criterion,
                 train_transform=train_tf, eval_transform=eval_tf,
                 make_metric=lambda: MeanIoU(NUM_CLASSES, SCORED_CLASSES), metric_name="miou", entries=entries,

@@ -68,7 +68,7 @@ class Flag:
     Attributes:
         name: the key in ``args.json`` and the parsed namespace (``batch_size`` is ``--batch-size``).
         help: its ``--help`` text, without the default (added from :attr:`default`), or
-            ``{problem: text}``.
+            ``{problem: text}`` (``None``: the scripts that do not train).
         type: ``str``, ``int``, ``float``, ``Path``, ``bool`` (a ``--x/--no-x`` switch),
             :func:`utils.args.float_list` (one comma-separated word) or ``list`` (integers, one word each).
         default: the value when nothing sets it, ``{problem: value}``, or :data:`RECIPE`.
@@ -118,13 +118,15 @@ class Flag:
 
 
 _OUTPUT = "runs/<problem>_<model>"
+_AMP = ("mixed precision; auto means bf16 on CUDA (fp16 on GPUs without native bf16, such as the course's RTX 2080 "
+        "Ti) and off on the CPU")
 FLAGS = (
     # where and how it computes
     Flag("device", "where to compute; auto picks CUDA when available", default="auto",
          choices=("auto", "cpu", "cuda"), role=PLACE, group="runtime"),
-    Flag("amp", "mixed precision; auto means bf16 on CUDA (fp16 on GPUs without native bf16, such as the course's "
-                "RTX 2080 Ti) and off on the CPU; under fp16 a step whose gradients overflow is skipped "
-                f"(skipped_steps in metrics.jsonl) and {MAX_SKIPPED_IN_A_ROW} in a row stop the run",
+    Flag("amp", {problem: _AMP + ("" if problem is None else "; under fp16 a training step whose gradients overflow "
+                                  f"is skipped (skipped_steps in metrics.jsonl) and {MAX_SKIPPED_IN_A_ROW} in a row "
+                                  "stop the run") for problem in (None, *PROBLEMS)},
          default="auto", choices=("auto", "bf16", "fp16", "off"), role=PLACE, group="runtime"),
     Flag("progress", "show progress bars", type=bool, default=True, role=RECORD, group="runtime"),
     Flag("compile", "run the model through torch.compile (a one-off compilation, then faster steps); where it "
@@ -187,9 +189,9 @@ FLAGS = (
     Flag("ema", "validate, keep as best.pth and grade an exponential moving average of the weights, whose per-step "
                 "decay after step t is min(DECAY, (t - 1) / (t + 19)); 0 for none", type=float, default=RECIPE,
          off=0.0, range=Range(0, 1, high_open=True), what="a decay", metavar="DECAY"),
-    Flag("tta", "test-time augmentation in validation (and so in grading), averaging the outputs of several views "
-                "of each image: flip (the image and its horizontal mirror, 2x the compute; what --tta alone means) "
-                "or d4 (the 8 flips and 90-degree rotations, 8x; for overhead tiles); --no-tta is --tta none",
+    Flag("tta", "test-time augmentation (a run's validation, and so its grading), averaging the outputs of several "
+                "views of each image: flip (the image and its horizontal mirror, 2x the compute; what --tta alone "
+                "means) or d4 (the 8 flips and 90-degree rotations, 8x; for overhead tiles); --no-tta is --tta none",
          default=RECIPE, off="none", choices=MODES, group="speed"),
     # Problem 1
     Flag("augment", "augmentation preset", default=RECIPE, choices={"p1": P1_AUGMENTS, "p2": P2_AUGMENTS}),

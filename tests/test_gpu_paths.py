@@ -294,7 +294,7 @@ def test_under_torchrun_rank_0_builds_the_cache_and_the_others_map_it(p2_data, t
     proc = run_script(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", driver,
                       "--train-dir", p2_data[0], "--val-dir", p2_data[1], "--output-dir", tmp_path / "run",
                       "--tile-size", "64", "--cache-dir", tmp_path / "cache", "--device", "cpu", "--no-progress",
-                      "--model", "lraspp", "--no-pretrained", env={"OMP_NUM_THREADS": "1"})
+                      env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Two folders, images and masks each: rank 0 writes 4 files, rank 1 maps those 4.
     assert (log / "rank0.log").read_text().split() == ["write"] * 4 + ["loaded"]

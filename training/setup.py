@@ -121,7 +121,7 @@ def _check_data(values, problem, *, resumed):
 
 @dataclass
 class RunSetup:
-    """Where and how a training run computes, and its model, built once from its flags.
+    """Where and how a training run computes, built once from its flags.
 
     Attributes:
         args: the resolved flags (:func:`resolve`).
@@ -133,11 +133,6 @@ class RunSetup:
         folder: the :class:`utils.run_folder.RunFolder` (written by the main process only).
         sync_bn: whether training turns BatchNorm into SyncBatchNorm
             (:func:`utils.distributed.resolve_sync_bn`).
-        model: the bare network on the device, its weights initialised from ``--seed`` (a resume
-            restores its own into it, in :class:`training.trainer.Trainer`).
-        entries: what every checkpoint carries to rebuild the model
-            (:func:`utils.checkpoint.model_entries`); its ``mean`` and ``std`` are the inputs'
-            normalisation.
     """
 
     args: argparse.Namespace
@@ -147,22 +142,12 @@ class RunSetup:
     amp_dtype: torch.dtype | None
     ctx: distributed.Context
     folder: RunFolder
-    sync_bn: bool
-    model: torch.nn.Module
-    entries: dict
+    sync_bn: bool = False
 
     @classmethod
-    def prepare(cls, typed, problem, *, num_classes, mean=None, std=None):
+    def prepare(cls, typed, problem):
         """Resolve the flags (:func:`resolve`), pick the device, check what a resume continues, join
-        the process group under torchrun, check the run folder, and build the model, before any data
-        is read.
-
-        Args:
-            typed: the parsed namespace (what was typed).
-            problem: ``"p1"`` or ``"p2"``.
-            num_classes: outputs of the model's head.
-            mean, std: the data's normalisation, for a model whose weights bring none of their own.
-        """
+        the process group under torchrun and check the run folder, before any data is read."""
         args, resume = resolve(typed, problem)
         device = resolve_device(args.device)
         amp_dtype = resolve_amp(args.amp, device)
@@ -175,15 +160,32 @@ class RunSetup:
         folder = RunFolder(args.output_dir)
         if ctx.is_main:  # under torchrun on several machines the folder may exist on rank 0's alone
             folder.check_new(resumed=resume is not None, overwrite=args.overwrite)
+        return cls(args, problem, resume, device, amp_dtype, ctx, folder, sync_bn)
+
+    def build_model(self, *, num_classes, mean=None, std=None, class_weights=None):
+        """The run's ``--model`` on the device, its weights initialised from ``--seed``.
+
+        Pretrained weights are fetched only for a fresh run: a resumed one loads its own.
+
+        Args:
+            num_classes: outputs of the head.
+            mean, std: the data's normalisation, for a model whose weights bring none of their own.
+            class_weights: Problem 2's class weights in the loss, which the checkpoints record.
+
+        Returns:
+            ``(model, entries)``: ``entries`` is what every checkpoint carries to rebuild the model
+            (:func:`utils.checkpoint.model_entries`).
+        """
+        args, resumed = self.args, self.resume is not None
         spec = get_model_spec(args.model)
+        options = model_options(args.model, args)
         if spec.mean is not None:  # pretrained weights bring the normalisation they were trained with
             mean, std = spec.mean, spec.std
-        options = model_options(args.model, args)
         rebuild = {k: v for k, v in options.items() if k not in spec.train_only}
-        entries = model_entries(problem=problem, arch=args.model, model_kwargs={"num_classes": num_classes, **rebuild},
-                                mean=mean, std=std, args=flags.to_json(vars(args)))
-        # Pretrained weights are fetched only for a fresh run: a resumed one loads its own.
+        entries = model_entries(problem=self.problem, arch=args.model, model_kwargs={"num_classes": num_classes,
+                                                                                     **rebuild},
+                                mean=mean, std=std, args=flags.to_json(vars(args)), class_weights=class_weights)
         seed_everything(args.seed)
-        model = get_model(args.model, num_classes=num_classes, pretrained=args.pretrained and resume is None,
-                          pretrained_file=None if resume is not None else args.pretrained_file, **options)
-        return cls(args, problem, resume, device, amp_dtype, ctx, folder, sync_bn, place_model(model, device), entries)
+        model = get_model(args.model, num_classes=num_classes, pretrained=args.pretrained and not resumed,
+                          pretrained_file=None if resumed else args.pretrained_file, **options)
+        return place_model(model, self.device), entries

@@ -52,7 +52,7 @@ class Task:
         metric_name: the metric's key (``acc``, ``miou``): logged as ``val_<name>``, and the one
             that selects ``best.pth``.
         entries: what every checkpoint carries to rebuild the model
-            (:class:`training.setup.RunSetup`'s, with the problem's class weights where it has them).
+            (:meth:`training.setup.RunSetup.build_model`).
         unit: what a sample is called in messages.
     """
 
