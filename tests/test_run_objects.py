@@ -25,7 +25,8 @@ from utils.errors import UserError
 
 
 def make_updater(model, sched="cosine", epochs=2, steps=3, opt="sgd"):
-    args = argparse.Namespace(opt=opt, lr=0.1, weight_decay=0.0, momentum=0.9, sched=sched, epochs=epochs)  # the rest off
+    # The flags it leaves out take their declared off values.
+    args = argparse.Namespace(opt=opt, lr=0.1, weight_decay=0.0, momentum=0.9, sched=sched, epochs=epochs)
     return Updater.from_flags(args, model, steps_per_epoch=steps, device=torch.device("cpu"),
                               amp_dtype=None)
 
