@@ -34,18 +34,20 @@ class TrainingParser(ArgumentParser):
 
     def __init__(self, doc, problem):
         self.problem = problem
-        self.shown = flags.defaults(problem, flags.BY_NAME["model"].default_for(problem), "reference")
+        model, recipe = flags.BY_NAME["model"].default_for(problem), flags.BY_NAME["recipe"].default
+        self.shown = flags.defaults(problem, model, recipe)
         super().__init__(description=doc, epilog=flags.describe(problem),
                          formatter_class=lambda prog: flags.DefaultsFormatter(prog, problem=problem, shown=self.shown))
         flags.add_flags(self, problem)
 
     def parse_known_args(self, args=None, namespace=None):
         # The model and recipe whose defaults --help shows, read before --help acts.
-        peek = argparse.ArgumentParser(add_help=False)
+        peek = ArgumentParser(prog=self.prog, add_help=False)
         peek.add_argument("--model", default=flags.BY_NAME["model"].default_for(self.problem))
-        peek.add_argument("--recipe", default="reference")
+        peek.add_argument("--recipe", default=flags.BY_NAME["recipe"].default)
         seen, _ = peek.parse_known_args(args)
-        if seen.model in flags.BY_NAME["model"].choices_for(self.problem) and seen.recipe in ("reference", "strong"):
+        known = seen.model in flags.BY_NAME["model"].choices_for(self.problem)
+        if known and seen.recipe in flags.BY_NAME["recipe"].choices:
             self.shown = flags.defaults(self.problem, seen.model, seen.recipe)
         return super().parse_known_args(args, namespace)
 
@@ -76,7 +78,7 @@ def resolve(args, problem):
     elif "config" in typed:
         earlier = _config(typed, problem)
     model = typed.get("model", earlier.get("model", flags.BY_NAME["model"].default_for(problem)))
-    recipe = typed.get("recipe", earlier.get("recipe", "reference"))
+    recipe = typed.get("recipe", earlier.get("recipe", flags.BY_NAME["recipe"].default))
     values = {**flags.defaults(problem, model, recipe), **earlier, **typed}
     if values["output_dir"] is None:
         values["output_dir"] = REPO / "runs" / f"{problem}_{model}"
