@@ -187,7 +187,9 @@ FLAGS = (
     Flag("warmup", "share of the run's steps over which the lr rises linearly from 0 before the cosine or poly "
                    "decay (0.02 = the first 2%%)", type=float, default=RECIPE, off=0.0),
     Flag("ema", "validate, keep as best.pth and grade an exponential moving average of the weights, whose per-step "
-                "decay after step t is min(DECAY, (t - 1) / (t + 19)); 0 for none", type=float, default=RECIPE,
+                "decay after step t is min(DECAY, (t - 1) / (t + 19)): it spans about the last 5%% of the steps "
+                "taken, and DECAY caps it only from step (1 + 19 DECAY) / (1 - DECAY) on (9,981 for 0.998); 0 for "
+                "none", type=float, default=RECIPE,
          off=0.0, range=Range(0, 1, high_open=True), what="a decay", metavar="DECAY"),
     Flag("tta", "test-time augmentation (a run's validation, and so its grading), averaging the outputs of several "
                 "views of each image: flip (the image and its horizontal mirror, 2x the compute; what --tta alone "

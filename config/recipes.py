@@ -55,7 +55,8 @@ RECIPES = {
             # 0.25 (its default), and no mixup or cutmix (those are for the self-supervised-only pt22k
             # weights). lr 2e-5 at 512 -> batch 32 by the square-root rule of Adam: 5e-6. Warm-up 1/6 of the
             # run, as theirs; cosine to 0. Inputs trained at the scale evaluation sees (resize to 224, crop
-            # with padding 28, flip: the beit-ft preset); flip TTA; an EMA over ~400 of the 4,218 steps.
+            # with padding 28, flip: the beit-ft preset); flip TTA; an EMA spanning the last ~5% of the steps
+            # (~210 of the 4,218: its cap 0.998 acts only from step 9,981 on, so never in this run).
             "strong": dict(epochs=6, batch_size=32, opt="adamw",
                            lr=scale_lr(2e-5, batch=512, to_batch=32, rule="sqrt"), momentum=0.0,
                            weight_decay=1e-8, norm_bias_decay=False, layer_decay=0.85, drop_path=0.1, sched="cosine",
@@ -73,7 +74,8 @@ RECIPES = {
             # kept, scale_lr by 1), with median-frequency class weights (Eigen & Fergus, ICCV 2015), a
             # poly schedule (Chen et al., DeepLab, TPAMI 2018), D4 augmentation and TTA. Random scaling
             # 0.75-1.5 (narrower than DeepLab's 0.5-2: FCN32s predicts at stride 32, and a tile shrunk
-            # by half leaves it 8x8 cells), 3-scale TTA, an EMA over ~2,500 of its 25,000 steps.
+            # by half leaves it 8x8 cells), 3-scale TTA, an EMA spanning the last ~5% of the steps (~1,250 of
+            # its 25,000: its cap 0.9996 acts only from step 49,981 on, so never in this run).
             "strong": dict(epochs=100, batch_size=8, opt="adamw",
                            lr=scale_lr(1e-4, batch=8, to_batch=8, rule="sqrt"), momentum=0.9, weight_decay=1e-4,
                            norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce", ignore_unknown=True,
@@ -91,8 +93,9 @@ RECIPES = {
             # median-frequency class weights rather than focal: its step is the recipe's (the weights'
             # median is 1, and the mean is over the weights), where focal alpha 0.2, gamma 2 shrinks it
             # 5-50x and re-weights the classes a second time. DeepLab's own multi-scale training (random
-            # scale 0.5-2.0, Chen et al. 2017) and 3-scale + D4 TTA, colour jitter 0.2, an EMA over ~5,000
-            # of the 50,000 steps. ResNet-50 as the reference, so the same compute per step
+            # scale 0.5-2.0, Chen et al. 2017) and 3-scale + D4 TTA, colour jitter 0.2, an EMA spanning the
+            # last ~5% of the steps (~2,500 of the 50,000: its cap 0.9998 acts only from step 99,981 on, so
+            # never in this run). ResNet-50 as the reference, so the same compute per step
             # (--backbone resnet101 is a choice: 502 against 346 GFLOPs a tile, 1.45x).
             "strong": dict(epochs=100, batch_size=4, opt="sgd",
                            lr=scale_lr(0.02, batch=32, to_batch=4, rule="linear"), momentum=0.9, weight_decay=1e-4,
@@ -112,7 +115,8 @@ RECIPES = {
             # GPUs, weight decay 1e-6, poly 0.9): lr 0.01 at 32 -> batch 8 by the linear rule of SGD,
             # 0.0025. The segmenters' strong parts: D4 augmentation and TTA, random scale 0.5-2.0 (that
             # recipe's) and 3-scale TTA, colour jitter, median-frequency class weights, norms and biases
-            # undecayed, an EMA over ~2,500 of the 25,000 steps.
+            # undecayed, an EMA spanning the last ~5% of the steps (~1,250 of the 25,000; its cap 0.9996 acts
+            # only from step 49,981 on).
             "strong": dict(epochs=100, batch_size=8, opt="sgd",
                            lr=scale_lr(0.01, batch=32, to_batch=8, rule="linear"), momentum=0.9,
                            weight_decay=1e-6, norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce",

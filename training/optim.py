@@ -322,7 +322,8 @@ class WeightAverage:
     ``d_t = min(decay, (t - 1) / (t + 19))`` (timm's warm-up with gamma 20 and power 1; ``d_1 = 0``, a
     copy): its horizon ``1 / (1 - d_t)`` is about a twentieth of the steps taken, so the average
     spans the last 5% of a run of any length (an 80-step proxy as well as a 300-epoch run), until
-    ``decay`` caps it (``1 / (1 - decay)`` steps). timm's default (power 2/3) spans 23% of an
+    ``decay`` caps it (a horizon of ``1 / (1 - decay)`` steps), from step ``(1 + 19 decay) / (1 - decay)``
+    on: 9,981 for 0.998, beyond every run the recipes make. timm's default (power 2/3) spans 23% of an
     80-step run, a tenth 10%: both lagged the digits proxy's fast last epochs (docs/RECIPES.md).
     Floating-point buffers (BatchNorm's running statistics) are averaged too; integer ones are
     copied.
