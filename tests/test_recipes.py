@@ -184,11 +184,12 @@ def test_the_d4_views_undo_to_the_identity_and_make_predictions_invariant():
 
     model = Corner()
     out = forward(model, x, "d4")["out"]
-    expected = sum(undo(model(view(x))["out"]) for view, undo in views) / 8
+    expected = (sum(undo(model(view(x))["out"]).softmax(1) for view, undo in views) / 8).log()
     assert torch.allclose(out, expected)
-    # Equivariant: the prediction of a rotated tile is the rotated prediction.
-    assert torch.allclose(forward(model, x.rot90(1, (-2, -1)), "d4")["out"], out.rot90(1, (-2, -1)))
-    assert torch.allclose(forward(model, x.flip(-2), "d4")["out"], out.flip(-2))
+    # Equivariant: the prediction of a rotated tile is the rotated prediction (the views are summed in
+    # another order, so up to float32 rounding of log-probabilities near 0).
+    assert torch.allclose(forward(model, x.rot90(1, (-2, -1)), "d4")["out"], out.rot90(1, (-2, -1)), atol=1e-6)
+    assert torch.allclose(forward(model, x.flip(-2), "d4")["out"], out.flip(-2), atol=1e-6)
 
 
 def test_median_frequency_class_weights_of_a_hand_made_mask():
@@ -510,9 +511,25 @@ def test_tta_averages_in_float32_whatever_the_models_dtype():
 
     model = Half()
     out = forward(model, x, "d4")["out"]
-    expected = sum(undo(model(view(x))["out"]).double() for view, undo in tta_views("d4")) / 8
+    expected = (sum(undo(model(view(x))["out"]).double().softmax(1) for view, undo in tta_views("d4")) / 8).log()
     assert out.dtype == torch.float32
-    assert torch.allclose(out.double(), expected, rtol=0, atol=1e-4)  # bfloat16 sums step by 4 near 1000
+    assert torch.allclose(out.double(), expected, rtol=0, atol=1e-6)  # summed in float32, not bfloat16
+
+
+def test_tta_averages_probabilities_not_logits():
+    # Two views of one pixel: one sure of class 0 (logits 10, 0), one mildly for class 1 (0, 1).
+    # Their probabilities average to about (0.63, 0.37): class 0; their logits to (5, 0.5): class 0
+    # too, but with the confidence of the sure view alone (0.99). The average is of probabilities.
+    class TwoViews(nn.Module):
+        def forward(self, x):  # the mirror (flipped input) gives the second view
+            return {"out": torch.where(x[:, :1, :, :1] > 0, torch.tensor([10.0, 0.0]).view(1, 2, 1, 1),
+                                       torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)).expand(1, 2, 1, 2)}
+
+    x = torch.tensor([[[[1.0, -1.0]]]])
+    out = forward(TwoViews(), x, "flip")["out"]
+    p = torch.tensor([10.0, 0.0]).softmax(0), torch.tensor([0.0, 1.0]).softmax(0)
+    assert torch.allclose(out[0, :, 0, 0].exp(), (p[0] + p[1]) / 2, atol=1e-6)
+    assert torch.allclose(out.exp().sum(1), torch.ones(1, 1, 2))  # log-probabilities: a cross-entropy's logits
 
 
 def test_multi_scale_tta_of_a_scale_equivariant_model_is_its_single_scale_answer():
@@ -527,7 +544,7 @@ def test_multi_scale_tta_of_a_scale_equivariant_model_is_its_single_scale_answer
     # nothing, so every scale gives the scale-1 answer.
     x = torch.randn(2, 3, 1, 1).expand(2, 3, 32, 32).contiguous()
     with torch.no_grad():
-        single = Segmenter()(x)["out"]
+        single = Segmenter()(x)["out"].log_softmax(1)
         multi = forward(Segmenter(), x, "d4", scales=(0.75, 1.0, 1.25))["out"]
     assert multi.shape == single.shape and torch.allclose(multi, single, atol=1e-6)
     # A non-constant image at other scales does differ: the scales are really run.

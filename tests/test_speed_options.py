@@ -153,13 +153,14 @@ class _Segmenter(nn.Module):
 def test_tta_averages_the_mirror_and_is_mirror_invariant():
     x = torch.rand(3, 2, 4, 6)
     model = _Classifier()
-    assert torch.allclose(forward(model, x, tta="flip"), (model(x) + model(x.flip(-1))) / 2)
+    assert torch.allclose(forward(model, x, tta="flip"), (model(x) + model(x.flip(-1))) / 2)  # a classifier's logits
     assert not torch.allclose(model(x), model(x.flip(-1)))
     assert torch.allclose(forward(model, x, tta="flip"), forward(model, x.flip(-1), tta="flip"))
     seg = _Segmenter()
-    # A segmentation output is flipped back before averaging: the mirror's map, mirrored back.
+    # A segmentation output is flipped back before averaging: the mirror's map, mirrored back, its
+    # probabilities averaged.
     out = forward(seg, x, tta="flip")["out"]
-    assert torch.allclose(out, (seg(x)["out"] + seg(x.flip(-1))["out"].flip(-1)) / 2)
+    assert torch.allclose(out, ((seg(x)["out"].softmax(1) + seg(x.flip(-1))["out"].flip(-1).softmax(1)) / 2).log())
     assert torch.allclose(forward(seg, x.flip(-1), tta="flip")["out"].flip(-1), out)
 
 
