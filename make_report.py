@@ -29,13 +29,13 @@ from models import get_model, get_model_spec, list_models
 from figures.architecture import architecture_summary, plot_architecture, trace_graph
 from figures.plots import plot_class_iou, plot_compare, plot_confusion, plot_curves
 from figures.features import feature_figures
-from figures.runs import (check_run, compare_runs, comparison_table, default_tile_ids, open_run, read_metrics,
-                          rerun_commands)
+from figures.runs import check_run, compare_runs, comparison_table, default_tile_ids, open_run, rerun_commands
 from figures.masks import mask_figures
 from config.flags import runtime_parser
 from utils.args import REPO, make_parser
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, check_writable
+from utils.run_folder import METRIC_OF, RunFolder
 
 FIGURES = ("features", "confusion", "masks", "iou", "curves", "arch")
 NUM_CLASSES = {"p1": p1_data.NUM_CLASSES, "p2": p2_data.NUM_CLASSES}
@@ -83,7 +83,8 @@ def architecture(name, out, p2_size=512):
     return {**meta, "total_params": total}
 
 
-def _run_section(lines, title, run, problem, records, metric):
+def _run_section(lines, title, run, problem, records):
+    metric = METRIC_OF[problem]
     best = max(records, key=lambda r: r[f"val_{metric}"])
     lines += [f"## {title}", "",
               f"Run `{run}`: {len(records)} epochs, best val {metric} **{best[f'val_{metric}']:.4f}** "
@@ -133,8 +134,8 @@ def main(args):
     lines, made = ["# Report figures", ""], {}
 
     if p1 is not None:
-        records = read_metrics(p1)
-        best = _run_section(lines, "Problem 1: classification", p1, "p1", records, "acc")
+        records = RunFolder(p1).read_metrics()
+        best = _run_section(lines, "Problem 1: classification", p1, "p1", records)
         if {"features", "confusion"} & set(args.only):
             inputs = open_run(p1, val_dir=args.p1_val_dir, out=out, device=args.device, amp=args.amp, problem="p1",
                               run_flag="--p1-run", val_flag="--p1-val-dir")
@@ -155,8 +156,8 @@ def main(args):
         made["p1_best"] = best
 
     if p2 is not None:
-        records = read_metrics(p2)
-        best = _run_section(lines, "Problem 2: segmentation", p2, "p2", records, "miou")
+        records = RunFolder(p2).read_metrics()
+        best = _run_section(lines, "Problem 2: segmentation", p2, "p2", records)
         if "masks" in args.only:
             inputs = open_run(p2, val_dir=args.p2_val_dir, out=out, device=args.device, amp=args.amp, problem="p2",
                               run_flag="--p2-run", val_flag="--p2-val-dir")

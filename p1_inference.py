@@ -10,11 +10,11 @@ only and an integer label; it appears atomically, and its folder is created if n
 """
 from pathlib import Path
 
+from config.flags import inference_parser
 from datasets.p1 import load_folder, write_predictions
 from datasets.transforms import Compose, Normalize
 from models import load_trained
 from inference import predict, run_tta
-from config.flags import inference_parser
 from utils.args import check_positive, make_parser
 from utils.errors import UserError, run_cli
 from utils.io import check_writable

@@ -13,11 +13,11 @@ only when all of them are done, so a failure leaves nothing behind.
 """
 from pathlib import Path
 
+from config.flags import check, inference_parser
 from datasets.p2 import load_tiles, write_masks
 from datasets.presets import p2_inference_transform
 from models import load_trained
 from inference import run_tta, segment
-from config.flags import check, inference_parser
 from utils.args import check_positive, make_parser
 from utils.errors import run_cli
 from utils.io import check_writable

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.recipes import PARTS, RECIPES
+from config.recipes import PARTS, RECIPE_NAMES, RECIPES
 from datasets.presets import P1_AUGMENTS, P2_AUGMENTS
 from inference.tta import MODES
 from models import list_models
@@ -141,8 +141,7 @@ FLAGS = (
                          "CPU demo and small GPUs)"},
          default={"p1": "vgg13", "p2": "fcn32s"}),
     Flag("recipe", "reference: the seed's recipe of the model; strong: ours, at the same epochs and batch; every "
-                   "flag given overrides it (see the list below)", default="reference",
-         choices=("reference", "strong")),
+                   "flag given overrides it (see the list below)", default=RECIPE_NAMES[0], choices=RECIPE_NAMES),
     Flag("config", "a run's args.json: its flags, which every flag typed besides overrides (python3 p1_train.py "
                    "--config RUN/args.json --output-dir NEW reruns RUN exactly)", type=Path, role=RECORD),
     Flag("train_dir", {"p1": "folder of {label}_{id}.png training images",
@@ -267,20 +266,24 @@ def add_flags(parser, problem):
     for flag in flags_of(problem):
         if flag.group not in groups:
             groups[flag.group] = parser.add_argument_group(_GROUP_TITLES[flag.group])
-        group = groups[flag.group]
-        kwargs = dict(default=argparse.SUPPRESS, help=_scoped_help(flag, problem), metavar=flag.metavar,
-                      choices=flag.choices_for(problem))
-        if flag.type is bool:
-            kwargs.pop("metavar")
-            group.add_argument(flag.option, action=argparse.BooleanOptionalAction, **kwargs)
-        elif flag.type is list:
-            group.add_argument(flag.option, type=int, nargs="*", **kwargs)
-        elif flag.name == "tta":
-            group.add_argument(flag.option, nargs="?", const="flip", **kwargs)
-            group.add_argument("--no-tta", dest="tta", action="store_const", const="none", default=argparse.SUPPRESS,
-                               help="same as --tta none")
-        else:
-            group.add_argument(flag.option, type=flag.type, **kwargs)
+        _add(groups[flag.group], flag, default=argparse.SUPPRESS, help=_scoped_help(flag, problem),
+             choices=flag.choices_for(problem))
+
+
+def _add(group, flag, *, default, help, choices):
+    """Add ``flag`` to ``group`` as its type asks: a ``--x/--no-x`` switch, integers one word each, the
+    ``--tta [MODE]``/``--no-tta`` pair, or one typed word."""
+    if flag.type is bool:
+        group.add_argument(flag.option, action=argparse.BooleanOptionalAction, default=default, help=help)
+    elif flag.type is list:
+        group.add_argument(flag.option, type=int, nargs="*", default=default, help=help, metavar=flag.metavar)
+    elif flag.name == "tta":
+        group.add_argument(flag.option, nargs="?", const="flip", default=default, choices=choices, help=help)
+        group.add_argument("--no-tta", dest="tta", action="store_const", const="none", default=default,
+                           help="same as --tta none")
+    else:
+        group.add_argument(flag.option, type=flag.type, default=default, choices=choices, help=help,
+                           metavar=flag.metavar)
 
 
 def _scoped_help(flag, problem):
@@ -336,6 +339,9 @@ def check(values, problem):
     scale = values.get("scale_range")
     if scale is not None and (len(scale) != 2 or scale[0] > scale[1]):
         raise UserError(f"--scale-range {','.join(map(str, scale))}: give LO,HI with LO at most HI")
+    bad = [e for e in values.get("save_epochs") or () if not 1 <= e <= values["epochs"]]
+    if bad:
+        raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {values['epochs']})")
 
 
 def to_json(values):
@@ -463,18 +469,11 @@ def runtime_parser(*names, from_run=False):
         flag = BY_NAME[name]
         if flag.group not in groups:
             groups[flag.group] = parser.add_argument_group(flag.group)
-        group = groups[flag.group]
-        default = None if flag.default == RECIPE else flag.default_for(None)
-        help = flag.help_for(None) + ("; default: as the checkpoint's run validated" if flag.default == RECIPE
-                                      and from_run else "")
-        if flag.type is bool:
-            group.add_argument(flag.option, action=argparse.BooleanOptionalAction, default=default, help=help)
-        elif name == "tta":
-            group.add_argument(flag.option, nargs="?", const="flip", default=default, choices=flag.choices, help=help)
-            group.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="same as --tta none")
-        else:
-            group.add_argument(flag.option, type=flag.type, default=default, choices=flag.choices, help=help,
-                               metavar=flag.metavar)
+        from_recipe = flag.default == RECIPE
+        help = flag.help_for(None) + ("; default: as the checkpoint's run validated"
+                                      if from_recipe and from_run else "")
+        _add(groups[flag.group], flag, default=None if from_recipe else flag.default_for(None), help=help,
+             choices=flag.choices)
     return parser
 
 

@@ -126,7 +126,7 @@ RECIPES = {
         },
     },
 }
-RECIPE_NAMES = ("reference", "strong")
+RECIPE_NAMES = ("reference", "strong")  # the first is the default
 
 # The parts of each strong recipe, for --ablate: each turns the flags it lists back to the reference
 # recipe's values. Every flag where strong and reference differ belongs to exactly one part.

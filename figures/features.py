@@ -17,9 +17,10 @@ from datasets.p1 import NUM_CLASSES, load_folder
 from datasets.transforms import Compose, Normalize
 from models import load_trained
 from figures.plots import plot_embeddings
-from figures.runs import first_middle_last, read_metrics
+from figures.runs import first_middle_last
 from inference import predict
 from utils.metrics import confusion_matrix
+from utils.run_folder import RunFolder
 
 SEED = 0
 
@@ -96,7 +97,7 @@ def feature_figures(inputs, out, *, batch_size=256, progress=True):
     # best.pth is the first epoch reaching the best val_acc: a snapshot of that epoch (often the
     # last one) already has its features, so the validation set is not run through it again, and
     # when it is the last snapshot the two panels would be one drawn twice.
-    records = read_metrics(inputs.run)
+    records = RunFolder(inputs.run).read_metrics()
     best_epoch = max(records, key=lambda r: r["val_acc"])["epoch"]
     best, last = inputs.run / "best.pth", max(extracted)
     if best_epoch != last and best_epoch in extracted:

@@ -12,7 +12,8 @@ from datasets.folder import list_files
 from datasets.p2 import image_id
 from utils.errors import UserError
 from utils.io import check_writable
-from utils.run_folder import ARGS, METRIC_OF, PROBLEM_NAMES, RunFolder
+from utils.checkpoint import PROBLEM_NAMES
+from utils.run_folder import ARGS, METRIC_OF, RunFolder
 from utils.runtime import resolve_amp, resolve_device
 
 DEFAULT_TILE_IDS = ("0013", "0062", "0104")  # the report's mask figures (the seed's choice)
@@ -39,11 +40,6 @@ def first_middle_last(epochs):
     epochs = sorted(epochs)
     middle = min(epochs, key=lambda e: (abs(e - (epochs[0] + epochs[-1]) / 2), e))
     return sorted({epochs[0], middle, epochs[-1]})
-
-
-def read_metrics(folder):
-    """The records of a run's ``metrics.jsonl``."""
-    return RunFolder(folder).read_metrics()
 
 
 def rerun_commands(folder, problem):
@@ -153,7 +149,7 @@ def compare_runs(folders, flag="--compare"):
         if folder.resolve() in seen:
             raise UserError(f"{flag}: {folder} is the same run as {seen[folder.resolve()]}")
         seen[folder.resolve()] = folder
-    records = [read_metrics(f) for f in folders]
+    records = [RunFolder(f).read_metrics() for f in folders]
     problem_of = {m: PROBLEM_NAMES[p] for p, m in METRIC_OF.items()}
     for folder, metric in zip(folders, metrics):
         if metric != metrics[0]:

@@ -25,7 +25,7 @@ class TrainState:
         record: the last finished epoch's metrics line, or ``None``.
         partial: the part of epoch ``epoch + 1`` done before a stop, or ``None``:
             ``{"train": {"step", "lr", "loss_sum", "samples", "skipped"}, "rng": the epoch's augmentation
-            streams, "device", "batch_size", "seed"}``.
+            streams, "device"}`` (the flags it continues only with are the run's: :meth:`Resume.check`).
     """
 
     epoch: int = 0

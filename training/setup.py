@@ -88,9 +88,6 @@ def resolve(args, problem):
         if isinstance(value, Path):
             values[key] = value.absolute()
     flags.check(values, problem)
-    bad = [e for e in values["save_epochs"] if not 1 <= e <= values["epochs"]]
-    if bad:
-        raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {values['epochs']})")
     _check_data(values, problem, resumed=resume is not None)
     return argparse.Namespace(**values), resume
 

@@ -176,7 +176,7 @@ class Trainer:
             self.state.partial = {
                 "train": {"step": train["steps"], "lr": lr, "loss_sum": train["loss_sum"], "samples": train["samples"],
                           "skipped": train["skipped"]},
-                "rng": rng.state(), "device": setup.device.type, "batch_size": args.batch_size, "seed": args.seed}
+                "rng": rng.state(), "device": setup.device.type}
             if ctx.is_main:
                 setup.folder.save_partial(self._checkpoint())
             distributed.barrier()  # torchrun ends every process once one exits: save first

@@ -3,20 +3,21 @@ declared once, here.
 
 A checkpoint is one dict of three groups of entries:
 
-- :data:`MODEL_ENTRIES`, what rebuilds the model with no other input, and the weights: ``format``
-  (:data:`FORMAT`), ``problem``, ``arch``, ``model_kwargs`` (the builder's keywords, the number of
-  classes among them), ``num_classes``, ``mean``/``std`` (the input normalisation), ``args`` (the
-  run's flags, as ``args.json``), ``class_weights`` (Problem 2's median-frequency weights, or
-  ``None``) and ``model`` (the weights; the moving average's where the run keeps one, marked
-  ``"weights": "ema"``, in every file but ``last.pth``);
-- :data:`PROGRESS_ENTRIES`: ``epoch`` (finished), ``best_metric``, ``best_epoch``, ``metrics`` (that
-  epoch's line of ``metrics.jsonl``);
+- what rebuilds the model with no other input (:func:`model_entries` builds them; :data:`IDENTITY`
+  are those a file must hold to be read as a checkpoint at all): ``format`` (:data:`FORMAT`),
+  ``problem``, ``arch``, ``model_kwargs`` (the builder's keywords, the number of classes among
+  them), ``num_classes``, ``mean``/``std`` (the input normalisation), ``args`` (the run's flags, as
+  ``args.json``), ``class_weights`` (Problem 2's median-frequency weights, or ``None``), and the
+  weights, ``model`` (the moving average's where the run keeps one, marked ``"weights": "ema"``,
+  in every file but ``last.pth``);
+- the progress (:meth:`training.run.TrainState.checkpoint`): ``epoch`` (finished),
+  ``best_metric``, ``best_epoch``, ``metrics`` (that epoch's line of ``metrics.jsonl``);
 - :data:`RESUME_ENTRIES`, in ``last.pth`` only: ``optimizer``, ``scheduler``, ``scaler``, ``ema``
   (the moving average of the weights, or ``None``), ``rng`` (the global RNG states), and for an
   epoch stopped part-way ``step`` and ``partial`` (the steps done, the loss sums so far, the epoch's
-  augmentation streams, and the device, batch size and seed they continue only with).
+  augmentation streams, and the device they continue only on).
 
-:func:`model_entries` builds the first group, :func:`inference_checkpoint` drops the last.
+:func:`inference_checkpoint` drops the last group.
 Which file holds which is :mod:`utils.run_folder`'s. The weights are saved from the CPU; optimiser
 states keep their device, and every load maps all tensors to the CPU, so a checkpoint written on
 a GPU loads anywhere. A file of another ``format`` is refused with its number.
@@ -31,10 +32,9 @@ import torch
 from utils.errors import UserError, brief
 from utils.io import atomic_write
 
-PROBLEM_NAMES = {"p1": "Problem 1 (classification)", "p2": "Problem 2 (segmentation)"}
-MODEL_ENTRIES = ("format", "problem", "arch", "model_kwargs", "num_classes", "mean", "std", "args", "class_weights",
-                 "model")
-PROGRESS_ENTRIES = ("epoch", "best_metric", "best_epoch", "metrics")
+PROBLEM_NAMES = {"p1": "Problem 1", "p2": "Problem 2"}
+TASK_NAMES = {"p1": "classification", "p2": "segmentation"}
+IDENTITY = ("model", "arch", "problem", "model_kwargs")
 RESUME_ENTRIES = ("optimizer", "scheduler", "scaler", "ema", "rng", "step", "partial")
 # 3: flags as config.flags declares them, TTA as a mode's name, timm's parameter-group order.
 FORMAT = 3
@@ -49,8 +49,8 @@ def unwrap(model):
 
 
 def model_entries(*, problem, arch, model_kwargs, mean, std, args, class_weights=None):
-    """The entries every checkpoint carries to rebuild its model (:data:`MODEL_ENTRIES`, but the
-    weights).
+    """The entries every checkpoint carries to rebuild its model, but the weights (the first group
+    of the module docstring).
 
     Args:
         problem: ``"p1"`` or ``"p2"``.
@@ -98,7 +98,7 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     ckpt = _load(path, map_location, f"{path}: not a readable checkpoint")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in ("model", "arch", "problem", "model_kwargs")):
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in IDENTITY):
         raise UserError(f"{path}: not a checkpoint of this project (no model/arch/problem entries)")
     found = ckpt.get("format", 1)
     if found > FORMAT:
@@ -109,10 +109,15 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
                         f"format {FORMAT}); retrain, or use the release that wrote it")
     if problem is not None and ckpt["problem"] != problem:
         raise UserError(
-            f"{path}: this is a {PROBLEM_NAMES.get(ckpt['problem'], ckpt['problem'])} checkpoint "
-            f"({ckpt['arch']}); a {PROBLEM_NAMES[problem]} checkpoint is needed here"
+            f"{path}: this is a {_problem(ckpt['problem'])} checkpoint ({ckpt['arch']}); a {_problem(problem)} "
+            "checkpoint is needed here"
         )
     return ckpt
+
+
+def _problem(problem):
+    """``Problem 1 (classification)``, say."""
+    return f"{PROBLEM_NAMES[problem]} ({TASK_NAMES[problem]})" if problem in PROBLEM_NAMES else problem
 
 
 def _load(path, map_location, what):

@@ -22,7 +22,7 @@ import os
 import re
 from pathlib import Path
 
-from utils.checkpoint import inference_checkpoint, save_checkpoint
+from utils.checkpoint import PROBLEM_NAMES, inference_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_write, check_writable, write_json
 
@@ -31,7 +31,6 @@ SNAPSHOT = "epoch_{:03d}.pth"
 SNAPSHOT_RE = re.compile(r"epoch_(\d+)\.pth")
 # A run's problem, told by the validation metric it logs.
 METRIC_OF = {"p1": "acc", "p2": "miou"}
-PROBLEM_NAMES = {"p1": "Problem 1", "p2": "Problem 2"}
 
 
 class RunFolder:
@@ -57,10 +56,9 @@ class RunFolder:
 
     # reading
 
-    def read_args(self):
-        """The run's flags (its ``args.json``), or ``None`` where it has none."""
-        path = self.path / ARGS
-        return json.loads(path.read_text()) if path.is_file() else None
+    def read_args(self, flag="--run"):
+        """The run's flags (its ``args.json``: :func:`read_args_file`), or ``None`` where it has none."""
+        return read_args_file(self.path, flag) if (self.path / ARGS).is_file() else None
 
     def read_metrics(self):
         """The records of the run's ``metrics.jsonl`` (none before its first epoch ends)."""
