@@ -199,9 +199,11 @@ def write_masks(out_dir, names, masks):
 def class_weights(masks, *, num_classes=NUM_CLASSES, scored=SCORED_CLASSES, chunk=64):
     """Median-frequency class weights (Eigen & Fergus, ICCV 2015) from training masks.
 
-    ``w_c = median(f) / f_c`` with ``f_c`` the share of class ``c`` among the pixels of the
-    scored classes, the median over the classes present: a class half as frequent as the median
-    one weighs twice as much. A scored class absent from the masks, and Unknown, weigh 1.
+    ``w_c = median(f) / f_c``, where ``f_c`` is, as Eigen & Fergus define it, the number of pixels
+    of class ``c`` over the total number of pixels of the images where ``c`` is present (not over
+    all pixels: a class found in few tiles, but covering them, is not rare), and the median is taken
+    over the scored classes present. A class half as frequent as the median one weighs twice as
+    much. A scored class absent from every mask, and Unknown, weigh 1.
 
     Args:
         masks: uint8 tensor (N, H, W) of classes (in host memory or on a device).
@@ -211,13 +213,17 @@ def class_weights(masks, *, num_classes=NUM_CLASSES, scored=SCORED_CLASSES, chun
     Returns:
         A list of ``num_classes`` floats.
     """
-    counts = torch.zeros(num_classes, dtype=torch.float64)
+    pixels = torch.zeros(num_classes, dtype=torch.float64)  # pixels of class c
+    seen_in = torch.zeros(num_classes, dtype=torch.float64)  # pixels of the images holding class c
+    per_image = masks[0].numel() if len(masks) else 0
     for start in range(0, len(masks), chunk):
-        part = masks[start: start + chunk].reshape(-1).long()
-        counts += torch.bincount(part, minlength=num_classes)[:num_classes].double().cpu()
-    scored_counts = counts[:scored].tolist()
-    total = sum(scored_counts)
-    freq = {c: n / total for c, n in enumerate(scored_counts) if n > 0}
+        part = masks[start: start + chunk].reshape(-1, per_image).long()
+        rows = torch.arange(len(part), device=part.device).unsqueeze(1) * num_classes
+        counts = torch.bincount((rows + part).reshape(-1),
+                                minlength=len(part) * num_classes).view(len(part), num_classes).double().cpu()
+        pixels += counts.sum(0)
+        seen_in += (counts > 0).sum(0).double() * per_image
+    freq = {c: pixels[c].item() / seen_in[c].item() for c in range(scored) if pixels[c] > 0}
     weights = [1.0] * num_classes
     if freq:
         median = statistics.median(freq.values())

@@ -192,11 +192,15 @@ def test_the_d4_views_undo_to_the_identity_and_make_predictions_invariant():
     assert torch.allclose(forward(model, x.flip(-2), "d4")["out"], out.flip(-2), atol=1e-6)
 
 
-def test_median_frequency_class_weights_of_a_hand_made_mask():
-    # Scored pixels: 8 urban, 4 agriculture, 2 rangeland, 2 forest (water, barren absent); 4 Unknown.
-    mask = torch.tensor([0] * 8 + [1] * 4 + [2] * 2 + [3] * 2 + [6] * 4, dtype=torch.uint8).view(1, 4, 5)
-    # Frequencies 0.5, 0.25, 0.125, 0.125: median 0.1875.
-    assert class_weights(mask, chunk=1) == pytest.approx([0.375, 0.75, 1.5, 1.5, 1.0, 1.0, 1.0])
+def test_median_frequency_class_weights_of_hand_made_masks():
+    # Tile A (20 pixels): 8 urban, 4 agriculture, 2 rangeland, 2 forest, 4 Unknown; tile B: 10 urban, 10 water.
+    a = torch.tensor([0] * 8 + [1] * 4 + [2] * 2 + [3] * 2 + [6] * 4, dtype=torch.uint8).view(4, 5)
+    b = torch.tensor([0] * 10 + [4] * 10, dtype=torch.uint8).view(4, 5)
+    # Each class over the pixels of the tiles holding it (Eigen & Fergus): urban 18/40, agriculture 4/20,
+    # rangeland and forest 2/20, water 10/20 (not 10/40: it is in one tile only); barren absent. Median 0.2.
+    expected = [0.2 / 0.45, 1.0, 2.0, 2.0, 0.4, 1.0, 1.0]
+    for chunk in (1, 2):
+        assert class_weights(torch.stack([a, b]), chunk=chunk) == pytest.approx(expected)
 
 
 def test_class_weighted_losses():
