@@ -543,7 +543,8 @@ class RandAugment:
 
     @staticmethod
     def _inverse_map(name, level, h, w):
-        """(B, 2, 3) float64 maps from output to input pixel coordinates centred on the image, per sample."""
+        """(B, 2, 3) float64 maps from output to input pixel coordinates centred on the image, per sample,
+        from ``level``: the signed fraction of the largest argument (magnitude / 10, times the sign)."""
         theta = torch.zeros(level.shape[0], 2, 3, dtype=torch.float64, device=level.device)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
         if name == "Rotate":  # counter-clockwise by the angle, about the centre
