@@ -507,7 +507,7 @@ class RandAugment:
                     continue
                 idx = (choices[:, layer] == k).nonzero().squeeze(1).to(dev)
                 out = self.apply_op(self.OPS[k], v.index_select(0, idx), magnitude[idx, layer], sign[idx, layer])
-                v = v.index_copy(0, idx, out)
+                v.index_copy_(0, idx, out)  # v is this call's own tensor
         return (v / 255.0).to(x.dtype), y
 
     def apply_op(self, name, v, magnitude, sign):
