@@ -136,13 +136,18 @@ def time_ours(images, device, repeats):
 
 def time_straightforward(images, repeats):
     import torchvision.transforms.v2 as T
-    from PIL import Image
+    from PIL import Image, ImageOps
     from timm.data.auto_augment import rand_augment_transform
 
     hparams = dict(translate_const=int(224 * 0.45), img_mean=FILL, interpolation=Image.BICUBIC)
+    randaugment = rand_augment_transform("rand-m9-mstd0.5-inc1", hparams)
+    for op in randaugment.ops:
+        if op.name == "PosterizeIncreasing":
+            # At a magnitude drawn >= 10 timm asks for 0 bits, which Pillow >= 10 refuses (older Pillow and
+            # torchvision give black): keep the baseline running, with the black image.
+            op.aug_fn = lambda img, bits, **_: ImageOps.posterize(img, bits) if bits else Image.new(img.mode, img.size)
     tf = T.Compose([T.RandomResizedCrop(224, interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip(),
-                    rand_augment_transform("rand-m9-mstd0.5-inc1", hparams), T.ToImage(),
-                    T.ToDtype(torch.float32, scale=True)])
+                    randaugment, T.ToImage(), T.ToDtype(torch.float32, scale=True)])
     pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images]
     times = []
     for _ in range(repeats):
