@@ -32,7 +32,9 @@ def main(args):
     val_set = load_folder(args.val_dir, labeled=True).to(setup.device)
     model, entries = setup.build_model(num_classes=NUM_CLASSES, mean=MEAN, std=STD)
     train_tf, eval_tf = p1_transforms(args.augment, mean=entries["mean"], std=entries["std"], num_classes=NUM_CLASSES,
-                                      random_erasing=args.random_erasing, cutmix=args.cutmix)
+                                      random_erasing=args.random_erasing, erasing_mode=args.erasing_mode,
+                                      cutmix=args.cutmix, resized_crop=args.resized_crop,
+                                      rand_augment=args.rand_augment)
     task = Task(model=model, train_data=(train_set.images, train_set.labels),
                 val_data=(val_set.images, val_set.labels),
                 criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),

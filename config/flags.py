@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.recipes import PARTS, RECIPE_NAMES, RECIPES
-from datasets.presets import P1_AUGMENTS, P2_AUGMENTS
+from datasets.presets import BEIT_PRESETS, CROP_FLIP, P1_AUGMENTS, P2_AUGMENTS
 from inference.tta import MODES
 from models import list_models
 from utils.args import MAX_SKIPPED_IN_A_ROW, REPO, HelpFormatter, float_list
@@ -79,8 +79,11 @@ class Flag:
         problems: the problems whose training script has it.
         models: the models it changes (``None``: every model of its problems); elsewhere it is
             accepted and does nothing (so one command line serves several models). ``--help`` says so.
-        only_with: ``(flag, value)``: it changes the run only when that flag has that value
-            (SGD's momentum, the focal loss's numbers); ``--help`` says so.
+        only_with: ``(flag, value)`` or ``(flag, (values))``: it changes the run only when that flag has
+            that value (SGD's momentum, the focal loss's numbers); ``--help`` says so.
+        refused_elsewhere: with ``only_with``, a value other than :attr:`off` is refused (by
+            :func:`check`) where the other flag has another value, rather than ignored: an option of
+            an augmentation preset asked of another preset is a mistake to report.
         role: :data:`RECIPE_ROLE`, :data:`PLACE` or :data:`RECORD`.
         group: its ``--help`` section.
         metavar: its placeholder in ``--help``.
@@ -97,6 +100,7 @@ class Flag:
     problems: tuple = PROBLEMS
     models: tuple | None = None
     only_with: tuple | None = None
+    refused_elsewhere: bool = False
     role: str = RECIPE_ROLE
     group: str = "training"
     metavar: str | None = None
@@ -199,9 +203,24 @@ FLAGS = (
     Flag("label_smoothing", "label smoothing of the cross-entropy, applied once, to mixup/cutmix targets too",
          type=float, default=RECIPE, off=0.0, problems=("p1",)),
     Flag("random_erasing", "probability of erasing a random rectangle of each training image", type=float,
-         default=RECIPE, off=0.0, problems=("p1",)),
-    Flag("cutmix", "crop-flip: probability that a training batch is mixed by CutMix (alpha 1), 0 for never",
-         type=float, default=RECIPE, off=0.0, problems=("p1",), metavar="P"),
+         default=RECIPE, off=0.0, range=Range(0, 1), what="a probability", problems=("p1",)),
+    Flag("erasing_mode", "what --random-erasing fills its rectangle with: zero (the mean of the normalised image) or "
+                         "pixel (per-pixel standard normal noise: timm's re_mode pixel, as BEiT fine-tunes)",
+         default=RECIPE, off="zero", choices=("zero", "pixel"), problems=("p1",)),
+    Flag("cutmix", "probability that a training batch is mixed by CutMix (alpha 1), 0 for never", type=float,
+         default=RECIPE, off=0.0, range=Range(0, 1), what="a probability", problems=("p1",), metavar="P",
+         only_with=("augment", CROP_FLIP), refused_elsewhere=True),
+    Flag("resized_crop", "train on a random crop of each image covering a share in [LO, HI] of its area, its aspect "
+                         "ratio in [3/4, 4/3], resized to 224 with the bicubic kernel (torchvision's "
+                         "RandomResizedCrop, as BEiT fine-tunes: 0.08,1), in place of the preset's resize and crop; "
+                         "1,1 for none", type=float_list, default=RECIPE, off=[1.0, 1.0],
+         range=Range(0, 1, low_open=True), what="an area share", problems=("p1",), metavar="LO,HI",
+         only_with=("augment", BEIT_PRESETS), refused_elsewhere=True),
+    Flag("rand_augment", "RandAugment of magnitude M (of 10) after the crop and flip: timm's rand-mM-mstd0.5-inc1, as "
+                         "BEiT fine-tunes (M 9): each image draws 2 of 15 ops, each applied with probability 0.5 at "
+                         "a magnitude drawn around M; 0 for none", type=float, default=RECIPE, off=0.0,
+         range=Range(0, 10), what="a magnitude", problems=("p1",), metavar="M",
+         only_with=("augment", BEIT_PRESETS), refused_elsewhere=True),
     Flag("layer_decay", "layer-wise lr decay, each block's lr this factor times the next one's", type=float,
          default=RECIPE, off=1.0, problems=("p1",), models=("beit",)),
     Flag("drop_path", "stochastic depth rate", type=float, default=RECIPE, off=0.0, problems=("p1",),
@@ -221,7 +240,8 @@ FLAGS = (
     Flag("ignore_unknown", "leave Unknown pixels out of the loss", type=bool, default=RECIPE, problems=("p2",)),
     Flag("scale_range", "scale each training tile and its mask by a factor drawn from [LO, HI] and take a random "
                         "window of the tile size (mirrored where a shrunk tile does not fill it); 1,1 for none",
-         type=float_list, default=RECIPE, off=[1.0, 1.0], range=POSITIVE, problems=("p2",), metavar="LO,HI"),
+         type=float_list, default=RECIPE, off=[1.0, 1.0], range=POSITIVE, what="a scale", problems=("p2",),
+         metavar="LO,HI"),
     Flag("color_jitter", "strength of the random brightness, contrast and saturation change of each training "
                          "tile, 0 for none", type=float, default=RECIPE, off=0.0, problems=("p2",)),
     Flag("class_weights", "weigh each class's pixels in the loss: median-freq is the median class frequency over "
@@ -231,7 +251,7 @@ FLAGS = (
          choices=("resnet50", "resnet101"), problems=("p2",), models=("deeplabv3",)),
     Flag("tta_scales", "also run every --tta view at these scales of the input (bilinear), resizing the outputs "
                        "back before averaging: 0.75,1,1.25 costs 3.1x the compute of scale 1 alone",
-         type=float_list, default=RECIPE, off=[1.0], range=POSITIVE, problems=("p2",), group="speed",
+         type=float_list, default=RECIPE, off=[1.0], range=POSITIVE, what="a scale", problems=("p2",), group="speed",
          metavar="S,S,..."),
     Flag("cache_dir", "keep the decoded tiles here as .npy and memory-map them on later runs (under torchrun, each "
                       "machine's first process writes them and its others map them, so machines need not share "
@@ -290,8 +310,15 @@ def _scoped_help(flag, problem):
     """A flag's help, prefixed with the models it changes and the flag it depends on, if any."""
     scope = [", ".join(m for m in flag.models if m in list_models(problem))] if flag.models else []
     if flag.only_with:
-        scope.append(f"with {BY_NAME[flag.only_with[0]].option} {flag.only_with[1]}")
+        scope.append(f"with {BY_NAME[flag.only_with[0]].option} {_either(flag.only_with[1])}")
     return (f"{'; '.join(scope)}: " if scope else "") + flag.help_for(problem)
+
+
+def _either(values):
+    """``a``, or ``a, b or c`` for a tuple of values."""
+    if not isinstance(values, tuple):
+        return str(values)
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
 
 
 _GROUP_TITLES = {"runtime": "runtime", "speed": "speed",
@@ -332,13 +359,22 @@ def check(values, problem):
         if all(v in flag.range for v in numbers):
             continue
         if flag.type is float_list:
-            raise UserError(f"{flag.option}: every scale must be {flag.range} (got {','.join(map(str, value))})")
+            raise UserError(f"{flag.option}: every {flag.what.split(' ', 1)[1]} must be {flag.range} "
+                            f"(got {','.join(map(str, value))})")
         if flag.range == POSITIVE:
             raise UserError(f"{flag.option} must be positive (got {value})")
         raise UserError(f"{flag.option} {value}: {flag.what} {flag.range}")
-    scale = values.get("scale_range")
-    if scale is not None and (len(scale) != 2 or scale[0] > scale[1]):
-        raise UserError(f"--scale-range {','.join(map(str, scale))}: give LO,HI with LO at most HI")
+    for flag in FLAGS:
+        if not flag.refused_elsewhere or values.get(flag.name, flag.off) == flag.off:
+            continue
+        other, allowed = flag.only_with
+        if values.get(other) not in (allowed if isinstance(allowed, tuple) else (allowed,)):
+            raise UserError(f"{' '.join(words(flag.name, values[flag.name]))}: an option of "
+                            f"{BY_NAME[other].option} {_either(allowed)}, not of {values.get(other)}")
+    for name in ("scale_range", "resized_crop"):
+        bounds = values.get(name)
+        if bounds is not None and (len(bounds) != 2 or bounds[0] > bounds[1]):
+            raise UserError(f"{BY_NAME[name].option} {','.join(map(str, bounds))}: give LO,HI with LO at most HI")
     bad = [e for e in values.get("save_epochs") or () if not 1 <= e <= values["epochs"]]
     if bad:
         raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {values['epochs']})")

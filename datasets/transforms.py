@@ -147,20 +147,25 @@ class Resize:
 
 
 class RandomCrop:
-    """Crop ``size`` x ``size`` at an independent random position per sample, after zero padding.
+    """Crop ``size`` x ``size`` at an independent random position per sample, after padding.
 
-    Equivalent to torchvision's ``RandomCrop(size, padding)`` applied to each image (zero padding
-    of uint8 images is black, as it is on PIL images), done as one gather for the whole batch.
+    Equivalent to torchvision's ``RandomCrop(size, padding, fill)`` applied to each image, done as one
+    gather for the whole batch. The padding is 0 (black uint8 images, the mean of normalised ones) or,
+    with ``fill``, a value per channel (the mean colour of [0, 1] images, say).
     """
 
-    def __init__(self, size, padding=0):
+    def __init__(self, size, padding=0, fill=None):
         self.size = size
         self.padding = padding
+        self.fill = None if fill is None else tuple(float(f) for f in fill)
 
     def __call__(self, x, y, rng):
         p, s = self.padding, self.size
-        if p:
+        if p and self.fill is None:
             x = F.pad(x, (p, p, p, p))
+        elif p:
+            fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            x = F.pad(x - fill, (p, p, p, p)) + fill
         b, _, h, w = x.shape
         top = torch.randint(0, h - s + 1, (b,), device=x.device, generator=rng.device)
         left = torch.randint(0, w - s + 1, (b,), device=x.device, generator=rng.device)
@@ -172,7 +177,8 @@ class RandomCrop:
         return x[batch, chans, rows, cols], y
 
     def __repr__(self):
-        return f"RandomCrop({self.size}, padding={self.padding})"
+        fill = "" if self.fill is None else f", fill={self.fill}"
+        return f"RandomCrop({self.size}, padding={self.padding}{fill})"
 
 
 class RandomFlip:

@@ -121,7 +121,7 @@ def test_help_shows_the_defaults_of_the_model_and_recipe_asked_for(capsys):
         assert shown in text, argv
     assert "beit: layer-wise lr decay" in text and "with --opt sgd: SGD momentum" in text
     assert "vgg13 reference: --epochs 300 --batch-size 128 --opt adamw --lr 0.001" in text
-    assert "beit strong: --opt adamw --lr 5e-06" in text
+    assert "beit strong: --opt adamw --lr 2e-05" in text
 
 
 def test_bad_values_are_refused_in_one_line_before_anything_is_made(tmp_path):
@@ -132,3 +132,16 @@ def test_bad_values_are_refused_in_one_line_before_anything_is_made(tmp_path):
     assert not (tmp_path / "o").exists()
     with pytest.raises(UserError, match="--scale-range 2.0,1.0: give LO,HI"):
         flags.check({"scale_range": [2.0, 1.0]}, "p2")
+    # An option of some augmentation presets asked of another: refused, not ignored nor a traceback.
+    assert_one_line_error(run_main(p1_train, "--augment", "beit", "--cutmix", "0.5", "--output-dir", tmp_path / "o"),
+                          "--cutmix 0.5: an option of --augment crop-flip, not of beit")
+    for values, needle in (({"augment": "crop-flip", "rand_augment": 9.0},
+                            "--rand-augment 9.0: an option of --augment beit, beit-224 or beit-ft, not of crop-flip"),
+                           ({"augment": "none", "resized_crop": [0.08, 1.0]}, "--resized-crop 0.08,1.0: an option of"),
+                           ({"augment": "beit-ft", "resized_crop": [0.0, 1.0]},
+                            r"--resized-crop: every area share must be in \(0, 1\]"),
+                           ({"augment": "beit-ft", "resized_crop": [0.9, 0.1]}, "--resized-crop 0.9,0.1: give LO,HI"),
+                           ({"augment": "beit-ft", "rand_augment": 11.0}, r"--rand-augment 11.0: a magnitude in \[0, 10\]")):
+        with pytest.raises(UserError, match=needle):
+            flags.check(values, "p1")
+    flags.check({"augment": "crop-flip", "rand_augment": 0.0, "resized_crop": [1.0, 1.0]}, "p1")  # off: fine

@@ -10,7 +10,7 @@ import timm
 import torch
 from torch import nn
 
-from datasets.loader import TensorBatches
+from datasets.loader import TensorBatches, count_batches
 from datasets.p1 import MEAN as P1_MEAN, NUM_CLASSES as P1_CLASSES, STD as P1_STD, load_folder
 from datasets.p2 import class_weights
 from datasets.presets import p1_transforms, p2_transforms
@@ -447,13 +447,38 @@ def test_colour_jitter_keeps_range_and_is_the_identity_at_zero_strength():
 def test_each_strong_lr_is_its_source_rows_lr_scaled_by_the_rule_its_comment_states():
     strong = {m: r["strong"] for problem in RECIPES.values() for m, r in problem.items()}
     assert strong["vgg13"]["lr"] == pytest.approx(0.05)  # Bag of Tricks: 0.1 at batch 256, x 128 / 256
-    assert strong["beit"]["lr"] == pytest.approx(5e-6)  # BEiT pt22k_ft22k: 2e-5 at 512, x sqrt(32 / 512)
+    assert strong["beit"]["lr"] == 2e-5  # BEiT pt22k_ft22k: 2e-5 at 512, kept (its script never rescales it)
     assert strong["fcn32s"]["lr"] == 1e-4  # the 0.734 FCN32s report's AdamW lr, kept
     assert strong["deeplabv3"]["lr"] == pytest.approx(0.0025)  # torchvision: 0.02 at 32, x 4 / 32
     assert strong["lraspp"]["lr"] == pytest.approx(0.0025)  # torchvision: 0.01 at 32, x 8 / 32
     assert (strong["deeplabv3"]["aux_weight"], strong["deeplabv3"]["aux_lr_scale"]) == (0.5, 10.0)
     assert strong["beit"]["layer_decay"] == 0.85 and strong["beit"]["weight_decay"] == 1e-8
     assert all(s["ema"] > 0 for m, s in strong.items() if m != "vgg13")  # vgg13's: measured and left out
+
+
+def test_beit_strong_sums_the_lr_its_comment_states_and_augments_as_beit_fine_tunes():
+    # config/recipes.py: 6 x 704 = 4,224 steps (22,500 images, batch 32, the last batch of 4 kept), a warm-up
+    # of 1/6, cosine to 0: the lr summed over the run is 2,112 x the peak, 1/18.5 of the source's 0.78.
+    strong = RECIPES["p1"]["beit"]["strong"]
+    steps = strong["epochs"] * count_batches(22_500, strong["batch_size"])
+    assert steps == 4224
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=strong["lr"])
+    sched = build_scheduler(strong["sched"], opt, total_steps=steps, warmup_steps=round(strong["warmup"] * steps))
+    total = 0.0
+    for _ in range(steps):
+        total += opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    assert total == pytest.approx(2112 * strong["lr"], rel=1e-3)
+    # The source: 2,502 steps x 30 epochs, a linear warm-up from 0 over 5 epochs, cosine from 2e-5 to 1e-6.
+    warm, rest = 5 * 2502, 25 * 2502
+    source = sum(2e-5 * i / (warm - 1) for i in range(warm)) + sum(
+        1e-6 + 0.5 * (2e-5 - 1e-6) * (1 + math.cos(math.pi * i / rest)) for i in range(rest))
+    assert source / total == pytest.approx(18.5, abs=0.05)
+    # build_transform's training augmentation (no mixup for these weights).
+    assert (strong["augment"], strong["resized_crop"], strong["rand_augment"]) == ("beit-ft", [0.08, 1.0], 9.0)
+    assert (strong["random_erasing"], strong["erasing_mode"], strong["label_smoothing"]) == (0.25, "pixel", 0.1)
 
 
 def test_every_strong_part_is_ablated_and_its_flags_set_the_reference_back():
