@@ -256,6 +256,8 @@ def parse_vary(text, plan, args):
             raise UserError(f"{where}: {labels[i]} is the value of {labels[values.index(value)]} again")
     if len(values) < 2:
         raise UserError(f"{where}: one value; give at least two to compare")
+    if flag.type is bool:  # on and true are one setting: one name, one folder
+        labels = tuple("on" if value else "off" for value in values)
     return Sweep(key, args.recipe, labels, values)
 
 

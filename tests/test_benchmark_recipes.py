@@ -261,7 +261,8 @@ def test_vary_values_are_parsed_by_the_flags_type_and_written_back_by_words(benc
     assert len(runs) == 8 and runs[2].extra == ("--tta-scales", "0.75,1.0,1.25")
     args = bench.get_args_parser().parse_args(["--vary", "nesterov=True,off", "--seeds", "0"])
     bench.check_args(args)
-    assert [r.extra for r in bench.plan_runs("p1", ["vgg13"], args)] == [("--nesterov",), ("--no-nesterov",)]
+    assert [(r.variant, r.extra) for r in bench.plan_runs("p1", ["vgg13"], args)] == [
+        ("strong nesterov=on", ("--nesterov",)), ("strong nesterov=off", ("--no-nesterov",))]
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -285,6 +286,7 @@ def test_vary_values_are_parsed_by_the_flags_type_and_written_back_by_words(benc
     (["--vary", "tta=flip,sideways"], "--vary tta=flip,sideways: --tta sideways: choose from"),
     (["--vary", "nesterov=on,maybe"], "maybe: --nesterov is a switch; give on/off or true/false"),
     (["--vary", "lr=0.1,1e-1"], "--vary lr=0.1,1e-1: 1e-1 is the value of 0.1 again"),
+    (["--vary", "nesterov=on,true"], "true is the value of on again"),
     (["--vary", "lr=0.1,0.2", "--ablate"], "--vary and --ablate"),
     (["--recipe", "reference"], "--recipe reference chooses the recipe of a sweep"),
 ])
