@@ -187,7 +187,7 @@ class Sweep:
 
     name: str  # the flag's declared name (config.flags.BY_NAME)
     recipe: str
-    labels: tuple  # the values as typed: they name the variants and their folders
+    labels: tuple  # the values as typed (a switch's as on/off): they name the variants and their folders
     values: tuple  # the values as the flag's type parses them
 
     def variants(self):
@@ -245,7 +245,7 @@ def parse_vary(text, plan, args):
     if "" in labels:
         raise UserError(f"{where}: an empty value among them")
     values = tuple(_parse_value(flag, label, where) for label in labels)
-    for label, value in zip(labels, values):
+    for value in values:
         for problem in plan:
             try:
                 config_flags.check({key: value}, problem)
@@ -508,13 +508,13 @@ def table_rows(runs, results, against=None):
         row["mean"] = statistics.mean(row["figures"])
     for (problem, model, variant), row in rows.items():
         if against is None:
-            base = None if variant == "reference" else "reference" if variant == "strong" else "strong"
+            versus = None if variant == "reference" else "reference" if variant == "strong" else "strong"
         else:
-            base = against[variant]
-        row["against"] = base
-        if base is not None:
+            versus = against[variant]
+        row["against"] = versus
+        if versus is not None:
             # Over the seeds this row ran (an ablation may run on fewer seeds than strong).
-            other = rows[(problem, model, base)]
+            other = rows[(problem, model, versus)]
             base = [f for s, f in zip(other["seeds"], other["figures"]) if s in row["seeds"]]
             row["difference"] = row["mean"] - statistics.mean(base)
         else:
