@@ -259,6 +259,9 @@ def test_vary_values_are_parsed_by_the_flags_type_and_written_back_by_words(benc
         ("fcn32s", "strong tta_scales=1", 0), ("fcn32s", "strong tta_scales=1", 1),
         ("fcn32s", "strong tta_scales=0.75,1,1.25", 0)]
     assert len(runs) == 8 and runs[2].extra == ("--tta-scales", "0.75,1.0,1.25")
+    assert bench.figure_paths(Path("out/lr.md"), plan) == {"p2": Path("out/lr.png")}
+    assert bench.figure_paths(Path("out/lr.md"), {"p1": [], "p2": []}) == {"p1": Path("out/lr-p1.png"),
+                                                                           "p2": Path("out/lr-p2.png")}
     args = bench.get_args_parser().parse_args(["--vary", "nesterov=True,off", "--seeds", "0"])
     bench.check_args(args)
     assert [(r.variant, r.extra) for r in bench.plan_runs("p1", ["vgg13"], args)] == [
