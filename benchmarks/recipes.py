@@ -7,6 +7,8 @@ Usage:
     python3 benchmarks/recipes.py --data --problem all --work-dir bench/course     # the course data (hw1_data)
     python3 benchmarks/recipes.py --data hw1_data --problem p1 --models beit --ablate --seeds 0 \\
         --pretrained-file beit=weights/beit.pth --work-dir bench/course            # again later: it continues
+    python3 benchmarks/recipes.py --data hw1_data --models beit --vary lr=1e-5,2e-5,5e-5 --seeds 0 \\
+        --work-dir bench/beit-lr                                                   # a sweep of one flag
 
 Offline proxies (the default). Problem 1: scikit-learn's bundled handwritten digits (1,797 real
 scans), split per class into training (60%), selection (20%: validation, which picks best.pth) and
@@ -27,16 +29,28 @@ each of its parts (config.recipes.PARTS) set back to the reference, and with eac
 left out of it (config.recipes.CANDIDATES), on every seed or the first --ablate-seeds.
 
 Runs live in <work dir>/runs/<problem>/<model>/<variant>/seed<N>/ (variant reference, strong,
-strong-without-<part> or strong-with-<part>): flags.json (the data and the training flags) when it starts, result.json
-(the same, its selection and graded figures, seconds) once graded. A later call with the same work
-dir skips the runs that have a result.json, continues those holding last.pth only (--resume), and
-trains the rest, so an interrupted benchmark resumes run by run; a run folder made with other
-settings (say another --epochs) is refused, never mixed in. The end is one Markdown table (model,
-variant, figure per seed, mean, difference from strong or from the reference), printed and
-written to --markdown after a line with the command, epochs and batch.
+strong-without-<part>, strong-with-<part>, or a sweep's strong-lr=2e-5): flags.json (the data and
+the training flags) when it starts, result.json (the same, its selection and graded figures,
+seconds) once graded. A later call with the same work dir skips the runs that have a result.json,
+continues those holding last.pth only (--resume), and trains the rest, so an interrupted benchmark
+resumes run by run; a run folder made with other settings (say another --epochs) is refused, never
+mixed in. The end is one Markdown table (model, variant, figure per seed, mean, difference from
+strong or from the reference), printed and written to --markdown after a line with the command,
+epochs and batch.
+
+--vary FLAG=V1,V2,... is a sweep instead: for every model, one training flag (as config.flags
+declares it: lr, batch-size, ema, ...) set to each value after --recipe (strong unless it says
+reference), on every seed, graded as above; variant "strong lr=2e-5", folder strong-lr=2e-5, resumed
+the same way. A switch takes on/off (or true/false); the values of a flag that is itself a list of
+numbers (--tta-scales, --scale-range) are separated by ':' (tta-scales=1:0.75,1,1.25). The table has a
+row per model and value, its difference taken from the first value's row, and its header names the
+recipe's own value; the first seed's run of every value goes on one compare figure
+(figures.plots.plot_compare, as make_report.py --compare draws it: validation curve per epoch and
+training loss) beside --markdown, whose default is then <work dir>/sweep.md (so sweep.png).
 """
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -49,11 +63,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import mean_iou_evaluate  # noqa: E402
+from figures.plots import plot_compare  # noqa: E402
+from figures.runs import compare_runs  # noqa: E402
 from datasets.digits import write_digits  # noqa: E402
 from datasets.p1 import csv_accuracy  # noqa: E402
 from datasets.synthetic import write_tiles  # noqa: E402
 from config import flags as config_flags, recipes  # noqa: E402
-from utils.args import check_positive, make_parser  # noqa: E402
+from utils.args import check_positive, float_list, make_parser  # noqa: E402
 from utils.errors import Interrupted, UserError, run_cli  # noqa: E402
 from utils.io import atomic_write, check_writable, write_json  # noqa: E402
 import p1_inference  # noqa: E402
@@ -104,6 +120,14 @@ def get_args_parser():
     p.add_argument("--ablate-seeds", type=int, default=None, metavar="N",
                    help="with --ablate: run those rows on the first N seeds only (their differences are then "
                         "taken over those seeds); default: every seed")
+    p.add_argument("--vary", default=None, metavar="FLAG=V1,V2,...",
+                   help="instead of reference against strong: a sweep of one training flag (lr, batch-size, ema, "
+                        "tta, ...; a switch takes on/off), one run per value and seed on --recipe, one table row "
+                        "per model and value (its difference from the first value), and the first seed's runs on "
+                        "one compare figure beside --markdown; values of a list flag (tta-scales) are separated "
+                        "by ':'")
+    p.add_argument("--recipe", default=None, choices=recipes.RECIPE_NAMES,
+                   help="with --vary: the recipe whose flag it varies (default: strong)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                    help="where to train and grade (default: cpu on the proxies; auto, CUDA when there is one, "
                         "with --data)")
@@ -119,7 +143,8 @@ def get_args_parser():
                    help="keep the data, the runs and their result.json here, and continue a benchmark left "
                         "unfinished there (required with --data; default on the proxies: a new temporary folder)")
     p.add_argument("--markdown", type=Path, default=None,
-                   help="write the command line and the table here (default: <work dir>/recipes.md)")
+                   help="write the command line and the table here (default: <work dir>/recipes.md, or "
+                        "<work dir>/sweep.md with --vary, its figure beside it as sweep.png)")
     return p
 
 
@@ -140,12 +165,117 @@ class Run:
 
     problem: str
     model: str
-    variant: str  # "reference", "strong", "strong without <part>" or "strong with <candidate part>"
+    variant: str  # "reference", "strong", "strong without <part>", "strong with <candidate part>" or "strong lr=2e-5"
     seed: int
-    extra: tuple = ()  # the ablation's or candidate's flags, after --recipe strong
+    extra: tuple = ()  # the ablation's, candidate's or sweep's flags, after --recipe
 
     def folder(self, work):
         return work / "runs" / self.problem / self.model / self.variant.replace(" ", "-") / f"seed{self.seed}"
+
+
+# The training flags this benchmark sets itself, and its option that does (a sweep leaves them alone).
+SET_BY_THE_BENCHMARK = {"model": "--models", "recipe": "--recipe", "seed": "--seeds", "device": "--device",
+                        "train_dir": "--data", "val_dir": "--data", "pretrained_file": "--pretrained-file",
+                        "tile_size": "--tile-size"}
+SWITCH_WORDS = {"on": True, "true": True, "off": False, "false": False}
+NUMBER_KINDS = {int: "an integer", float: "a number", float_list: "comma-separated numbers"}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What --vary asks for: one declared training flag, on one recipe, at some values."""
+
+    name: str  # the flag's declared name (config.flags.BY_NAME)
+    recipe: str
+    labels: tuple  # the values as typed (a switch's as on/off): they name the variants and their folders
+    values: tuple  # the values as the flag's type parses them
+
+    def variants(self):
+        """``[(variant, flags after --recipe)]``, one per value in the order given, each value written
+        back by :func:`config.flags.words`, so the run parses exactly that value."""
+        return [(f"{self.recipe} {self.name}={label}", tuple(config_flags.words(self.name, value)))
+                for label, value in zip(self.labels, self.values)]
+
+
+def parse_vary(text, plan, args):
+    """--vary ``text`` (``FLAG=V1,V2,...``) as a :class:`Sweep` on ``args.recipe``, for the models of ``plan``.
+
+    Raises:
+        UserError: not ``FLAG=...``; no training flag, or one this benchmark sets itself, one that changes
+            no number of a run, one of another problem or of other models than ``plan``'s, or one set by
+            --epochs or --batch-size too; fewer than two values, an empty, unparsable, refused (range,
+            choices: :func:`config.flags.check`) or repeated value.
+    """
+    name, sep, listed = text.partition("=")
+    key = name.strip().lstrip("-").replace("-", "_")
+    where = f"--vary {text}"
+    if not sep or not key:
+        raise UserError(f"{where}: expected FLAG=V1,V2,... (such as lr=1e-5,2e-5)")
+    flag = config_flags.BY_NAME.get(key)
+    if flag is None:
+        raise UserError(f"{where}: {name} is no training flag (p1_train.py --help and p2_train.py --help list them)")
+    if key in SET_BY_THE_BENCHMARK:
+        raise UserError(f"{where}: the benchmark sets {flag.option} of every run itself; use its "
+                        f"{SET_BY_THE_BENCHMARK[key]}")
+    if flag.role == config_flags.RECORD:
+        raise UserError(f"{where}: {flag.option} changes no number of a run; vary a flag of the recipe")
+    for problem, models in plan.items():
+        if problem not in flag.problems:
+            scripts = " and ".join(config_flags.SCRIPTS[p] for p in flag.problems)
+            raise UserError(f"{where}: {flag.option} is a flag of {scripts}, not of {config_flags.SCRIPTS[problem]} "
+                            f"({', '.join(models)})")
+        for model in models:
+            if flag.models and model not in flag.models:
+                raise UserError(f"{where}: {flag.option} changes only {', '.join(flag.models)}, not {model} "
+                                "(choose the models with --models)")
+            if flag.only_with:
+                other, needed = flag.only_with
+                own = config_flags.defaults(problem, model, args.recipe)[other]
+                if own != needed:
+                    raise UserError(f"{where}: {flag.option} changes a run only with "
+                                    f"{config_flags.BY_NAME[other].option} {needed}, and {model}'s {args.recipe} "
+                                    f"recipe has {' '.join(config_flags.words(other, own))}")
+    if key == "pretrained" and args.data is None:
+        raise UserError(f"{where}: on the proxies every model starts from random weights (add --data)")
+    if key in ("epochs", "batch_size") and getattr(args, key) is not None:
+        raise UserError(f"{where}: {flag.option} is given too; drop it, --vary sets it for each run")
+    labels = tuple(label.strip() for label in listed.split(":" if flag.type is float_list else ","))
+    if labels == ("",):
+        raise UserError(f"{where}: no values (give at least two, such as {key}=A,B)")
+    if "" in labels:
+        raise UserError(f"{where}: an empty value among them")
+    values = tuple(_parse_value(flag, label, where) for label in labels)
+    for value in values:
+        for problem in plan:
+            try:
+                config_flags.check({key: value}, problem)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise UserError(f"{where}: {labels[i]} is the value of {labels[values.index(value)]} again")
+    if len(values) < 2:
+        raise UserError(f"{where}: one value; give at least two to compare")
+    if flag.type is bool:  # on and true are one setting: one name, one folder
+        labels = tuple("on" if value else "off" for value in values)
+    return Sweep(key, args.recipe, labels, values)
+
+
+def _parse_value(flag, label, where):
+    """One value of --vary as ``flag``'s type parses it: a switch's on/off, a finite number, or the word."""
+    if flag.type is bool:
+        if label.lower() not in SWITCH_WORDS:
+            raise UserError(f"{where}: {label}: {flag.option} is a switch; give on/off or true/false")
+        return SWITCH_WORDS[label.lower()]
+    if flag.type not in NUMBER_KINDS:
+        return label  # a word: config.flags.check holds it against the flag's choices
+    try:
+        value = flag.type(label)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise UserError(f"{where}: {label} is not {NUMBER_KINDS[flag.type]}") from None
+    if not all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+        raise UserError(f"{where}: {label} is not a finite number")
+    return value
 
 
 def command_line(parser, args):
@@ -175,6 +305,11 @@ def check_args(args):
     """
     course = args.data is not None
     args.pretrained_file = args.pretrained_file or []
+    if args.vary is None and args.recipe is not None:
+        raise UserError(f"--recipe {args.recipe} chooses the recipe of a sweep: add --vary FLAG=V1,V2,... "
+                        "(without it the benchmark runs both recipes)")
+    if args.vary is not None and args.ablate:
+        raise UserError("--vary and --ablate are two benchmarks; run them as two commands (one --work-dir serves both)")
     check_positive(args, "epochs", "batch_size", "tile_size")
     if args.tiles is not None and min(args.tiles) < 1:
         raise UserError(f"--tiles {' '.join(map(str, args.tiles))}: every count must be positive")
@@ -214,8 +349,11 @@ def check_args(args):
                 if not (args.data / sub).is_dir():
                     raise UserError(f"--data {args.data}: no {sub} folder there (the course layout; "
                                     "bash hw1_download.sh --data fetches it)")
+    if args.vary is not None:
+        args.recipe = args.recipe or "strong"
+        args.vary = parse_vary(args.vary, plan, args)
     args.device = args.device or ("auto" if course else "cpu")
-    if not course:
+    if not course and not (args.vary and args.vary.name == "epochs"):
         # Short enough for a CPU; the course data keeps each recipe's own epochs (None: not passed).
         args.epochs = args.epochs or PROXY_EPOCHS[args.problem]
     args.tiles = args.tiles or PROXY_TILES
@@ -242,8 +380,12 @@ def prepare_data(problem, work, args):
 
 def plan_runs(problem, models, args):
     """Every run of ``problem``: per model, reference and strong on every seed, and (--ablate) strong less
-    each part and strong with each candidate part, on the first --ablate-seeds seeds."""
+    each part and strong with each candidate part, on the first --ablate-seeds seeds; or (--vary) the
+    sweep's recipe at each value, on every seed."""
     runs = []
+    if args.vary:
+        return [Run(problem, model, name, seed, extra) for model in models for name, extra in args.vary.variants()
+                for seed in args.seeds]
     for model in models:
         runs += [Run(problem, model, name, seed) for name in ("reference", "strong") for seed in args.seeds]
         if args.ablate:
@@ -348,8 +490,13 @@ def obtain(run, data, work, args):
     return result, False
 
 
-def table_rows(runs, results):
-    """One row per (model, variant): the figure per seed, its mean and the difference that row measures."""
+def table_rows(runs, results, against=None):
+    """One row per (model, variant): the figure per seed, its mean and the difference that row measures.
+
+    Args:
+        against: ``{variant: the variant its difference is taken from, or None}`` (a sweep's: the first
+            value); default: strong's from the reference, every other's from strong.
+    """
     rows = {}
     for run in runs:
         row = rows.setdefault((run.problem, run.model, run.variant), {
@@ -360,11 +507,14 @@ def table_rows(runs, results):
     for row in rows.values():
         row["mean"] = statistics.mean(row["figures"])
     for (problem, model, variant), row in rows.items():
-        against = None if variant == "reference" else "reference" if variant == "strong" else "strong"
-        row["against"] = against
-        if against is not None:
+        if against is None:
+            versus = None if variant == "reference" else "reference" if variant == "strong" else "strong"
+        else:
+            versus = against[variant]
+        row["against"] = versus
+        if versus is not None:
             # Over the seeds this row ran (an ablation may run on fewer seeds than strong).
-            other = rows[(problem, model, against)]
+            other = rows[(problem, model, versus)]
             base = [f for s, f in zip(other["seeds"], other["figures"]) if s in row["seeds"]]
             row["difference"] = row["mean"] - statistics.mean(base)
         else:
@@ -386,15 +536,51 @@ def markdown(rows, seeds):
 def header(command, plan, data, args):
     """The line above the table: the command, and per problem its epochs, batch and figure."""
     parts = []
+    sweep = args.vary
     for problem, models in plan.items():
         # Reference and strong share epochs and batch (RECIPES): one figure per model.
         own = {key: ", ".join(f"{m} {recipes.RECIPES[problem][m]['reference'][key]}" for m in models)
                for key in ("epochs", "batch_size")}
         epochs = f"{args.epochs} epochs" if args.epochs else f"epochs {own['epochs']} (each recipe's own)"
         batch = f"batch {args.batch_size}" if args.batch_size else f"batch {own['batch_size']}"
-        parts.append(f"{problem}: {epochs}, {batch}, the same for every variant; figure: {data[problem].label} "
-                     f"({data[problem].graded})")
+        if sweep is None:
+            settings = f"{epochs}, {batch}, the same for every variant"
+        else:
+            settings = ", ".join(text for key, text in (("epochs", epochs), ("batch_size", batch)) if key != sweep.name)
+            own_values = {m: config_flags.defaults(problem, m, sweep.recipe) for m in models}
+            recipe_own = ", ".join(f"{m} {config_flags.shown_default(problem, values, sweep.name) or 'unset'}"
+                                   for m, values in own_values.items())
+            settings += (f", the same for every value; --vary {sweep.name} on the {sweep.recipe} recipe (its own: "
+                         f"{recipe_own}), each difference from {sweep.name}={sweep.labels[0]}")
+        parts.append(f"{problem}: {settings}; figure: {data[problem].label} ({data[problem].graded})")
     return f"`{command}` -- " + "; ".join(parts)
+
+
+def figure_paths(report, plan):
+    """``{problem: PNG}`` of a sweep's compare figures, beside ``report``: one, or one per problem."""
+    if len(plan) == 1:
+        return {problem: report.with_suffix(".png") for problem in plan}
+    return {problem: report.with_name(f"{report.stem}-{problem}.png") for problem in plan}
+
+
+def draw_sweep(runs, work, paths, args):
+    """The first seed's run of each value (and model) on one compare figure per problem: its selection
+    curve per epoch and training loss (figures.plots.plot_compare, as make_report.py --compare draws it).
+
+    Returns:
+        ``{problem: what plot_compare returns}``.
+    """
+    seed, drawn = args.seeds[0], {}
+    for problem, path in paths.items():
+        first = [run for run in runs if run.problem == problem and run.seed == seed]
+        comparison = compare_runs([run.folder(work) for run in first], "--vary")
+        several = len({run.model for run in first}) > 1
+        labels = [f"{run.model} {run.variant}" if several else run.variant for run in first]
+        models = ", ".join(dict.fromkeys(run.model for run in first))
+        title = f"{problem} {models}, {args.vary.recipe} recipe: --vary {args.vary.name}, seed {seed}"
+        drawn[problem] = plot_compare(list(zip(labels, comparison.records.values())), path, metric=comparison.metric,
+                                      title=title)
+    return drawn
 
 
 def main(args):
@@ -404,8 +590,11 @@ def main(args):
     # Absolute, so that a run continued from another folder finds the paths its checkpoint recorded.
     work = work.absolute()
     check_writable(work, "--work-dir", folder=True)
-    report = (args.markdown or work / "recipes.md").absolute()
+    report = (args.markdown or work / ("sweep.md" if args.vary else "recipes.md")).absolute()
     check_writable(report, "--markdown")
+    pictures = figure_paths(report, plan) if args.vary else {}
+    for picture in pictures.values():
+        check_writable(picture, "--markdown (its figure)")
     data = {problem: prepare_data(problem, work, args) for problem in plan}
     runs = [run for problem, models in plan.items() for run in plan_runs(problem, models, args)]
     width = max(len(f"{run.model} {run.variant}") for run in runs)
@@ -416,14 +605,23 @@ def main(args):
         took = "(done before)" if before else f"({r['seconds']:.0f} s)"
         print(f"[{i}/{len(runs)}] {name:{width}s} seed {run.seed}: selection {r['metric']} {r['selection']:.4f}, "
               f"{data[run.problem].label} {r['graded']:.4f}  {took}", flush=True)
-    rows = table_rows(runs, results)
+    against = None
+    if args.vary:
+        first = args.vary.variants()[0][0]
+        against = {name: None if name == first else first for name, _ in args.vary.variants()}
+    rows = table_rows(runs, results, against)
     text = header(command, plan, data, args) + "\n\n" + markdown(rows, args.seeds) + "\n"
-    print("\n" + text, end="")
     report.parent.mkdir(parents=True, exist_ok=True)
+    drawn = draw_sweep(runs, work, pictures, args) if args.vary else {}
+    for problem, picture in pictures.items():
+        text += (f"\n![{problem}: validation {METRIC[problem]} per epoch and training loss, seed {args.seeds[0]}]"
+                 f"({picture.name})\n")
+    print("\n" + text, end="")
     with atomic_write(report) as f:
         f.write(text)
-    print(f"wrote {report}")
-    return {"rows": rows, "markdown": str(report), "work_dir": str(work)}
+    print(f"wrote {report}" + "".join(f" and {picture}" for picture in pictures.values()))
+    return {"rows": rows, "markdown": str(report), "work_dir": str(work),
+            "figures": {problem: d["path"] for problem, d in drawn.items()}}
 
 
 if __name__ == "__main__":

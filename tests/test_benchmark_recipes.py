@@ -193,3 +193,108 @@ def test_ablation_and_candidate_rows_on_fewer_seeds_compare_with_strong_on_those
     assert rows["strong without tta"]["difference"] == -0.25  # against strong's seed 0 alone
     assert rows["strong with cutmix"]["difference"] == 0.25
     assert "| vgg13 | strong with cutmix | 1.0000 |  | 1.0000 | +0.2500 vs strong |" in bench.markdown(rows.values(), [0, 1])
+
+
+def test_vary_trains_a_run_per_value_draws_them_and_a_later_call_trains_nothing(bench, monkeypatch, tmp_path,
+                                                                                capsys):
+    monkeypatch.setattr(bench, "write_digits", tiny_digits)
+    work = tmp_path / "work"
+    argv = ["--problem", "p1", "--vary", "lr=0.01,0.05", "--epochs", 1, "--seeds", 0, "--batch-size", 8,
+            "--work-dir", work]
+    first = call(bench, *argv)
+    rows = first["rows"]
+    assert [r["variant"] for r in rows] == ["strong lr=0.01", "strong lr=0.05"]
+    for row, lr in zip(rows, (0.01, 0.05)):
+        folder = run_dir(work, row["variant"])
+        assert folder.name == "seed0" and folder.parent.name == f"strong-lr={lr}"
+        used = json.loads((folder / "args.json").read_text())
+        assert (used["recipe"], used["lr"], used["epochs"]) == ("strong", lr, 1)
+        assert row["figures"] == [result_of(work, row["variant"])["graded"]]
+    low, high = rows
+    assert low["difference"] is None and high["difference"] == pytest.approx(high["mean"] - low["mean"])
+
+    head, table, picture = (work / "sweep.md").read_text().strip().split("\n\n")
+    assert head.startswith("`python3 benchmarks/recipes.py --epochs 1 --batch-size 8 --seeds 0 --vary lr=0.01,0.05 ")
+    assert "--vary lr on the strong recipe (its own: vgg13 0.05), each difference from lr=0.01" in head
+    lines = table.splitlines()
+    assert lines[0] == "| model | variant | seed 0 | mean | difference |" and len(lines) == 4
+    assert lines[2].startswith("| vgg13 | strong lr=0.01 | ") and lines[2].endswith("|  |")
+    assert lines[3].endswith(f"| {high['difference']:+.4f} vs strong lr=0.01 |")
+    assert picture.endswith("(sweep.png)") and first["figures"] == {"p1": str(work / "sweep.png")}
+    assert (work / "sweep.png").stat().st_size > 0
+
+    def no_training(args):
+        raise AssertionError("a run with a result.json was trained again")
+
+    capsys.readouterr()
+    monkeypatch.setattr(p1_train, "main", no_training)
+    assert call(bench, *argv)["rows"] == rows
+    assert capsys.readouterr().out.count("(done before)") == 2
+
+
+def test_vary_on_the_course_layout_writes_each_switch_value_back_as_the_script_parses_it(bench, tmp_path):
+    root = tmp_path / "hw1_data"
+    train = write_p1_folder(root / "p1_data" / "train_50", range(2), 4, seed=0)
+    write_p1_folder(root / "p1_data" / "val_50", range(2), 2, seed=1)
+    work, report = tmp_path / "work", tmp_path / "out" / "decay.md"
+    out = call(bench, "--data", root, "--models", "vgg13", "--vary", "norm-bias-decay=off,on", "--recipe", "reference",
+               "--epochs", 1, "--device", "cpu", "--batch-size", 8, "--seeds", 0, "--work-dir", work,
+               "--markdown", report)
+    assert [r["variant"] for r in out["rows"]] == ["reference norm_bias_decay=off", "reference norm_bias_decay=on"]
+    for row, decay in zip(out["rows"], (False, True)):
+        folder = run_dir(work, row["variant"])
+        used = json.loads((folder / "args.json").read_text())
+        assert (used["recipe"], used["norm_bias_decay"], Path(used["train_dir"])) == ("reference", decay, train)
+        assert ("--norm-bias-decay" if decay else "--no-norm-bias-decay") in result_of(work, row["variant"])["flags"]
+    assert "(its own: vgg13 on)" in report.read_text() and (tmp_path / "out" / "decay.png").is_file()
+
+
+def test_vary_values_are_parsed_by_the_flags_type_and_written_back_by_words(bench):
+    args = bench.get_args_parser().parse_args(["--problem", "p2", "--models", "fcn32s", "deeplabv3",
+                                               "--vary", "tta-scales=1:0.75,1,1.25", "--seeds", "0", "1"])
+    plan = bench.check_args(args)
+    assert args.vary.values == ([1.0], [0.75, 1.0, 1.25]) and args.recipe == "strong"
+    runs = bench.plan_runs("p2", plan["p2"], args)
+    assert [(r.model, r.variant, r.seed) for r in runs][:3] == [
+        ("fcn32s", "strong tta_scales=1", 0), ("fcn32s", "strong tta_scales=1", 1),
+        ("fcn32s", "strong tta_scales=0.75,1,1.25", 0)]
+    assert len(runs) == 8 and runs[2].extra == ("--tta-scales", "0.75,1.0,1.25")
+    assert bench.figure_paths(Path("out/lr.md"), plan) == {"p2": Path("out/lr.png")}
+    assert bench.figure_paths(Path("out/lr.md"), {"p1": [], "p2": []}) == {"p1": Path("out/lr-p1.png"),
+                                                                           "p2": Path("out/lr-p2.png")}
+    args = bench.get_args_parser().parse_args(["--vary", "nesterov=True,off", "--seeds", "0"])
+    bench.check_args(args)
+    assert [(r.variant, r.extra) for r in bench.plan_runs("p1", ["vgg13"], args)] == [
+        ("strong nesterov=on", ("--nesterov",)), ("strong nesterov=off", ("--no-nesterov",))]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--vary", "lr"], "--vary lr: expected FLAG=V1,V2,..."),
+    (["--vary", "nonsense=1,2"], "--vary nonsense=1,2: nonsense is no training flag"),
+    (["--vary", "loss=ce,focal"], "--vary loss=ce,focal: --loss is a flag of p2_train.py, not of p1_train.py"),
+    (["--vary", "layer-decay=0.7,0.8"], "--layer-decay changes only beit, not vgg13"),
+    (["--vary", "momentum=0.8,0.9", "--models", "beit"], "beit's strong recipe has --opt adamw"),
+    (["--vary", "seed=0,1"], "use its --seeds"),
+    (["--vary", "eval-batch-size=8,16"], "--eval-batch-size changes no number of a run"),
+    (["--vary", "pretrained=on,off"], "add --data"),
+    (["--vary", "epochs=1,2", "--epochs", "1"], "--epochs is given too"),
+    (["--vary", "lr="], "--vary lr=: no values"),
+    (["--vary", "lr=0.1,,0.2"], "an empty value"),
+    (["--vary", "lr=0.1"], "--vary lr=0.1: one value"),
+    (["--vary", "lr=0.1,abc"], "--vary lr=0.1,abc: abc is not a number"),
+    (["--vary", "batch-size=8,x"], "x is not an integer"),
+    (["--vary", "lr=0.1,nan"], "nan is not a finite number"),
+    (["--vary", "lr=0.1,-1"], "--vary lr=0.1,-1: --lr must be positive (got -1.0)"),
+    (["--vary", "ema=0.5,1"], "--vary ema=0.5,1: --ema 1.0: a decay in [0, 1)"),
+    (["--vary", "tta=flip,sideways"], "--vary tta=flip,sideways: --tta sideways: choose from"),
+    (["--vary", "nesterov=on,maybe"], "maybe: --nesterov is a switch; give on/off or true/false"),
+    (["--vary", "lr=0.1,1e-1"], "--vary lr=0.1,1e-1: 1e-1 is the value of 0.1 again"),
+    (["--vary", "nesterov=on,true"], "true is the value of on again"),
+    (["--vary", "lr=0.1,0.2", "--ablate"], "--vary and --ablate"),
+    (["--recipe", "reference"], "--recipe reference chooses the recipe of a sweep"),
+])
+def test_bad_vary_is_one_line(bench, tmp_path, capsys, argv, needle):
+    code = run_cli(bench.main, bench.get_args_parser(), argv + ["--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "w").exists()
