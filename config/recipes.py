@@ -99,13 +99,16 @@ RECIPES = {
             # scale 0.5-2.0, Chen et al. 2017) and 3-scale + D4 TTA, colour jitter 0.2, an EMA spanning the
             # last ~5% of the steps (~2,500 of the 50,000: its cap 0.9998 acts only from step 99,981 on, so
             # never in this run). ResNet-50 as the reference, so the same compute per step
-            # (--backbone resnet101 is a choice: 502 against 346 GFLOPs a tile, 1.45x).
+            # (--backbone resnet101 is a choice: 502 against 346 GFLOPs a tile, 1.45x). The backbone's
+            # BatchNorm statistics frozen at COCO's: the source normalised over 32 tiles (SyncBatchNorm,
+            # 4 x 8 GPUs), ours would over 4 (Detectron's FrozenBatchNorm2d; DeepLabv3 freezes them too
+            # when it fine-tunes with a small batch).
             "strong": dict(epochs=100, batch_size=4, opt="sgd",
                            lr=scale_lr(0.02, batch=32, to_batch=4, rule="linear"), momentum=0.9, weight_decay=1e-4,
                            norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce", ignore_unknown=True,
                            aux_weight=0.5, aux_lr_scale=10.0, augment="d4", color_jitter=0.2,
                            class_weights="median-freq", tta="d4", scale_range=[0.5, 2.0], tta_scales=[0.75, 1.0, 1.25],
-                           ema=0.9998, backbone="resnet50", pretrained=True),
+                           ema=0.9998, backbone="resnet50", freeze_bn=True, pretrained=True),
         },
         "lraspp": {
             # Not in the seed's report: torchvision's reference recipe for this model (SGD 0.01,
@@ -151,7 +154,7 @@ PARTS = {
         "deeplabv3": {"sgd-poly": ("lr", "weight_decay", "sched", "warmup", "norm_bias_decay"),
                       "ce-class-weights": ("loss", "class_weights"), "aux-head": ("aux_weight", "aux_lr_scale"),
                       "d4": ("augment",), "color-jitter": ("color_jitter",), "scale-range": ("scale_range",),
-                      "ema": ("ema",), "tta": ("tta",), "tta-scales": ("tta_scales",)},
+                      "ema": ("ema",), "tta": ("tta",), "tta-scales": ("tta_scales",), "freeze-bn": ("freeze_bn",)},
         "lraspp": {"sgd-poly": ("lr", "sched", "warmup", "norm_bias_decay"), "class-weights": ("class_weights",),
                    "d4": ("augment",), "color-jitter": ("color_jitter",), "scale-range": ("scale_range",),
                    "ema": ("ema",), "tta": ("tta",), "tta-scales": ("tta_scales",)},

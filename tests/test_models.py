@@ -284,3 +284,29 @@ def test_fixed_upsampling_is_the_same_network_whose_upsampling_no_step_moves(mon
             optimizer.step()
             assert torch.equal(model.upsample.weight, start) == is_fixed
     assert torch.equal(fixed.upsample.weight, bilinear_kernel(7, 64))
+
+
+def _bn_means(module):
+    return [m.running_mean.clone() for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_freeze_bn_keeps_the_backbone_statistics_and_trains_the_heads():
+    for freeze in (True, False):
+        torch.manual_seed(0)
+        model = get_model("deeplabv3", num_classes=7, freeze_bn=freeze)
+        assert model.train() is model
+        backbone_norms = [m for m in model.net.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert backbone_norms and all(m.training != freeze for m in backbone_norms)
+        assert all(m.weight.requires_grad and m.bias.requires_grad for m in backbone_norms)  # they still learn
+        parts = (model.net.backbone, model.net.classifier, model.net.aux_classifier)
+        before = [_bn_means(part) for part in parts]
+        model(torch.randn(2, 3, 32, 32))
+        after = [_bn_means(part) for part in parts]
+        moved = [any(not torch.equal(b, a) for b, a in zip(bs, as_)) for bs, as_ in zip(before, after)]
+        assert moved == [not freeze, True, True]
+        # And back: every layer in eval mode, as inference needs, the statistics untouched.
+        model.eval()
+        assert not any(m.training for m in model.modules())
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 32, 32))["out"].shape == (1, 7, 32, 32)
+        assert all(torch.equal(b, a) for b, a in zip(after[0], _bn_means(model.net.backbone)))
