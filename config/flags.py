@@ -249,6 +249,13 @@ FLAGS = (
          choices=("none", "median-freq"), problems=("p2",)),
     Flag("backbone", "its ResNet (torchvision's COCO weights for both)", default=RECIPE, off="resnet50",
          choices=("resnet50", "resnet101"), problems=("p2",), models=("deeplabv3",)),
+    Flag("fixed_upsampling", "keep the x32 upsampling at its bilinear initialisation instead of learning it, as "
+                             "FCN-32s does (Long et al., CVPR 2015: final-layer deconvolution fixed to bilinear)",
+         type=bool, default=RECIPE, off=False, problems=("p2",), models=("fcn32s",)),
+    Flag("freeze_bn", "keep the ResNet backbone's BatchNorm statistics at the pretrained ones in training (its "
+                      "scales and shifts still learn; the heads' BatchNorm trains): at batch 4 a BatchNorm batch is "
+                      "4 tiles, where the source recipe's synchronised one was 32",
+         type=bool, default=RECIPE, off=False, problems=("p2",), models=("deeplabv3",)),
     Flag("tta_scales", "also run every --tta view at these scales of the input (bilinear), resizing the outputs "
                        "back before averaging: 0.75,1,1.25 costs 3.1x the compute of scale 1 alone",
          type=float_list, default=RECIPE, off=[1.0], range=POSITIVE, what="a scale", problems=("p2",), group="speed",

@@ -81,12 +81,15 @@ RECIPES = {
             # poly schedule (Chen et al., DeepLab, TPAMI 2018), D4 augmentation and TTA. Random scaling
             # 0.75-1.5 (narrower than DeepLab's 0.5-2: FCN32s predicts at stride 32, and a tile shrunk
             # by half leaves it 8x8 cells), 3-scale TTA, an EMA spanning the last ~5% of the steps (~1,250 of
-            # its 25,000: its cap 0.9996 acts only from step 49,981 on, so never in this run).
+            # its 25,000: its cap 0.9996 acts only from step 49,981 on, so never in this run). The x32
+            # upsampling fixed at bilinear, as FCN-32s's own (Long et al., CVPR 2015, section 4.3; lr_mult 0
+            # in their voc-fcn32s net), where the seed learned it.
             "strong": dict(epochs=100, batch_size=8, opt="adamw",
                            lr=scale_lr(1e-4, batch=8, to_batch=8, rule="sqrt"), momentum=0.9, weight_decay=1e-4,
                            norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce", ignore_unknown=True,
                            augment="d4", color_jitter=0.2, class_weights="median-freq", tta="d4",
-                           scale_range=[0.75, 1.5], tta_scales=[0.75, 1.0, 1.25], ema=0.9996, pretrained=True),
+                           scale_range=[0.75, 1.5], tta_scales=[0.75, 1.0, 1.25], ema=0.9996,
+                           fixed_upsampling=True, pretrained=True),
         },
         "deeplabv3": {
             "reference": dict(epochs=100, batch_size=4, opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-5,
@@ -102,13 +105,16 @@ RECIPES = {
             # scale 0.5-2.0, Chen et al. 2017) and 3-scale + D4 TTA, colour jitter 0.2, an EMA spanning the
             # last ~5% of the steps (~2,500 of the 50,000: its cap 0.9998 acts only from step 99,981 on, so
             # never in this run). ResNet-50 as the reference, so the same compute per step
-            # (--backbone resnet101 is a choice: 502 against 346 GFLOPs a tile, 1.45x).
+            # (--backbone resnet101 is a choice: 502 against 346 GFLOPs a tile, 1.45x). The backbone's
+            # BatchNorm statistics frozen at COCO's: the source normalised over 32 tiles (SyncBatchNorm,
+            # 4 x 8 GPUs), ours would over 4 (Detectron's FrozenBatchNorm2d; DeepLabv3 freezes them too
+            # when it fine-tunes with a small batch).
             "strong": dict(epochs=100, batch_size=4, opt="sgd",
                            lr=scale_lr(0.02, batch=32, to_batch=4, rule="linear"), momentum=0.9, weight_decay=1e-4,
                            norm_bias_decay=False, sched="poly", warmup=0.01, loss="ce", ignore_unknown=True,
                            aux_weight=0.5, aux_lr_scale=10.0, augment="d4", color_jitter=0.2,
                            class_weights="median-freq", tta="d4", scale_range=[0.5, 2.0], tta_scales=[0.75, 1.0, 1.25],
-                           ema=0.9998, backbone="resnet50", pretrained=True),
+                           ema=0.9998, backbone="resnet50", freeze_bn=True, pretrained=True),
         },
         "lraspp": {
             # Not in the seed's report: torchvision's reference recipe for this model (SGD 0.01,
@@ -152,11 +158,11 @@ PARTS = {
         "fcn32s": {"adamw-poly": ("opt", "lr", "weight_decay", "sched", "warmup", "norm_bias_decay"),
                    "ignore-unknown": ("ignore_unknown",), "class-weights": ("class_weights",), "d4": ("augment",),
                    "color-jitter": ("color_jitter",), "scale-range": ("scale_range",), "ema": ("ema",),
-                   "tta": ("tta",), "tta-scales": ("tta_scales",)},
+                   "tta": ("tta",), "tta-scales": ("tta_scales",), "fixed-upsampling": ("fixed_upsampling",)},
         "deeplabv3": {"sgd-poly": ("lr", "weight_decay", "sched", "warmup", "norm_bias_decay"),
                       "ce-class-weights": ("loss", "class_weights"), "aux-head": ("aux_weight", "aux_lr_scale"),
                       "d4": ("augment",), "color-jitter": ("color_jitter",), "scale-range": ("scale_range",),
-                      "ema": ("ema",), "tta": ("tta",), "tta-scales": ("tta_scales",)},
+                      "ema": ("ema",), "tta": ("tta",), "tta-scales": ("tta_scales",), "freeze-bn": ("freeze_bn",)},
         "lraspp": {"sgd-poly": ("lr", "sched", "warmup", "norm_bias_decay"), "class-weights": ("class_weights",),
                    "d4": ("augment",), "color-jitter": ("color_jitter",), "scale-range": ("scale_range",),
                    "ema": ("ema",), "tta": ("tta",), "tta-scales": ("tta_scales",)},

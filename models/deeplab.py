@@ -4,7 +4,9 @@ Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", 20
 is torchvision's ``deeplabv3_resnet50`` or ``deeplabv3_resnet101`` (COCO weights with VOC
 labels): atrous ResNet at output stride 8, ASPP with rates 6/12/18, a 1x1 branch and image
 pooling, and an auxiliary FCN head on layer 3. Both heads' last 1x1 convolutions are replaced by
-new ``num_classes`` ones.
+new ``num_classes`` ones. ``freeze_bn`` keeps the backbone's BatchNorm statistics at the pretrained
+ones while training at a small batch (Detectron's FrozenBatchNorm2d; DeepLabv3 itself freezes them
+when it fine-tunes at output stride 8 with a small batch).
 """
 from torch import nn
 from torchvision.models.segmentation import (DeepLabV3_ResNet50_Weights, DeepLabV3_ResNet101_Weights,
@@ -22,9 +24,21 @@ BACKBONE_WEIGHTS = {"resnet50": _WEIGHTS, "resnet101": DeepLabV3_ResNet101_Weigh
 class DeepLabV3(nn.Module):
     """torchvision's DeepLabv3, returning a plain dict ``{"out", "aux"}`` at the input size."""
 
-    def __init__(self, net):
+    def __init__(self, net, freeze_bn=False):
         super().__init__()
         self.net = net
+        self.freeze_bn = freeze_bn
+
+    def train(self, mode=True):
+        """``nn.Module.train``; with ``freeze_bn``, the backbone's BatchNorm layers stay in eval mode:
+        they normalise with, and no longer update, their running statistics, while their weight and
+        bias still learn. The heads' BatchNorm layers are new and train as usual."""
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for module in self.net.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x):
         return dict(self.net(x))
@@ -35,8 +49,8 @@ class DeepLabV3(nn.Module):
 
 
 @register_model(problem="p2", mean=tuple(_NORM.mean), std=tuple(_NORM.std), has_pretrained=True,
-                aux_head=True)
-def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None, backbone="resnet50"):
+                aux_head=True, train_only=("freeze_bn",))
+def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None, backbone="resnet50", freeze_bn=False):
     """DeepLabv3 with new main and auxiliary heads.
 
     Args:
@@ -46,6 +60,10 @@ def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None, backbone="
             ``deeplabv3_resnet50_coco-cd0a2569.pth`` or ``deeplabv3_resnet101_coco-586e9e4e.pth``).
         backbone: ``resnet50`` (the reference) or ``resnet101`` (about 1.45x the compute: 502 against 346
             GFLOPs a 512x512 tile).
+        freeze_bn: in train mode, keep the backbone's BatchNorm layers in eval mode (their running
+            statistics stay the pretrained ones; their affine weight and bias still learn). At batch 4
+            a BatchNorm batch is 4 tiles, where torchvision's recipe for these weights synchronised
+            it over 32; the heads' BatchNorm (new layers) trains either way.
     """
     weights = BACKBONE_WEIGHTS[backbone]
     builder = deeplabv3_resnet101 if backbone == "resnet101" else deeplabv3_resnet50
@@ -58,4 +76,4 @@ def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None, backbone="
         load_weights_into(net, pretrained_file, f"DeepLabv3-{backbone} weights")
     net.classifier[4] = nn.Conv2d(256, num_classes, kernel_size=1)
     net.aux_classifier[4] = nn.Conv2d(256, num_classes, kernel_size=1)
-    return DeepLabV3(net)
+    return DeepLabV3(net, freeze_bn=freeze_bn)

@@ -3,8 +3,10 @@
 Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015.
 The backbone is torchvision's ``vgg16`` (ImageNet weights); its fully connected fc6/fc7 become
 7x7 and 1x1 convolutions carrying the same weights, a 1x1 layer scores the classes at stride 32,
-and one transposed convolution (stride 32, bilinear-initialised, learned) brings the scores back
-to the input size. The output is raw logits: no ReLU on them (a defect of the reference code).
+and one transposed convolution (stride 32, bilinear-initialised) brings the scores back to the
+input size. The seed learned that upsampling; the paper's FCN-32s keeps it fixed at bilinear
+interpolation (``fixed_upsampling``: its Caffe net gives the upscore deconvolution ``lr_mult: 0``).
+The output is raw logits: no ReLU on them (a defect of the reference code).
 """
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,7 @@ def bilinear_kernel(channels, size):
 class FCN32s(nn.Module):
     """VGG16 features, fc6/fc7 as convolutions, a 1x1 score layer and a x32 transposed convolution."""
 
-    def __init__(self, vgg, num_classes, dropout=0.5):
+    def __init__(self, vgg, num_classes, dropout=0.5, fixed_upsampling=False):
         super().__init__()
         self.features = vgg.features
         fc6 = nn.Conv2d(512, 4096, kernel_size=7, padding=3)
@@ -52,6 +54,9 @@ class FCN32s(nn.Module):
             nn.init.zeros_(self.score.weight)
             nn.init.zeros_(self.score.bias)
             self.upsample.weight.copy_(bilinear_kernel(num_classes, 64))
+        # Still a parameter either way, so that checkpoints of both kinds hold the same keys; frozen, no
+        # gradient reaches it, so neither the optimiser's step nor its weight decay moves it.
+        self.upsample.weight.requires_grad_(not fixed_upsampling)
 
     def forward(self, x):
         size = x.shape[-2:]
@@ -61,8 +66,9 @@ class FCN32s(nn.Module):
         return {"out": out}
 
 
-@register_model(problem="p2", mean=tuple(_NORM.mean), std=tuple(_NORM.std), has_pretrained=True)
-def fcn32s(*, num_classes, pretrained=False, pretrained_file=None, dropout=0.5):
+@register_model(problem="p2", mean=tuple(_NORM.mean), std=tuple(_NORM.std), has_pretrained=True,
+                train_only=("fixed_upsampling",))
+def fcn32s(*, num_classes, pretrained=False, pretrained_file=None, dropout=0.5, fixed_upsampling=False):
     """FCN-32s with a VGG16 backbone.
 
     Args:
@@ -70,6 +76,10 @@ def fcn32s(*, num_classes, pretrained=False, pretrained_file=None, dropout=0.5):
         pretrained: start from torchvision's ImageNet VGG16 weights (downloaded once).
         pretrained_file: a local copy of those weights (torchvision's ``vgg16-397923af.pth``).
         dropout: after fc6 and fc7.
+        fixed_upsampling: keep the x32 upsampling at its bilinear initialisation (no gradient), as
+            Long et al.'s FCN-32s does ("Final layer deconvolutional filters are fixed to bilinear
+            interpolation", section 4.3; ``lr_mult=0`` on ``upscore`` in their voc-fcn32s/net.py);
+            False learns it, as the seed did.
     """
     try:
         vgg = vgg16(weights=_WEIGHTS if pretrained and pretrained_file is None else None)
@@ -77,4 +87,4 @@ def fcn32s(*, num_classes, pretrained=False, pretrained_file=None, dropout=0.5):
         raise weights_unavailable("ImageNet VGG16 weights", e) from None
     if pretrained_file is not None:
         load_weights_into(vgg, pretrained_file, "VGG16 weights")
-    return FCN32s(vgg, num_classes, dropout=dropout)
+    return FCN32s(vgg, num_classes, dropout=dropout, fixed_upsampling=fixed_upsampling)

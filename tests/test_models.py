@@ -239,3 +239,74 @@ def test_untrained_checkpoint_loads_as_a_trained_one(name, num_classes, tmp_path
         ["--checkpoint", str(tmp_path / "c.pth"), "--device", "cpu", "--no-progress", str(images),
          str(tmp_path / "out")]))
     assert result["tta"] == "none"
+
+
+# --- fcn32s --fixed-upsampling, deeplabv3 --freeze-bn ---------------------------------------
+
+def test_fixed_upsampling_is_the_same_network_whose_upsampling_no_step_moves(monkeypatch):
+    import copy
+
+    import models.fcn
+    from models.fcn import bilinear_kernel
+    from training.optim import build_optimizer, param_groups
+
+    vgg = models.fcn.vgg16()  # built once (over a second of random init), copied into both builds
+    monkeypatch.setattr(models.fcn, "vgg16", lambda weights=None: copy.deepcopy(vgg))
+    nets = {}
+    for fixed in (True, False):
+        torch.manual_seed(0)
+        nets[fixed] = get_model("fcn32s", num_classes=7, fixed_upsampling=fixed)
+        # The backbone and fc6/fc7 frozen in both only to keep the steps cheap (134M parameters).
+        nets[fixed].features.requires_grad_(False)
+        nets[fixed].head.requires_grad_(False)
+    fixed, learned = nets[True], nets[False]
+    assert not fixed.upsample.weight.requires_grad and learned.upsample.weight.requires_grad
+    # A checkpoint written either way loads into a model built either way (the same keys and shapes), the
+    # frozen weight staying frozen.
+    assert {k: v.shape for k, v in fixed.state_dict().items()} == {k: v.shape for k, v in learned.state_dict().items()}
+    fixed.load_state_dict(learned.state_dict())
+    assert not fixed.upsample.weight.requires_grad
+    x, y = torch.randn(1, 3, 32, 32), torch.randint(0, 7, (1, 32, 32))
+    with torch.no_grad():
+        fixed.score.weight.normal_(0, 0.1)  # zero-initialised, it would leave the upsampling no gradient
+        learned.score.weight.copy_(fixed.score.weight)
+        assert torch.equal(fixed.eval()(x)["out"], learned.eval()(x)["out"])  # the same function at init
+    # One group (the reference recipes), then timm's groups (the strong recipe's --no-norm-bias-decay).
+    for norm_bias_decay in (True, False):
+        for is_fixed, model in nets.items():
+            start = model.upsample.weight.detach().clone()
+            params = param_groups(model.train(), weight_decay=0.1, norm_bias_decay=norm_bias_decay)
+            listed = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+            assert any(p is model.upsample.weight for p in listed) != is_fixed  # never reaches the optimiser
+            optimizer = build_optimizer("adamw", params, lr=0.01, weight_decay=0.1, momentum=0.0)
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x)["out"], y).backward()
+            optimizer.step()
+            assert torch.equal(model.upsample.weight, start) == is_fixed
+    assert torch.equal(fixed.upsample.weight, bilinear_kernel(7, 64))
+
+
+def _bn_means(module):
+    return [m.running_mean.clone() for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_freeze_bn_keeps_the_backbone_statistics_and_trains_the_heads():
+    for freeze in (True, False):
+        torch.manual_seed(0)
+        model = get_model("deeplabv3", num_classes=7, freeze_bn=freeze)
+        assert model.train() is model
+        backbone_norms = [m for m in model.net.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert backbone_norms and all(m.training != freeze for m in backbone_norms)
+        assert all(m.weight.requires_grad and m.bias.requires_grad for m in backbone_norms)  # they still learn
+        parts = (model.net.backbone, model.net.classifier, model.net.aux_classifier)
+        before = [_bn_means(part) for part in parts]
+        model(torch.randn(2, 3, 32, 32))
+        after = [_bn_means(part) for part in parts]
+        moved = [any(not torch.equal(b, a) for b, a in zip(bs, as_)) for bs, as_ in zip(before, after)]
+        assert moved == [not freeze, True, True]
+        # And back: every layer in eval mode, as inference needs, the statistics untouched.
+        model.eval()
+        assert not any(m.training for m in model.modules())
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 32, 32))["out"].shape == (1, 7, 32, 32)
+        assert all(torch.equal(b, a) for b, a in zip(after[0], _bn_means(model.net.backbone)))

@@ -53,8 +53,10 @@ def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, 
             segmentation reference trains it at 10x. 1 turns it off.
 
     Returns:
-        ``model.parameters()`` itself when nothing is split (the reference recipes), else a list
-        of groups with their ``weight_decay`` and ``lr_scale``.
+        The parameters in one list, in ``model.parameters()`` order, when nothing is split (the
+        reference recipes), else a list of groups with their ``weight_decay`` and ``lr_scale``.
+        Either way only the parameters that require a gradient: a frozen one (``--fixed-upsampling``)
+        never reaches the optimiser, as timm's groups leave it out too.
 
     Raises:
         UserError: ``layer_decay`` for a model that has no layers to decay over, ``aux_lr_scale``
@@ -62,7 +64,7 @@ def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, 
     """
     net = unwrap(model)
     if norm_bias_decay and layer_decay == 1.0 and aux_lr_scale == 1.0:
-        return model.parameters()
+        return [param for param in model.parameters() if param.requires_grad]
     if aux_lr_scale != 1.0 and not hasattr(net, "is_aux"):
         raise UserError(f"--aux-lr-scale {aux_lr_scale}: {type(net).__name__} has no auxiliary head "
                         "(use --aux-lr-scale 1)")
