@@ -255,7 +255,7 @@ FLAGS = (
     Flag("freeze_bn", "keep the ResNet backbone's BatchNorm statistics at the pretrained ones in training (its "
                       "scales and shifts still learn; the heads' BatchNorm trains): at batch 4 a BatchNorm batch is "
                       "4 tiles, where the source recipe's synchronised one was 32",
-         type=bool, default=RECIPE, off=False, problems=("p2",), models=("deeplabv3",)),
+         type=bool, default=RECIPE, off=False, problems=("p2",), models=("deeplabv3",), only_with=("pretrained", True)),
     Flag("tta_scales", "also run every --tta view at these scales of the input (bilinear), resizing the outputs "
                        "back before averaging: 0.75,1,1.25 costs 3.1x the compute of scale 1 alone",
          type=float_list, default=RECIPE, off=[1.0], range=POSITIVE, what="a scale", problems=("p2",), group="speed",
@@ -317,8 +317,19 @@ def _scoped_help(flag, problem):
     """A flag's help, prefixed with the models it changes and the flag it depends on, if any."""
     scope = [", ".join(m for m in flag.models if m in list_models(problem))] if flag.models else []
     if flag.only_with:
-        scope.append(f"with {BY_NAME[flag.only_with[0]].option} {_either(flag.only_with[1])}")
+        other, allowed = BY_NAME[flag.only_with[0]], flag.only_with[1]
+        scope.append(f"with {other.option}" + ("" if allowed is True else f" {_either(allowed)}"))
     return (f"{'; '.join(scope)}: " if scope else "") + flag.help_for(problem)
+
+
+def in_effect(name, values):
+    """Whether flag ``name`` changes the run of ``values``: always, or only with the value of another
+    flag it names (:attr:`Flag.only_with`). A flag out of effect acts as its :attr:`Flag.off` value."""
+    flag = BY_NAME[name]
+    if flag.only_with is None:
+        return True
+    other, allowed = flag.only_with
+    return values.get(other) in (allowed if isinstance(allowed, tuple) else (allowed,))
 
 
 def _either(values):
@@ -375,7 +386,7 @@ def check(values, problem):
         if not flag.refused_elsewhere or values.get(flag.name, flag.off) == flag.off:
             continue
         other, allowed = flag.only_with
-        if values.get(other) not in (allowed if isinstance(allowed, tuple) else (allowed,)):
+        if not in_effect(flag.name, values):
             raise UserError(f"{' '.join(words(flag.name, values[flag.name]))}: an option of "
                             f"{BY_NAME[other].option} {_either(allowed)}, not of {values.get(other)}")
     for name in ("scale_range", "resized_crop"):

@@ -476,9 +476,10 @@ class RandAugment:
     where torchvision's truncates (the enhance blends, PIL's grey), and timm's geometric ops resample
     bicubically with PIL (BEiT passes ``interpolation='bicubic'``), while these are one bilinear
     ``F.grid_sample`` per op through per-sample inverse maps, the ``fill`` colour blended in by
-    coverage at the border, as torchvision's ``affine(..., BILINEAR, fill)`` on tensors. The geometry itself is timm's: rotation
-    about the centre, shears about the top-left corner (PIL's matrix ``(1, s, 0, 0, 1, 0)``; torchvision's
-    own RandAugment uses ``center=(0, 0)`` for the same reason), translation by a fraction of the size.
+    coverage at the border, as torchvision's ``affine(..., BILINEAR, fill)`` on tensors. The geometry
+    itself is timm's: rotation about the centre, shears about the top-left corner (PIL's matrix
+    ``(1, s, 0, 0, 1, 0)``; torchvision's own RandAugment uses ``center=(0, 0)`` for the same reason),
+    translation by a fraction of the size.
 
     Per-sample draws come from ``rng.device``; each (layer, op) runs once on the samples that drew it
     (an index select, one computation per op), which needs the (B, num_ops) table of choices on the host

@@ -141,7 +141,8 @@ def test_bad_values_are_refused_in_one_line_before_anything_is_made(tmp_path):
                            ({"augment": "beit-ft", "resized_crop": [0.0, 1.0]},
                             r"--resized-crop: every area share must be in \(0, 1\]"),
                            ({"augment": "beit-ft", "resized_crop": [0.9, 0.1]}, "--resized-crop 0.9,0.1: give LO,HI"),
-                           ({"augment": "beit-ft", "rand_augment": 11.0}, r"--rand-augment 11.0: a magnitude in \[0, 10\]")):
+                           ({"augment": "beit-ft", "rand_augment": 11.0},
+                            r"--rand-augment 11.0: a magnitude in \[0, 10\]")):
         with pytest.raises(UserError, match=needle):
             flags.check(values, "p1")
     flags.check({"augment": "crop-flip", "rand_augment": 0.0, "resized_crop": [1.0, 1.0]}, "p1")  # off: fine

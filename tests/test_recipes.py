@@ -159,6 +159,9 @@ def test_strong_segmenters_train_and_record_their_class_weights(model, p2_data, 
     assert ckpt["args"]["tta_scales"] == [0.75, 1.0, 1.25] and ckpt["args"]["scale_range"][0] < 1
     assert ckpt["ema"] is not None and load_checkpoint(tmp_path / "run" / "best.pth")["weights"] == "ema"
     assert len(ckpt["class_weights"]) == 7 and "class weights urban" in capsys.readouterr().out
+    if model == "deeplabv3":
+        # --freeze-bn keeps pretrained statistics: from random weights there are none, and BatchNorm trains.
+        assert ckpt["args"]["freeze_bn"] and ckpt["model"]["net.backbone.bn1.running_mean"].abs().sum() > 0
     if model == "deeplabv3":  # grading follows the run's TTA, scales included; the flags override them
         argv = ["--checkpoint", str(tmp_path / "run" / "best.pth"), "--device", "cpu", "--no-progress", str(p2_data[1])]
         result = p2_inference.main(p2_inference.get_args_parser().parse_args([*argv, str(tmp_path / "masks")]))

@@ -177,7 +177,9 @@ class RunSetup:
         """
         args, resumed = self.args, self.resume is not None
         spec = get_model_spec(args.model)
-        options = model_options(args.model, args)
+        # A model option out of effect (--freeze-bn without pretrained statistics to keep) builds as off.
+        options = {name: (value if flags.in_effect(name, vars(args)) else flags.BY_NAME[name].off)
+                   for name, value in model_options(args.model, args).items()}
         if spec.mean is not None:  # pretrained weights bring the normalisation they were trained with
             mean, std = spec.mean, spec.std
         rebuild = {k: v for k, v in options.items() if k not in spec.train_only}
