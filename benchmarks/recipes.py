@@ -228,13 +228,12 @@ def parse_vary(text, plan, args):
             if flag.models and model not in flag.models:
                 raise UserError(f"{where}: {flag.option} changes only {', '.join(flag.models)}, not {model} "
                                 "(choose the models with --models)")
-            if flag.only_with:
-                other, needed = flag.only_with
-                own = config_flags.defaults(problem, model, args.recipe)[other]
-                if own != needed:
-                    raise UserError(f"{where}: {flag.option} changes a run only with "
-                                    f"{config_flags.BY_NAME[other].option} {needed}, and {model}'s {args.recipe} "
-                                    f"recipe has {' '.join(config_flags.words(other, own))}")
+            recipe = config_flags.defaults(problem, model, args.recipe)
+            if not config_flags.in_effect(key, recipe):
+                other = flag.only_with[0]
+                raise UserError(f"{where}: {flag.option} does not act on {model}'s {args.recipe} recipe, which has "
+                                f"{' '.join(config_flags.words(other, recipe[other]))} (--help names what it acts "
+                                "with)")
     if key == "pretrained" and args.data is None:
         raise UserError(f"{where}: on the proxies every model starts from random weights (add --data)")
     if key in ("epochs", "batch_size") and getattr(args, key) is not None:

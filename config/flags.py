@@ -237,7 +237,9 @@ FLAGS = (
          models=("deeplabv3",)),
     Flag("aux_lr_scale", "learning rate of the auxiliary head, times --lr", type=float, default=RECIPE, off=1.0,
          problems=("p2",), models=("deeplabv3",)),
-    Flag("ignore_unknown", "leave Unknown pixels out of the loss", type=bool, default=RECIPE, problems=("p2",)),
+    Flag("ignore_unknown", "leave Unknown pixels out of the loss; the model then never predicts Unknown, and the "
+                           "course's mIoU counts each Unknown pixel as a false positive of the class predicted there",
+         type=bool, default=RECIPE, problems=("p2",)),
     Flag("scale_range", "scale each training tile and its mask by a factor drawn from [LO, HI] and take a random "
                         "window of the tile size (mirrored where a shrunk tile does not fill it); 1,1 for none",
          type=float_list, default=RECIPE, off=[1.0, 1.0], range=POSITIVE, what="a scale", problems=("p2",),
@@ -245,7 +247,8 @@ FLAGS = (
     Flag("color_jitter", "strength of the random brightness, contrast and saturation change of each training "
                          "tile, 0 for none", type=float, default=RECIPE, off=0.0, problems=("p2",)),
     Flag("class_weights", "weigh each class's pixels in the loss: median-freq is the median class frequency over "
-                          "the class's own, counted once on the training masks", default=RECIPE, off="none",
+                          "the class's own, a class's frequency being its pixels over those of the training tiles "
+                          "holding it (Eigen & Fergus), counted once on the training masks", default=RECIPE, off="none",
          choices=("none", "median-freq"), problems=("p2",)),
     Flag("backbone", "its ResNet (torchvision's COCO weights for both)", default=RECIPE, off="resnet50",
          choices=("resnet50", "resnet101"), problems=("p2",), models=("deeplabv3",)),
@@ -382,11 +385,11 @@ def check(values, problem):
         if flag.range == POSITIVE:
             raise UserError(f"{flag.option} must be positive (got {value})")
         raise UserError(f"{flag.option} {value}: {flag.what} {flag.range}")
-    for flag in FLAGS:
+    for flag in FLAGS:  # a preset's option asked of another preset (both among the values checked)
         if not flag.refused_elsewhere or values.get(flag.name, flag.off) == flag.off:
             continue
         other, allowed = flag.only_with
-        if not in_effect(flag.name, values):
+        if other in values and not in_effect(flag.name, values):
             raise UserError(f"{' '.join(words(flag.name, values[flag.name]))}: an option of "
                             f"{BY_NAME[other].option} {_either(allowed)}, not of {values.get(other)}")
     for name in ("scale_range", "resized_crop"):

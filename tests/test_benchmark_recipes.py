@@ -262,6 +262,10 @@ def test_vary_values_are_parsed_by_the_flags_type_and_written_back_by_words(benc
     assert bench.figure_paths(Path("out/lr.md"), plan) == {"p2": Path("out/lr.png")}
     assert bench.figure_paths(Path("out/lr.md"), {"p1": [], "p2": []}) == {"p1": Path("out/lr-p1.png"),
                                                                            "p2": Path("out/lr-p2.png")}
+    args = bench.get_args_parser().parse_args(["--vary", "rand-augment=0,9", "--models", "beit", "--seeds", "0"])
+    bench.check_args(args)  # an option of beit strong's preset
+    assert [r.extra for r in bench.plan_runs("p1", ["beit"], args)] == [("--rand-augment", "0.0"),
+                                                                       ("--rand-augment", "9.0")]
     args = bench.get_args_parser().parse_args(["--vary", "nesterov=True,off", "--seeds", "0"])
     bench.check_args(args)
     assert [(r.variant, r.extra) for r in bench.plan_runs("p1", ["vgg13"], args)] == [
@@ -273,7 +277,9 @@ def test_vary_values_are_parsed_by_the_flags_type_and_written_back_by_words(benc
     (["--vary", "nonsense=1,2"], "--vary nonsense=1,2: nonsense is no training flag"),
     (["--vary", "loss=ce,focal"], "--vary loss=ce,focal: --loss is a flag of p2_train.py, not of p1_train.py"),
     (["--vary", "layer-decay=0.7,0.8"], "--layer-decay changes only beit, not vgg13"),
-    (["--vary", "momentum=0.8,0.9", "--models", "beit"], "beit's strong recipe has --opt adamw"),
+    (["--vary", "momentum=0.8,0.9", "--models", "beit"], "does not act on beit's strong recipe, which has --opt adamw"),
+    (["--vary", "rand-augment=5,9", "--models", "vgg13"],
+     "does not act on vgg13's strong recipe, which has --augment crop-flip"),
     (["--vary", "seed=0,1"], "use its --seeds"),
     (["--vary", "eval-batch-size=8,16"], "--eval-batch-size changes no number of a run"),
     (["--vary", "pretrained=on,off"], "add --data"),
