@@ -234,8 +234,9 @@ def parse_vary(text, plan, args):
                 raise UserError(f"{where}: {flag.option} does not act on {model}'s {args.recipe} recipe, which has "
                                 f"{' '.join(config_flags.words(other, recipe[other]))} (--help names what it acts "
                                 "with)")
-    if key == "pretrained" and args.data is None:
-        raise UserError(f"{where}: on the proxies every model starts from random weights (add --data)")
+    if args.data is None and "pretrained" in (key, (flag.only_with or (None,))[0]):
+        acts = "" if key == "pretrained" else f", and {flag.option} acts only on pretrained ones"
+        raise UserError(f"{where}: on the proxies every model starts from random weights{acts} (add --data)")
     if key in ("epochs", "batch_size") and getattr(args, key) is not None:
         raise UserError(f"{where}: {flag.option} is given too; drop it, --vary sets it for each run")
     labels = tuple(label.strip() for label in listed.split(":" if flag.type is float_list else ","))

@@ -283,6 +283,8 @@ def test_vary_values_are_parsed_by_the_flags_type_and_written_back_by_words(benc
     (["--vary", "seed=0,1"], "use its --seeds"),
     (["--vary", "eval-batch-size=8,16"], "--eval-batch-size changes no number of a run"),
     (["--vary", "pretrained=on,off"], "add --data"),
+    (["--vary", "freeze-bn=on,off", "--problem", "p2", "--models", "deeplabv3"],
+     "--freeze-bn acts only on pretrained ones (add --data)"),
     (["--vary", "epochs=1,2", "--epochs", "1"], "--epochs is given too"),
     (["--vary", "lr="], "--vary lr=: no values"),
     (["--vary", "lr=0.1,,0.2"], "an empty value"),
