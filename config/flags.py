@@ -49,16 +49,23 @@ class Range:
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def __str__(self):
-        if self.low == 0 and self.low_open and self.high is None:
-            return "positive"
-        left = "(" if self.low_open else "["
-        right = ")" if self.high_open else "]"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        return f"in {left}{low}, {high}{right}"
+        if self.low == 0 and self.high is None:
+            return "positive" if self.low_open else "non-negative"
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open or self.high is None else "]"
+        return f"in {left}{_bound(self.low, '-inf')}, {_bound(self.high, 'inf')}{right}"
+
+
+def _bound(value, unbounded):
+    """One end of a :class:`Range` as text: an integer without its point, else ``%g``."""
+    if value is None:
+        return unbounded
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 POSITIVE = Range(0, None, low_open=True)
+NON_NEGATIVE = Range(0, None)
+UNIT_OPEN = Range(0, 1, high_open=True)  # [0, 1): a probability or a share that cannot be all
 
 
 @dataclass(frozen=True)
@@ -168,8 +175,9 @@ FLAGS = (
     Flag("eval_batch_size", "validation batch size", type=int, default={"p1": 256, "p2": 8}, range=POSITIVE,
          role=RECORD),
     Flag("save_epochs", "epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)",
-         type=list, role=RECORD),
-    Flag("seed", "random seed; epoch e shuffles and augments from (seed, e)", type=int, default=0),
+         type=list, range=POSITIVE, what="an epoch", role=RECORD),
+    Flag("seed", "random seed; epoch e shuffles and augments from (seed, e)", type=int, default=0,
+         range=Range(0, 2 ** 32 - 1), what="a seed"),
     Flag("sync_bn", "under torchrun on GPUs, BatchNorm normalises over the whole global batch (SyncBatchNorm) "
                     "instead of each process's share (default: on for Problem 2 when each process's share of "
                     "--batch-size is under 8, off otherwise; or the resumed run's)", type=bool, role=PLACE),
@@ -180,15 +188,17 @@ FLAGS = (
     # the optimiser and its schedule
     Flag("opt", "optimiser", default=RECIPE, choices=("sgd", "adamw")),
     Flag("lr", "learning rate", type=float, default=RECIPE, range=POSITIVE),
-    Flag("momentum", "SGD momentum", type=float, default=RECIPE, off=0.0, only_with=("opt", "sgd")),
+    Flag("momentum", "SGD momentum", type=float, default=RECIPE, off=0.0, range=UNIT_OPEN, what="a momentum",
+         only_with=("opt", "sgd")),
     Flag("nesterov", "Nesterov momentum for SGD", type=bool, default=RECIPE, off=False, only_with=("opt", "sgd")),
-    Flag("weight_decay", "weight decay", type=float, default=RECIPE, off=0.0),
+    Flag("weight_decay", "weight decay", type=float, default=RECIPE, off=0.0, range=NON_NEGATIVE),
     Flag("norm_bias_decay", "apply weight decay to normalisation weights and biases too", type=bool,
          default=RECIPE, off=True),
     Flag("sched", "learning-rate schedule, stepped every iteration: constant, cosine to 0, poly (1 - t)^0.9, or "
                   "OneCycle (its own warm-up)", default=RECIPE, choices=("constant", "cosine", "poly", "onecycle")),
     Flag("warmup", "share of the run's steps over which the lr rises linearly from 0 before the cosine or poly "
-                   "decay (0.02 = the first 2%%)", type=float, default=RECIPE, off=0.0),
+                   "decay (0.02 = the first 2%%)", type=float, default=RECIPE, off=0.0, range=Range(0, 1),
+         what="a share of the steps"),
     Flag("ema", "validate, keep as best.pth and grade an exponential moving average of the weights, whose per-step "
                 "decay after step t is min(DECAY, (t - 1) / (t + 19)): it spans about the last 5%% of the steps "
                 "taken, and DECAY caps it only from step (1 + 19 DECAY) / (1 - DECAY) on (9,981 for 0.998); 0 for "
@@ -201,7 +211,7 @@ FLAGS = (
     # Problem 1
     Flag("augment", "augmentation preset", default=RECIPE, choices={"p1": P1_AUGMENTS, "p2": P2_AUGMENTS}),
     Flag("label_smoothing", "label smoothing of the cross-entropy, applied once, to mixup/cutmix targets too",
-         type=float, default=RECIPE, off=0.0, problems=("p1",)),
+         type=float, default=RECIPE, off=0.0, range=UNIT_OPEN, what="a smoothing", problems=("p1",)),
     Flag("random_erasing", "probability of erasing a random rectangle of each training image", type=float,
          default=RECIPE, off=0.0, range=Range(0, 1), what="a probability", problems=("p1",)),
     Flag("erasing_mode", "what --random-erasing fills its rectangle with: zero (the mean of the normalised image) or "
@@ -222,20 +232,25 @@ FLAGS = (
          range=Range(0, 10), what="a magnitude", problems=("p1",), metavar="M",
          only_with=("augment", BEIT_PRESETS), refused_elsewhere=True),
     Flag("layer_decay", "layer-wise lr decay, each block's lr this factor times the next one's", type=float,
-         default=RECIPE, off=1.0, problems=("p1",), models=("beit",)),
-    Flag("drop_path", "stochastic depth rate", type=float, default=RECIPE, off=0.0, problems=("p1",),
+         default=RECIPE, off=1.0, range=Range(0, 1, low_open=True), what="a factor", problems=("p1",),
          models=("beit",)),
+    Flag("drop_path", "stochastic depth rate", type=float, default=RECIPE, off=0.0, range=UNIT_OPEN,
+         what="a probability", problems=("p1",), models=("beit",)),
     Flag("global_pool", "pool the patch tokens (avg, as the reference ran) or take [CLS]", default="avg",
          choices=("avg", "token"), problems=("p1",), models=("beit",)),
     Flag("dropout", "dropout probability in the classifier (vgg13), after fc6/fc7 (fcn32s)", type=float,
-         default=0.5, models=("vgg13", "fcn32s")),
+         default=0.5, range=UNIT_OPEN, what="a probability", models=("vgg13", "fcn32s")),
     # Problem 2
     Flag("loss", "per-pixel loss", default=RECIPE, choices=("ce", "focal"), problems=("p2",)),
-    Flag("focal_alpha", "focal loss alpha", type=float, default=0.2, problems=("p2",), only_with=("loss", "focal")),
-    Flag("focal_gamma", "focal loss gamma", type=float, default=2.0, problems=("p2",), only_with=("loss", "focal")),
-    Flag("aux_weight", "weight of the auxiliary head's loss", type=float, default=RECIPE, off=0.0, problems=("p2",),
+    Flag("focal_alpha", "focal loss alpha", type=float, default=0.2, range=Range(0, 1, low_open=True),
+         what="a weight", problems=("p2",), only_with=("loss", "focal")),
+    Flag("focal_gamma", "focal loss gamma", type=float, default=2.0, range=NON_NEGATIVE, problems=("p2",),
+         only_with=("loss", "focal")),
+    Flag("aux_weight", "weight of the auxiliary head's loss", type=float, default=RECIPE, off=0.0,
+         range=NON_NEGATIVE, problems=("p2",),
          models=("deeplabv3",)),
     Flag("aux_lr_scale", "learning rate of the auxiliary head, times --lr", type=float, default=RECIPE, off=1.0,
+         range=POSITIVE,
          problems=("p2",), models=("deeplabv3",)),
     Flag("ignore_unknown", "leave Unknown pixels out of the loss; the model then never predicts Unknown, and the "
                            "course's mIoU counts each Unknown pixel as a false positive of the class predicted there",
@@ -245,7 +260,8 @@ FLAGS = (
          type=float_list, default=RECIPE, off=[1.0, 1.0], range=POSITIVE, what="a scale", problems=("p2",),
          metavar="LO,HI"),
     Flag("color_jitter", "strength of the random brightness, contrast and saturation change of each training "
-                         "tile, 0 for none", type=float, default=RECIPE, off=0.0, problems=("p2",)),
+                         "tile, 0 for none", type=float, default=RECIPE, off=0.0, range=Range(0, 1),
+         what="a strength", problems=("p2",)),
     Flag("class_weights", "weigh each class's pixels in the loss: median-freq is the median class frequency over "
                           "the class's own, a class's frequency being its pixels over those of the training tiles "
                           "holding it (Eigen & Fergus), counted once on the training masks", default=RECIPE, off="none",
@@ -270,7 +286,8 @@ FLAGS = (
                       "its output back to its input's)", type=int, default=512, range=POSITIVE, problems=("p2",),
          role=PLACE),
     Flag("bn_momentum", "BatchNorm running-statistics momentum (default: torchvision's, 0.01 in the backbone; 0.1 "
-                        "suits short runs and random weights)", type=float, problems=("p2",), models=("lraspp",)),
+                        "suits short runs and random weights)", type=float, range=Range(0, 1, low_open=True),
+         what="a momentum", problems=("p2",), models=("lraspp",)),
 )
 BY_NAME = {flag.name: flag for flag in FLAGS}
 # The flags a resume may give anew even inside an epoch stopped part-way: none changes a number of the run.
@@ -322,7 +339,14 @@ def _scoped_help(flag, problem):
     if flag.only_with:
         other, allowed = BY_NAME[flag.only_with[0]], flag.only_with[1]
         scope.append(f"with {other.option}" + ("" if allowed is True else f" {_either(allowed)}"))
-    return (f"{'; '.join(scope)}: " if scope else "") + flag.help_for(problem)
+    return (f"{'; '.join(scope)}: " if scope else "") + flag.help_for(problem) + _valid(flag)
+
+
+def _valid(flag):
+    """The valid values of a numeric flag, as ``--help`` ends its text with them."""
+    if flag.range is None:
+        return ""
+    return f"; {'each ' if flag.type in (list, float_list) else ''}{flag.range}"
 
 
 def in_effect(name, values):
@@ -379,11 +403,11 @@ def check(values, problem):
         numbers = value if isinstance(value, list) else [value]
         if all(v in flag.range for v in numbers):
             continue
-        if flag.type is float_list:
+        if isinstance(value, list):
             raise UserError(f"{flag.option}: every {flag.what.split(' ', 1)[1]} must be {flag.range} "
-                            f"(got {','.join(map(str, value))})")
-        if flag.range == POSITIVE:
-            raise UserError(f"{flag.option} must be positive (got {value})")
+                            f"(got {' '.join(words(flag.name, value)[1:])})")
+        if flag.range.low == 0 and flag.range.high is None:
+            raise UserError(f"{flag.option} must be {flag.range} (got {value})")
         raise UserError(f"{flag.option} {value}: {flag.what} {flag.range}")
     for flag in FLAGS:  # a preset's option asked of another preset (both among the values checked)
         if not flag.refused_elsewhere or values.get(flag.name, flag.off) == flag.off:
@@ -527,8 +551,8 @@ def runtime_parser(*names, from_run=False):
         if flag.group not in groups:
             groups[flag.group] = parser.add_argument_group(flag.group)
         from_recipe = flag.default == RECIPE
-        help = flag.help_for(None) + ("; default: as the checkpoint's run validated"
-                                      if from_recipe and from_run else "")
+        help = flag.help_for(None) + _valid(flag) + ("; default: as the checkpoint's run validated"
+                                                     if from_recipe and from_run else "")
         _add(groups[flag.group], flag, default=None if from_recipe else flag.default_for(None), help=help,
              choices=flag.choices)
     return parser

@@ -13,6 +13,7 @@ from config.recipes import RECIPES
 from models import list_models, option_names
 from tests.conftest import assert_one_line_error, run_main
 from training.setup import resolve
+from utils.args import float_list
 from utils.errors import UserError
 
 SCRIPTS = {"p1": p1_train, "p2": p2_train}
@@ -146,3 +147,44 @@ def test_bad_values_are_refused_in_one_line_before_anything_is_made(tmp_path):
         with pytest.raises(UserError, match=needle):
             flags.check(values, "p1")
     flags.check({"augment": "crop-flip", "rand_augment": 0.0, "resized_crop": [1.0, 1.0]}, "p1")  # off: fine
+
+
+def _outside(flag):
+    """Values just outside ``flag``'s declared range, and a NaN for a float: each as one command-line word."""
+    rng, whole = flag.range, flag.type in (int, list)
+    values = []
+    if rng.low is not None:
+        values.append(rng.low if rng.low_open else rng.low - 1)
+    if rng.high is not None:
+        values.append(rng.high if rng.high_open else rng.high + 1)
+    values = [int(v) if whole else float(v) for v in values]
+    if not whole:
+        values.append(float("nan"))
+    # A list flag gets the bad value beside a valid one; --resized-crop's pair stays LO <= HI.
+    if flag.type is list:
+        return [str(v) for v in values]
+    if flag.type is float_list:
+        return [f"{v},{v}" if flag.name in ("scale_range", "resized_crop") else f"1,{v}" for v in values]
+    return [str(v) for v in values]
+
+
+NUMERIC = [(problem, flag) for problem in flags.PROBLEMS for flag in flags.flags_of(problem)
+           if flag.type in (int, float, list, float_list)]
+
+
+def test_every_numeric_flag_declares_its_range_and_help_shows_it(capsys):
+    assert NUMERIC and all(flag.range is not None for _, flag in NUMERIC)
+    for script in (p1_train, p2_train):
+        with pytest.raises(SystemExit):
+            script.get_args_parser().parse_args(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "SGD momentum; in [0, 1)" in text and "learning rate; positive" in text
+
+
+@pytest.mark.parametrize("problem, flag", NUMERIC, ids=[f"{p}-{f.name}" for p, f in NUMERIC])
+def test_a_numeric_flag_outside_its_range_is_refused_in_one_line_with_nothing_written(problem, flag, tmp_path):
+    script = p1_train if problem == "p1" else p2_train
+    for word in _outside(flag):
+        out = tmp_path / "run"
+        assert_one_line_error(run_main(script, flag.option, *word.split(" "), "--output-dir", out), flag.option)
+        assert not out.exists()
