@@ -19,7 +19,7 @@ from datasets.presets import p2_inference_transform
 from models import load_trained
 from inference import run_tta, segment
 from utils.args import check_positive, make_parser
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.io import check_writable
 from utils.runtime import peak_memory_gib, resolve_amp, resolve_device
 
@@ -35,9 +35,18 @@ def main(args):
     check_positive(args, "batch_size")
     check({"tta_scales": args.tta_scales}, "p2")
     check_writable(args.out_dir, "OUT_DIR", folder=True)
+    if args.out_dir.resolve() == args.img_dir.resolve():
+        raise UserError(f"OUT_DIR {args.out_dir} is IMG_DIR: the masks would be written among the tiles (and a "
+                        "validation folder's ground truth); give another folder")
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
     names, images = load_tiles(args.img_dir)
+    ours = {f"{Path(name).stem}.png" for name in names}
+    others = sorted(p.name for p in args.out_dir.glob("*.png") if p.name not in ours) if args.out_dir.is_dir() else []
+    if others:
+        # mean_iou_evaluate.py (and the course's scorer) pair masks by sorted name: a stray one shifts every pair.
+        raise UserError(f"OUT_DIR {args.out_dir} holds {len(others)} masks these tiles do not produce (such as "
+                        f"{others[0]}); empty it or give another folder")
     model, ckpt = load_trained(args.checkpoint, device, problem="p2", compile=args.compile)
     # As the run validated, unless --tta / --tta-scales say otherwise.
     tta = run_tta(ckpt["args"], args.tta, args.tta_scales)

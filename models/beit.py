@@ -8,11 +8,13 @@ resized to 224x224 on the device, inside :meth:`BEiT.forward`.
 from pathlib import Path
 
 import timm
+import torch
 import torch.nn.functional as F
+from timm.models.beit import checkpoint_filter_fn
 from torch import nn
 
 from models.registry import register_model, weights_unavailable
-from utils.errors import UserError
+from utils.errors import UserError, brief
 
 TIMM_NAME = "beit_base_patch16_224.in22k_ft_in22k"
 _CFG = timm.get_pretrained_cfg(TIMM_NAME)
@@ -86,12 +88,44 @@ def beit(*, num_classes, pretrained=False, pretrained_file=None, global_pool="av
         path = Path(pretrained_file)
         if not path.is_file():
             raise UserError(f"--pretrained-file {path}: no such file")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    else:
-        kwargs.update(pretrained=pretrained)
+        net = timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
+        _load_file(net, path)
+        return BEiT(net)
     try:
-        net = timm.create_model(TIMM_NAME, **kwargs)
+        net = timm.create_model(TIMM_NAME, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError, KeyError) as e:
-        where = f"from {pretrained_file}" if pretrained_file else "from the Hugging Face hub"
-        raise weights_unavailable(f"pretrained BEiT weights {where}", e) from None
+        raise weights_unavailable("pretrained BEiT weights from the Hugging Face hub", e) from None
     return BEiT(net)
+
+
+# Tensors a file may lack or hold beyond the network: the head (replaced), and the final norm the
+# pooling leaves unused (fc_norm for avg, norm for token).
+_NOT_LOADED = ("head.", "norm.", "fc_norm.")
+
+
+def _load_file(net, path):
+    """The BEiT-base weights of ``path`` (timm's or BEiT's own layout, ``.pth`` or ``.safetensors``) into
+    ``net``: every tensor of the network but the head, or nothing.
+
+    timm's own loader loads a file non-strictly whenever the head is replaced, so that a file of
+    another network loads nothing and trains from random weights after one warning; this one refuses it.
+
+    Raises:
+        UserError: naming the file: unreadable, or not weights of this network (with what it holds).
+    """
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as e:  # torch.load's and safetensors' errors have no common base
+        raise UserError(f"--pretrained-file {path}: not a readable weights file ({brief(e)})") from None
+    state = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    try:
+        state = checkpoint_filter_fn(state, net)  # BEiT's original layout to timm's
+        result = net.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
+    except (RuntimeError, KeyError, ValueError) as e:  # a tensor of another shape, or a layout it cannot read
+        raise UserError(f"--pretrained-file {path}: not BEiT-base weights ({brief(e)})") from None
+    missing = [k for k in result.missing_keys if not k.startswith(_NOT_LOADED)]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(_NOT_LOADED)]
+    if missing or unexpected:
+        held = ", ".join(list(state)[:3])
+        raise UserError(f"--pretrained-file {path}: not BEiT-base weights: {len(missing)} of the network's tensors "
+                        f"missing from it, {len(unexpected)} of its {len(state)} foreign to it (it holds {held}, ...)")

@@ -82,6 +82,15 @@ def test_beit_loads_a_local_weight_file(tmp_path):
     assert model.net.head.weight.shape == (50, 768)
 
 
+def test_beit_refuses_a_weight_file_of_another_network(tmp_path):
+    # timm's loader, with the head replaced, loads non-strictly: such a file trained BEiT from random weights.
+    path = tmp_path / "vgg.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "features.0.bias": torch.zeros(64)}, path)
+    with pytest.raises(UserError, match=r"vgg.pth: not BEiT-base weights: .* 2 of its 2 foreign to it \(it holds "
+                                        r"features.0.weight"):
+        get_model("beit", num_classes=50, pretrained_file=path)
+
+
 def test_beit_missing_weight_file(tmp_path):
     with pytest.raises(UserError, match="--pretrained-file .*nope.pth: no such file"):
         get_model("beit", num_classes=50, pretrained_file=tmp_path / "nope.pth")

@@ -1,5 +1,9 @@
 """p1_train.py: learning, run-folder outputs, exact resume, and its refusals."""
 import json
+import os
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -83,6 +87,41 @@ def test_resume_of_a_finished_run_does_nothing(p1_run, capsys):
     p1_train.main(args)
     assert "nothing to do" in capsys.readouterr().out
     assert (p1_run / "last.pth").read_bytes() == before
+
+
+def test_resume_refuses_what_it_would_record_without_honouring(p1_run):
+    last = p1_run / "last.pth"
+    before = last.read_bytes()
+    assert_one_line_error(run_main(p1_train, "--resume", last, "--epochs", "2"),
+                          f"--epochs 2: {last} has already trained 4 epochs; give --epochs 4 or more")
+    assert_one_line_error(run_main(p1_train, "--resume", p1_run, "--recipe", "strong"),
+                          f"--recipe strong: {last} is a run of --recipe reference")
+    assert last.read_bytes() == before
+
+
+def test_one_run_per_folder_while_it_runs_and_a_killed_ones_lock_is_gone(p1_data, tmp_path):
+    # Another process holds the folder's lock, as a training run does (flock, with its process id).
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(out / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        train, val = p1_data
+        argv = ["--train-dir", train, "--val-dir", val, "--output-dir", out, "--epochs", "1", "--batch-size", "16",
+                "--device", "cpu", "--no-progress"]
+        assert_one_line_error(run_main(p1_train, *argv), f"--output-dir {out}: another run is training there "
+                                                         f"(process {holder.pid})")
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing of this run written
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock with the process
+        holder.wait()
+    assert run_main(p1_train, *argv).returncode == 0
+    # The run released the folder at its end: the next one in this process goes in.
+    assert run_main(p1_train, *argv, "--overwrite").returncode == 0
 
 
 def test_best_pth_holds_weights_and_resume_takes_last_pth(p1_run, tmp_path):
@@ -216,6 +255,8 @@ def test_run_folder_checkpoint_files(tmp_path):
     run.end_epoch({"epoch": 3}, {**state, "epoch": 3}, is_best=True, snapshot=False)
     assert load_checkpoint(best)["epoch"] == 3 == load_checkpoint(last)["epoch"]
     assert load_checkpoint(tmp_path / "run" / "epoch_001.pth")["epoch"] == 1  # the new best left it alone
+    assert (tmp_path / "run" / ".lock").read_text().strip() == str(os.getpid())  # held while the run trains
+    run.release()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "args.json", "best.pth", "epoch_001.pth", "last.pth", "metrics.jsonl"]
 

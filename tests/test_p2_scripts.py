@@ -145,6 +145,21 @@ def test_unwritable_output_folder(p2_run, p2_data, tmp_path):
     assert_one_line_error(infer(p2_run / "best.pth", p2_data[1], blocker), "is a file, not a folder")
 
 
+def test_grading_never_writes_into_its_input_nor_beside_masks_of_other_tiles(p2_run, p2_data, tmp_path):
+    val = p2_data[1]
+    before = sorted(p.name for p in val.iterdir())
+    assert_one_line_error(infer(p2_run / "best.pth", val, val), f"OUT_DIR {val} is IMG_DIR")
+    assert sorted(p.name for p in val.iterdir()) == before
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "9999_sat.png").write_bytes(b"")
+    assert_one_line_error(infer(p2_run / "best.pth", val, out), "holds 1 masks these tiles do not produce",
+                          "9999_sat.png")
+    (out / "9999_sat.png").unlink()
+    assert infer(p2_run / "best.pth", val, out).returncode == 0
+    assert infer(p2_run / "best.pth", val, out).returncode == 0  # its own masks again: replaced
+
+
 def test_training_refusals(p2_data, tmp_path):
     """The second command is p2_train.py's smoke test: a real `python3 p2_train.py ...`, refused in one line."""
     bad = tmp_path / "bad"

@@ -121,13 +121,16 @@ class Resume:
         return {**flags.earlier_run(self.ckpt["args"], typed, self.ckpt["problem"]), "output_dir": self.path.parent}
 
     def check(self, values, device):
-        """Refuse what would change an epoch stopped part-way: its remaining steps are those of the
-        run only with the same numbers (every flag but :data:`config.flags.FREE_ON_RESUME`; ``--epochs``
+        """Refuse ``--epochs`` below the epochs done, and what would change an epoch stopped part-way:
+        its remaining steps are those of the run only with the same numbers (every flag but :data:`config.flags.FREE_ON_RESUME`; ``--epochs``
         only where the schedule depends on it) on the same kind of device.
 
         Raises:
             UserError: naming the first such flag (or the device), its saved and its new value.
         """
+        if values["epochs"] < self.epoch:
+            raise UserError(f"--epochs {values['epochs']}: {self.path} has already trained {self.epoch} epochs; "
+                            f"give --epochs {self.epoch} or more (a run is not shortened by a resume)")
         if self.partial is None:
             return
         saved, now = self.ckpt["args"], flags.to_json(values)

@@ -75,6 +75,10 @@ def resolve(args, problem):
     if "resume" in typed:
         resume = Resume.load(typed["resume"], problem, model=typed.get("model"))
         earlier = resume.flags(typed)
+        if "recipe" in typed and typed["recipe"] != earlier.get("recipe"):
+            # Its flags are the run's: the typed name would be recorded and change nothing.
+            raise UserError(f"--recipe {typed['recipe']}: {resume.path} is a run of --recipe {earlier.get('recipe')}, "
+                            "and a resume continues its own flags; start a new run for the other recipe")
     elif "config" in typed:
         earlier = _config(typed, problem)
     model = typed.get("model", earlier.get("model", flags.BY_NAME["model"].default_for(problem)))

@@ -115,6 +115,14 @@ class Trainer:
             print(f"training {args.model} on {len(task.train_data[0])} {task.unit} ({args.train_dir}), validating "
                   f"on {len(task.val_data[0])} ({args.val_dir}); {setup.ctx.world_size} x {setup.device.type}, "
                   f"amp {args.amp}{', sync-bn' if setup.sync_bn else ''}; output {args.output_dir}", flush=True)
+        try:
+            return self._epochs()
+        finally:
+            setup.folder.release()  # (the process's end would too; a later run in this process needs it now)
+
+    def _epochs(self):
+        """The epochs left, in the run folder this process holds; returns :meth:`fit`'s result."""
+        setup, task, state, args = self.setup, self.task, self.state, self.setup.args
         # DDP inside torch.compile (not the reverse) lets gradient all-reduces overlap the backward
         # pass; validation runs the bare model, outside DDP's collectives.
         train_model = distributed.wrap(task.model, setup.device, setup.ctx, sync_bn=setup.sync_bn)

@@ -12,6 +12,11 @@ read through it. A run folder holds:
 - ``epoch_NNN.pth`` (:data:`SNAPSHOT`): snapshots of chosen epochs, as ``best.pth``, for the
   report's figures.
 
+- ``.lock`` (:data:`LOCK`): the process training into the folder holds an exclusive ``flock`` on
+  it, and writes its process id there; the kernel drops the lock when that process ends, however
+  it ends (``kill -9`` included), so a second run into the folder is refused while the first runs,
+  and never after. A run that ends removes the file; one killed leaves it, holding no lock.
+
 Each epoch writes its metrics line first and ``last.pth`` last, every file atomically, so a crash
 at any moment leaves loadable checkpoints, and a resume drops the lines it will redo. What a
 checkpoint holds is declared in :mod:`utils.checkpoint`.
@@ -22,11 +27,16 @@ import os
 import re
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs into one folder are not kept apart there
+    fcntl = None
+
 from utils.checkpoint import PROBLEM_NAMES, inference_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.io import append_jsonl, atomic_write, check_writable, write_json
 
-ARGS, METRICS, BEST, LAST = "args.json", "metrics.jsonl", "best.pth", "last.pth"
+ARGS, METRICS, BEST, LAST, LOCK = "args.json", "metrics.jsonl", "best.pth", "last.pth", ".lock"
 SNAPSHOT = "epoch_{:03d}.pth"
 SNAPSHOT_RE = re.compile(r"epoch_(\d+)\.pth")
 # A run's problem, told by the validation metric it logs.
@@ -42,6 +52,7 @@ class RunFolder:
 
     def __init__(self, path):
         self.path = Path(path)
+        self._lock = None  # the descriptor holding LOCK while this process trains here
 
     def __repr__(self):
         return f"RunFolder({str(self.path)!r})"
@@ -93,9 +104,15 @@ class RunFolder:
     # writing (the training run's main process)
 
     def check_new(self, *, resumed, overwrite):
-        """Refuse an unwritable folder, or one holding another run (unless ``overwrite``), before
-        anything is created."""
+        """Refuse an unwritable folder, one a running process trains into, or one holding another run
+        (unless ``overwrite``), before anything is created."""
         check_writable(self.path, "--output-dir", folder=True)
+        if (self.path / LOCK).is_file():
+            descriptor = os.open(self.path / LOCK, os.O_RDONLY)
+            try:
+                self._refuse_if_held(descriptor)
+            finally:
+                os.close(descriptor)
         if not resumed and not overwrite and self.last.exists():
             raise UserError(f"--output-dir {self.path} already holds a run; pass --resume {self.last} to "
                             "continue it, --overwrite to replace it, or another --output-dir")
@@ -108,6 +125,7 @@ class RunFolder:
             resume_epoch: the epoch the run resumes after, or ``None`` for a fresh run.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        self._hold()
         metrics = self.path / METRICS
         if resume_epoch is None:
             for name in (ARGS, METRICS, BEST, LAST):
@@ -121,6 +139,42 @@ class RunFolder:
             with atomic_write(metrics) as f:
                 f.write("".join(line + "\n" for line in kept))
         write_json(self.path / ARGS, args)
+
+    def release(self):
+        """Let another run into the folder (this process's end does it too), and remove the lock file."""
+        if self._lock is not None:
+            (self.path / LOCK).unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
+
+    def _hold(self):
+        """Take the folder's lock for this process, or refuse a folder another process trains into."""
+        if fcntl is None or self._lock is not None:
+            return
+        descriptor = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._refuse_if_held(descriptor)
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(descriptor)
+            raise
+        self._lock = descriptor
+
+    def _refuse_if_held(self, descriptor):
+        """Lock ``descriptor`` (the folder's LOCK) if no other process holds it; refuse in one line if one does.
+
+        Raises:
+            UserError: naming the folder and, from the file, the process holding it.
+        """
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+            raise UserError(f"--output-dir {self.path}: another run is training there (process "
+                            f"{holder or 'unknown'}); wait for it to end, stop it, or choose another --output-dir")
 
     def end_epoch(self, record, checkpoint, *, is_best, snapshot):
         """Log one epoch and write its checkpoints (metrics line, best, snapshot, then last).
