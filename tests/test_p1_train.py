@@ -12,6 +12,7 @@ import p1_train
 from config.flags import BY_NAME
 from tests.conftest import assert_one_line_error, run_main, run_script
 from utils.checkpoint import load_checkpoint
+from utils.run_folder import RunFolder
 from utils.errors import UserError
 
 
@@ -119,9 +120,10 @@ def test_one_run_per_folder_while_it_runs_and_a_killed_ones_lock_is_gone(p1_data
     finally:
         holder.kill()  # SIGKILL: the kernel drops the lock with the process
         holder.wait()
-    assert run_main(p1_train, *argv).returncode == 0
-    # The run released the folder at its end: the next one in this process goes in.
-    assert run_main(p1_train, *argv, "--overwrite").returncode == 0
+    run = RunFolder(out)
+    run.check_new(resumed=False, overwrite=False)
+    run.start({"lr": 0.1})  # the killed holder's lock file is there, free
+    run.release()
 
 
 def test_best_pth_holds_weights_and_resume_takes_last_pth(p1_run, tmp_path):
@@ -235,7 +237,6 @@ def test_bad_numbers_and_resume_file(tmp_path):
 
 def test_run_folder_checkpoint_files(tmp_path):
     from utils.checkpoint import FORMAT
-    from utils.run_folder import RunFolder
 
     run = RunFolder(tmp_path / "run")
     run.start({"lr": 0.1})
