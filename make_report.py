@@ -32,7 +32,7 @@ from figures.features import feature_figures
 from figures.runs import check_run, compare_runs, comparison_table, default_tile_ids, open_run, rerun_commands
 from figures.masks import mask_figures
 from config.flags import runtime_parser
-from utils.args import REPO, make_parser
+from utils.args import REPO, check_positive, make_parser
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, check_writable
 from utils.run_folder import METRIC_OF, RunFolder
@@ -118,6 +118,7 @@ def compare(runs, out):
 
 
 def main(args):
+    check_positive(args, "p2_arch_size")
     if args.compare is not None:
         if args.p1_run is not None or args.p2_run is not None:
             given = " and ".join(f for f, v in (("--p1-run", args.p1_run), ("--p2-run", args.p2_run)) if v)

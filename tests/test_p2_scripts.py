@@ -168,6 +168,10 @@ def test_training_refusals(p2_data, tmp_path):
     proc = run_main(p2_train, "--train-dir", bad, "--val-dir", p2_data[1], "--tile-size", "64",
                     "--output-dir", tmp_path / "o", "--no-pretrained", "--device", "cpu")
     assert_one_line_error(proc, "0000_sat.jpg", "no mask beside it")
+    (tmp_path / "cache").write_text("")
+    assert_one_line_error(run_main(p2_train, "--cache-dir", tmp_path / "cache", "--train-dir", p2_data[0],
+                                   "--val-dir", p2_data[1], "--output-dir", tmp_path / "o", "--device", "cpu"),
+                          f"--cache-dir {tmp_path / 'cache'}: is a file, not a folder")
     proc = run_script("p2_train.py", "--train-dir", p2_data[0], "--val-dir", p2_data[1],
                       "--output-dir", tmp_path / "o", "--no-pretrained", "--device", "cpu")
     assert_one_line_error(proc, "0000_sat.jpg", "64x64", "training needs 512x512 (--tile-size 512; give --tile-size 64")

@@ -374,6 +374,9 @@ def test_make_report_needs_a_run(tmp_path):
     # --only arch needs no run; the --out check comes before any model is built.
     assert_one_line_error(run_main(make_report, "--only", "arch", "--out", tmp_path / "file"),
                           f"--out {tmp_path / 'file'}: is a file, not a folder")
+    assert_one_line_error(run_main(make_report, "--only", "arch", "--p2-arch-size", "0", "--out", tmp_path / "a"),
+                          "--p2-arch-size must be positive (got 0)")
+    assert not (tmp_path / "a").exists()
 
 
 def test_confusion_draws_the_classes_present(tmp_path):

@@ -17,6 +17,7 @@ from training.run import Resume
 from utils import distributed
 from utils.args import REPO, ArgumentParser
 from utils.checkpoint import model_entries
+from utils.io import check_writable
 from utils.errors import UserError
 from utils.run_folder import RunFolder, read_args_file
 from utils.runtime import place_model, resolve_amp, resolve_device, seed_everything
@@ -108,7 +109,7 @@ def _config(typed, problem):
 
 def _check_data(values, problem, *, resumed):
     """Refuse a missing training or validation folder before anything is built, naming its flag and,
-    for the course data's default place, how to fetch it."""
+    for the course data's default place, how to fetch it; and a ``--cache-dir`` that cannot be a folder."""
     for key in ("train_dir", "val_dir"):
         path, flag = values[key], flags.BY_NAME[key]
         if path.is_dir():
@@ -120,6 +121,9 @@ def _check_data(values, problem, *, resumed):
         else:
             hint = f"give {flag.option} the folder that holds the data"
         raise UserError(f"{flag.option} {path}: no such folder ({hint})")
+    cache = values.get("cache_dir")
+    if cache is not None:
+        check_writable(cache, "--cache-dir", folder=True)
 
 
 @dataclass
