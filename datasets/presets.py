@@ -19,6 +19,11 @@ _BEIT_GEOMETRY = {"beit": (256, 0), "beit-224": (BEIT_SIZE, 28), "beit-ft": (BEI
 _BEIT_MIXING = {"beit": (0.1, 1.0), "beit-224": (0.8, 1.0), "beit-ft": None}
 
 
+def _scales(bounds):
+    """``(lo, hi)`` of a random resized crop or scale, or ``None`` for none (``None`` or 1,1, the flags' off)."""
+    return tuple(bounds) if bounds and tuple(bounds) != (1.0, 1.0) else None
+
+
 def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0, erasing_mode="zero", cutmix=0.0,
                   resized_crop=None, rand_augment=0.0):
     """The (train, eval) batch transforms of a Problem 1 recipe.
@@ -51,7 +56,7 @@ def p1_transforms(augment, *, mean, std, num_classes, random_erasing=0.0, erasin
     """
     if cutmix and augment != CROP_FLIP:
         raise ValueError(f"cutmix: an option of the crop-flip preset only, not of {augment!r}")
-    resized_crop = tuple(resized_crop) if resized_crop and tuple(resized_crop) != (1.0, 1.0) else None
+    resized_crop = _scales(resized_crop)
     if (resized_crop or rand_augment) and augment not in BEIT_PRESETS:
         raise ValueError(f"resized_crop and rand_augment: options of the BEiT presets only, not of {augment!r}")
     normalize = Normalize(mean, std)
@@ -106,7 +111,7 @@ def p2_transforms(augment, *, mean, std, color_jitter=0.0, scale_range=None):
     """
     normalize = Normalize(mean, std)
     jitter = [ColorJitter(color_jitter)] if color_jitter else []
-    scale = [RandomScale(*scale_range)] if scale_range and tuple(scale_range) != (1.0, 1.0) else []
+    scale = [RandomScale(*_scales(scale_range))] if _scales(scale_range) else []
     if augment == "flip":
         geometry = [RandomFlip(dim=-1), RandomFlip(dim=-2)]
     elif augment == "d4":
