@@ -433,15 +433,24 @@ def pretrained_sources(progress):
     from torchvision.models import MobileNet_V3_Large_Weights, VGG16_Weights
     from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights
 
-    from models.beit import TIMM_NAME
+    from models.beit import TIMM_NAME, hub_url
+    from models.registry import unreachable
 
     hub_logging.set_verbosity_error()  # its retry warnings would precede our one-line error
+
+    def reached(url, fetch):
+        # Offline, the libraries retry for a minute (the hub) or wait without a timeout (torch.hub).
+        reason = unreachable(url)
+        if reason is not None:
+            raise OSError(reason)
+        return fetch()
+
     def torchvision(model, weights):
         return (model, "p2_train.py", PurePosixPath(urllib.parse.urlsplit(weights.url).path).name,
-                lambda: weights.get_state_dict(progress=progress))
+                lambda: reached(weights.url, lambda: weights.get_state_dict(progress=progress)))
 
     return [("beit", "p1_train.py", f"{TIMM_NAME}.pth",
-             lambda: timm.create_model(TIMM_NAME, pretrained=True).state_dict()),
+             lambda: reached(hub_url(), lambda: timm.create_model(TIMM_NAME, pretrained=True).state_dict())),
             torchvision("fcn32s", VGG16_Weights.IMAGENET1K_V1),
             torchvision("deeplabv3", DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1),
             torchvision("lraspp", MobileNet_V3_Large_Weights.IMAGENET1K_V1)]

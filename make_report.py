@@ -34,7 +34,7 @@ from figures.masks import mask_figures
 from config.flags import runtime_parser
 from utils.args import REPO, check_positive, make_parser
 from utils.errors import UserError, run_cli
-from utils.io import atomic_write, check_writable
+from utils.io import atomic_write, check_writable, output_folder
 from utils.run_folder import METRIC_OF, RunFolder
 
 FIGURES = ("features", "confusion", "masks", "iou", "curves", "arch")
@@ -102,11 +102,15 @@ def compare(runs, out):
     """Write ``compare.png`` and ``compare.md`` for some runs of one problem; returns what was written."""
     check_writable(out, "--out", folder=True)
     comparison = compare_runs(runs, "--compare")
-    out.mkdir(parents=True, exist_ok=True)
+    with output_folder(out) as out:
+        return _write_comparison(comparison, len(runs), out)
+
+
+def _write_comparison(comparison, count, out):
     m, problem = comparison.metric, comparison.problem
     figure = plot_compare(list(comparison.records.items()), out / "compare.png", metric=m,
-                          title=f"{problem}: {len(runs)} runs compared")
-    lines = [f"# {problem}: {len(runs)} runs compared", "", *comparison_table(comparison), ""]
+                          title=f"{problem}: {count} runs compared")
+    lines = [f"# {problem}: {count} runs compared", "", *comparison_table(comparison), ""]
     if not comparison.differing:
         lines += ["The runs' flags are all equal (leaving aside where and how they computed).", ""]
     lines += [f"![validation {m} and training loss per epoch](compare.png)", ""]
@@ -130,8 +134,12 @@ def main(args):
     check_writable(args.out, "--out", folder=True)
     p1 = check_run(args.p1_run, "--p1-run", "p1") if args.p1_run else None
     p2 = check_run(args.p2_run, "--p2-run", "p2") if args.p2_run else None
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    with output_folder(args.out) as out:  # a report that fails part-way leaves none of its files
+        return _write_report(args, p1, p2, out)
+
+
+def _write_report(args, p1, p2, out):
+    """The figures of ``args.only`` for the checked runs ``p1`` and ``p2``, and index.md, into ``out``."""
     lines, made = ["# Report figures", ""], {}
 
     if p1 is not None:

@@ -13,6 +13,7 @@ from figures.runs import open_run
 from config.flags import report_parser
 from utils.args import make_parser
 from utils.errors import run_cli
+from utils.io import output_folder
 
 
 def get_args_parser():
@@ -23,7 +24,8 @@ def get_args_parser():
 
 def main(args):
     inputs = open_run(args.run, val_dir=args.val_dir, out=args.out, device=args.device, amp=args.amp, problem="p1")
-    return feature_figures(inputs, args.out, batch_size=args.batch_size, progress=args.progress)
+    with output_folder(args.out) as out:  # figures that fail part-way leave none of their files
+        return feature_figures(inputs, out, batch_size=args.batch_size, progress=args.progress)
 
 
 if __name__ == "__main__":

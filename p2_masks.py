@@ -14,6 +14,7 @@ from figures.masks import mask_figures
 from config.flags import report_parser
 from utils.args import make_parser
 from utils.errors import run_cli
+from utils.io import output_folder
 
 
 def get_args_parser():
@@ -27,7 +28,8 @@ def get_args_parser():
 def main(args):
     inputs = open_run(args.run, val_dir=args.val_dir, out=args.out, device=args.device, amp=args.amp, problem="p2")
     args.ids = args.ids or default_tile_ids(inputs.val_dir, "--ids")
-    return mask_figures(inputs, args.ids, args.out, progress=args.progress)
+    with output_folder(args.out) as out:  # figures that fail part-way leave none of their files
+        return mask_figures(inputs, args.ids, out, progress=args.progress)
 
 
 if __name__ == "__main__":

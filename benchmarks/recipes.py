@@ -49,6 +49,7 @@ recipe's own value; the first seed's run of every value goes on one compare figu
 training loss) beside --markdown, whose default is then <work dir>/sweep.md (so sweep.png).
 """
 import argparse
+import contextlib
 import json
 import math
 import shlex
@@ -477,6 +478,12 @@ def obtain(run, data, work, args):
     except Interrupted as e:
         raise Interrupted(f"{e} (or run this benchmark again: it continues every unfinished run)",
                           e.exit_code - 128) from None
+    except BaseException:
+        if not last.exists():  # a run that never saved leaves no folder holding only its flags.json
+            recorded.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     graded_at = time.perf_counter()
     figure = grade(run, out / "best.pth", data, out, args)
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -92,6 +92,10 @@ class Flag:
             :func:`check`) where the other flag has another value, rather than ignored: an option of
             an augmentation preset asked of another preset is a mistake to report.
         role: :data:`RECIPE_ROLE`, :data:`PLACE` or :data:`RECORD`.
+        kept: why a resume keeps the run's value whatever is typed (the checkpoint's weights or
+            optimiser state are of it), which it then refuses another value with; ``None``: a resume
+            may change it at an epoch boundary, from where the new value acts
+            (:meth:`training.run.Resume.changes`).
         group: its ``--help`` section.
         metavar: its placeholder in ``--help``.
     """
@@ -109,6 +113,7 @@ class Flag:
     only_with: tuple | None = None
     refused_elsewhere: bool = False
     role: str = RECIPE_ROLE
+    kept: str | None = None
     group: str = "training"
     metavar: str | None = None
 
@@ -131,6 +136,10 @@ class Flag:
 _OUTPUT = "runs/<problem>_<model>"
 _AMP = ("mixed precision; auto means bf16 on CUDA (fp16 on GPUs without native bf16, such as the course's RTX 2080 "
         "Ti) and off on the CPU")
+# Why a resume keeps a flag's value (Flag.kept):
+_NETWORK = "the checkpoint's weights are of that network"
+_WEIGHTS = "a resume starts from the checkpoint's weights"
+_GROUPS = "the optimiser's state is laid out in that run's parameter groups"
 FLAGS = (
     # where and how it computes
     Flag("device", "where to compute; auto picks CUDA when available", default="auto",
@@ -150,9 +159,10 @@ FLAGS = (
                    "p2": "network: fcn32s (VGG16-FCN32s, model A), deeplabv3 (DeepLabv3-ResNet50 on COCO weights, "
                          "model B) or lraspp (LR-ASPP on MobileNetV3-Large, 3.2M parameters: fast enough for the "
                          "CPU demo and small GPUs)"},
-         default={"p1": "vgg13", "p2": "fcn32s"}),
+         default={"p1": "vgg13", "p2": "fcn32s"}, kept=_NETWORK),
     Flag("recipe", "reference: the seed's recipe of the model; strong: ours, at the same epochs and batch; every "
-                   "flag given overrides it (see the list below)", default=RECIPE_NAMES[0], choices=RECIPE_NAMES),
+                   "flag given overrides it (see the list below)", default=RECIPE_NAMES[0], choices=RECIPE_NAMES,
+         kept="a resume continues that run's flags"),
     Flag("config", "a run's args.json: its flags, which every flag typed besides overrides (python3 p1_train.py "
                    "--config RUN/args.json --output-dir NEW reruns RUN exactly)", type=Path, role=RECORD),
     Flag("train_dir", {"p1": "folder of {label}_{id}.png training images",
@@ -182,18 +192,18 @@ FLAGS = (
                     "instead of each process's share (default: on for Problem 2 when each process's share of "
                     "--batch-size is under 8, off otherwise; or the resumed run's)", type=bool, role=PLACE),
     Flag("pretrained", "start from the library's pretrained weights (needs internet once)", type=bool,
-         default=RECIPE, off=False),
+         default=RECIPE, off=False, kept=_WEIGHTS),
     Flag("pretrained_file", "load the pretrained weights from this local file instead of downloading them",
-         type=Path, role=PLACE),
+         type=Path, role=PLACE, kept=_WEIGHTS),
     # the optimiser and its schedule
-    Flag("opt", "optimiser", default=RECIPE, choices=("sgd", "adamw")),
+    Flag("opt", "optimiser", default=RECIPE, choices=("sgd", "adamw"), kept="the optimiser's state is of that kind"),
     Flag("lr", "learning rate", type=float, default=RECIPE, range=POSITIVE),
     Flag("momentum", "SGD momentum", type=float, default=RECIPE, off=0.0, range=UNIT_OPEN, what="a momentum",
          only_with=("opt", "sgd")),
     Flag("nesterov", "Nesterov momentum for SGD", type=bool, default=RECIPE, off=False, only_with=("opt", "sgd")),
     Flag("weight_decay", "weight decay", type=float, default=RECIPE, off=0.0, range=NON_NEGATIVE),
     Flag("norm_bias_decay", "apply weight decay to normalisation weights and biases too", type=bool,
-         default=RECIPE, off=True),
+         default=RECIPE, off=True, kept=_GROUPS),
     Flag("sched", "learning-rate schedule, stepped every iteration: constant, cosine to 0, poly (1 - t)^0.9, or "
                   "OneCycle (its own warm-up)", default=RECIPE, choices=("constant", "cosine", "poly", "onecycle")),
     Flag("warmup", "share of the run's steps over which the lr rises linearly from 0 before the cosine or poly "
@@ -233,11 +243,11 @@ FLAGS = (
          only_with=("augment", BEIT_PRESETS), refused_elsewhere=True),
     Flag("layer_decay", "layer-wise lr decay, each block's lr this factor times the next one's", type=float,
          default=RECIPE, off=1.0, range=Range(0, 1, low_open=True), what="a factor", problems=("p1",),
-         models=("beit",)),
+         models=("beit",), kept=_GROUPS),
     Flag("drop_path", "stochastic depth rate", type=float, default=RECIPE, off=0.0, range=UNIT_OPEN,
          what="a probability", problems=("p1",), models=("beit",)),
     Flag("global_pool", "pool the patch tokens (avg, as the reference ran) or take [CLS]", default="avg",
-         choices=("avg", "token"), problems=("p1",), models=("beit",)),
+         choices=("avg", "token"), problems=("p1",), models=("beit",), kept=_NETWORK),
     Flag("dropout", "dropout probability in the classifier (vgg13), after fc6/fc7 (fcn32s)", type=float,
          default=0.5, range=UNIT_OPEN, what="a probability", models=("vgg13", "fcn32s")),
     # Problem 2
@@ -250,8 +260,7 @@ FLAGS = (
          range=NON_NEGATIVE, problems=("p2",),
          models=("deeplabv3",)),
     Flag("aux_lr_scale", "learning rate of the auxiliary head, times --lr", type=float, default=RECIPE, off=1.0,
-         range=POSITIVE,
-         problems=("p2",), models=("deeplabv3",)),
+         range=POSITIVE, problems=("p2",), models=("deeplabv3",), kept=_GROUPS),
     Flag("ignore_unknown", "leave Unknown pixels out of the loss; the model then never predicts Unknown, and the "
                            "course's mIoU counts each Unknown pixel as a false positive of the class predicted there",
          type=bool, default=RECIPE, problems=("p2",)),
@@ -267,10 +276,10 @@ FLAGS = (
                           "holding it (Eigen & Fergus), counted once on the training masks", default=RECIPE, off="none",
          choices=("none", "median-freq"), problems=("p2",)),
     Flag("backbone", "its ResNet (torchvision's COCO weights for both)", default=RECIPE, off="resnet50",
-         choices=("resnet50", "resnet101"), problems=("p2",), models=("deeplabv3",)),
+         choices=("resnet50", "resnet101"), problems=("p2",), models=("deeplabv3",), kept=_NETWORK),
     Flag("fixed_upsampling", "keep the x32 upsampling at its bilinear initialisation instead of learning it, as "
                              "FCN-32s does (Long et al., CVPR 2015: final-layer deconvolution fixed to bilinear)",
-         type=bool, default=RECIPE, off=False, problems=("p2",), models=("fcn32s",)),
+         type=bool, default=RECIPE, off=False, problems=("p2",), models=("fcn32s",), kept=_GROUPS),
     Flag("freeze_bn", "keep the ResNet backbone's BatchNorm statistics at the pretrained ones in training (its "
                       "scales and shifts still learn; the heads' BatchNorm trains): at batch 4 a BatchNorm batch is "
                       "4 tiles, where the source recipe's synchronised one was 32",
@@ -357,6 +366,13 @@ def in_effect(name, values):
         return True
     other, allowed = flag.only_with
     return values.get(other) in (allowed if isinstance(allowed, tuple) else (allowed,))
+
+
+def acts_on(name, values):
+    """Whether flag ``name`` changes the run of ``values``: ``values``' model is one it changes
+    (:attr:`Flag.models`) and it is in effect (:func:`in_effect`)."""
+    models = BY_NAME[name].models
+    return (models is None or values.get("model") in models) and in_effect(name, values)
 
 
 def _either(values):

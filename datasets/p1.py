@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from datasets.folder import decode_all, list_files, open_rgb
+from datasets.p2 import MASK_SUFFIX
 from utils.errors import UserError
 from utils.io import atomic_write
 
@@ -73,9 +74,13 @@ def load_folder(folder, *, labeled, workers=None):
         workers: decoding threads (default: up to 8).
 
     Raises:
-        UserError: a missing or empty folder, an unreadable PNG, or a name without a label.
+        UserError: a missing or empty folder, a folder of Problem 2 masks, an unreadable PNG, or a
+            name without a label.
     """
     paths = list_files(folder, ".png")
+    if all(p.name.lower().endswith(MASK_SUFFIX) for p in paths):
+        raise UserError(f"{folder}: holds Problem 2 masks ({paths[0].name}, ...), not Problem 1 images "
+                        f"('<label>_<id>.png', {IMAGE_SIZE}x{IMAGE_SIZE})")
     labels = torch.tensor([parse_label(p) for p in paths]) if labeled else None
     images = decode_all(paths, lambda p: open_rgb(p, "PNG"), workers)
     resized = [(p.name, im.size) for p, im in zip(paths, images) if im.size != (IMAGE_SIZE, IMAGE_SIZE)]

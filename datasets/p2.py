@@ -70,6 +70,9 @@ def read_mask(path):
     return decode_mask(np.asarray(open_rgb(path, "PNG")))
 
 
+MASK_SUFFIX = "_mask.png"  # xxxx_mask.png, the mask of xxxx_sat.jpg
+
+
 def image_id(path):
     """The id shared by a tile and its mask: the name without ``_sat``/``_mask`` and extension."""
     stem = Path(path).stem
@@ -109,7 +112,7 @@ class TileSet:
 
 def _decode_pair(tile, size):
     image = read_jpeg(tile).permute(1, 2, 0).numpy()
-    mask_path = tile.with_name(f"{image_id(tile)}_mask.png")
+    mask_path = tile.with_name(image_id(tile) + MASK_SUFFIX)
     if not mask_path.is_file():
         raise UserError(f"{tile}: no mask beside it (expected {mask_path.name})")
     mask = read_mask(mask_path)

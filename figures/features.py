@@ -69,7 +69,7 @@ def feature_figures(inputs, out, *, batch_size=256, progress=True):
     Args:
         inputs: the run, its snapshots, validation folder and device
             (:func:`figures.runs.open_run`).
-        out: the output folder.
+        out: the output folder, which exists (the scripts make it: :func:`utils.io.output_folder`).
         batch_size: images per forward pass.
         progress: show progress bars.
 
@@ -82,7 +82,6 @@ def feature_figures(inputs, out, *, batch_size=256, progress=True):
     labels = val.labels.numpy()
     common = dict(batch_size=batch_size, device=inputs.device, amp_dtype=inputs.amp_dtype, progress=progress)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
 
     tsne_panels, extracted = [], {}
     for epoch in first_middle_last(inputs.snapshots):

@@ -51,7 +51,7 @@ def mask_figures(inputs, ids, out, *, flag="--ids", progress=True):
         inputs: the run, its snapshots, validation folder and device
             (:func:`figures.runs.open_run`).
         ids: the tiles to show (``0013`` ...).
-        out: the output folder.
+        out: the output folder, which exists (the scripts make it: :func:`utils.io.output_folder`).
         flag: the option that chose ``ids``, for the messages.
         progress: show progress bars.
 
@@ -78,7 +78,6 @@ def mask_figures(inputs, ids, out, *, flag="--ids", progress=True):
             for r in range(len(images))]
     legend = list(zip(CLASS_NAMES, PALETTE))  # the masks are drawn in the pure class colours
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     grid = plot_image_grid(rows, ["input", *[f"epoch {e}" for e in epochs], "ground truth"],
                            out / "p2_mask_progress.png", row_titles=list(ids), legend=legend,
                            suptitle=f"{arch}: predicted masks during training")

@@ -7,13 +7,14 @@ resized to 224x224 on the device, inside :meth:`BEiT.forward`.
 """
 from pathlib import Path
 
+import huggingface_hub
 import timm
 import torch
 import torch.nn.functional as F
 from timm.models.beit import checkpoint_filter_fn
 from torch import nn
 
-from models.registry import register_model, weights_unavailable
+from models.registry import check_downloadable, register_model, weights_unavailable
 from utils.errors import UserError, brief
 
 TIMM_NAME = "beit_base_patch16_224.in22k_ft_in22k"
@@ -91,11 +92,36 @@ def beit(*, num_classes, pretrained=False, pretrained_file=None, global_pool="av
         net = timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
         _load_file(net, path)
         return BEiT(net)
+    what = "pretrained BEiT weights from the Hugging Face hub"
+    cached = _hub_cached() if pretrained else None
+    if cached is not None:
+        # The hub's copy, loaded as a --pretrained-file is: timm would first ask the hub for the
+        # file's version, which offline retries for a minute before it falls back to this copy.
+        net = timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
+        _load_file(net, cached)
+        return BEiT(net)
+    if pretrained:
+        check_downloadable(what, hub_url())
     try:
         net = timm.create_model(TIMM_NAME, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError, KeyError) as e:
-        raise weights_unavailable("pretrained BEiT weights from the Hugging Face hub", e) from None
+        raise weights_unavailable(what, e) from None
     return BEiT(net)
+
+
+def hub_url():
+    """Where the Hugging Face hub (or the mirror ``HF_ENDPOINT`` names) serves the weights."""
+    return f"{huggingface_hub.constants.ENDPOINT}/{_CFG.hf_hub_id}"
+
+
+def _hub_cached():
+    """The path of the weights in the Hugging Face hub's local cache, or ``None`` (the files timm's
+    hub loader asks for, in its order)."""
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = huggingface_hub.try_to_load_from_cache(_CFG.hf_hub_id, filename)
+        if isinstance(path, str):
+            return Path(path)
+    return None
 
 
 # Tensors a file may lack or hold beyond the network: the head (replaced), and the final norm the

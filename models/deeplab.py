@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models.segmentation import (DeepLabV3_ResNet50_Weights, DeepLabV3_ResNet101_Weights,
                                              deeplabv3_resnet50, deeplabv3_resnet101)
 
-from models.registry import register_model, weights_unavailable
+from models.registry import register_model, torchvision_weights, weights_unavailable
 from utils.checkpoint import load_weights_into
 
 _WEIGHTS = DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1
@@ -65,13 +65,13 @@ def deeplabv3(*, num_classes, pretrained=False, pretrained_file=None, backbone="
             a BatchNorm batch is 4 tiles, where torchvision's recipe for these weights synchronised
             it over 32; the heads' BatchNorm (new layers) trains either way.
     """
-    weights = BACKBONE_WEIGHTS[backbone]
+    weights, what = BACKBONE_WEIGHTS[backbone], f"COCO DeepLabv3-{backbone} weights"
     builder = deeplabv3_resnet101 if backbone == "resnet101" else deeplabv3_resnet50
+    start = torchvision_weights(what, weights) if pretrained and pretrained_file is None else None
     try:
-        net = builder(weights=weights if pretrained and pretrained_file is None else None,
-                      weights_backbone=None, num_classes=len(weights.meta["categories"]), aux_loss=True)
+        net = builder(weights=start, weights_backbone=None, num_classes=len(weights.meta["categories"]), aux_loss=True)
     except (OSError, RuntimeError) as e:
-        raise weights_unavailable(f"COCO DeepLabv3-{backbone} weights", e) from None
+        raise weights_unavailable(what, e) from None
     if pretrained_file is not None:
         load_weights_into(net, pretrained_file, f"DeepLabv3-{backbone} weights")
     net.classifier[4] = nn.Conv2d(256, num_classes, kernel_size=1)

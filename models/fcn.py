@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
-from models.registry import register_model, weights_unavailable
+from models.registry import register_model, torchvision_weights, weights_unavailable
 from utils.checkpoint import load_weights_into
 
 _WEIGHTS = VGG16_Weights.IMAGENET1K_V1
@@ -81,10 +81,11 @@ def fcn32s(*, num_classes, pretrained=False, pretrained_file=None, dropout=0.5, 
             interpolation", section 4.3; ``lr_mult=0`` on ``upscore`` in their voc-fcn32s/net.py);
             False learns it, as the seed did.
     """
+    what = "ImageNet VGG16 weights"
     try:
-        vgg = vgg16(weights=_WEIGHTS if pretrained and pretrained_file is None else None)
+        vgg = vgg16(weights=torchvision_weights(what, _WEIGHTS) if pretrained and pretrained_file is None else None)
     except (OSError, RuntimeError) as e:
-        raise weights_unavailable("ImageNet VGG16 weights", e) from None
+        raise weights_unavailable(what, e) from None
     if pretrained_file is not None:
         load_weights_into(vgg, pretrained_file, "VGG16 weights")
     return FCN32s(vgg, num_classes, dropout=dropout, fixed_upsampling=fixed_upsampling)

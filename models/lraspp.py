@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-from models.registry import register_model, weights_unavailable
+from models.registry import register_model, torchvision_weights, weights_unavailable
 from utils.checkpoint import load_weights_into
 
 _WEIGHTS = MobileNet_V3_Large_Weights.IMAGENET1K_V1
@@ -46,11 +46,12 @@ def lraspp(*, num_classes, pretrained=False, pretrained_file=None, bn_momentum=N
             Validation and grading use those statistics: after 100 steps at 0.01 they still hold
             37% of their initial values, so a short run, or one from random weights, wants 0.1.
     """
+    what = "ImageNet MobileNetV3-Large weights"
+    backbone = torchvision_weights(what, _WEIGHTS) if pretrained and pretrained_file is None else None
     try:
-        net = lraspp_mobilenet_v3_large(weights=None, num_classes=num_classes,
-                                        weights_backbone=_WEIGHTS if pretrained and pretrained_file is None else None)
+        net = lraspp_mobilenet_v3_large(weights=None, num_classes=num_classes, weights_backbone=backbone)
     except (OSError, RuntimeError) as e:
-        raise weights_unavailable("ImageNet MobileNetV3-Large weights", e) from None
+        raise weights_unavailable(what, e) from None
     if pretrained_file is not None:
         imagenet = load_weights_into(mobilenet_v3_large(), pretrained_file, "MobileNetV3-Large weights")
         # The dilated backbone has the same weights as the classifier's features (dilation only

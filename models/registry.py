@@ -1,8 +1,11 @@
 """The model registry: ``@register_model`` fills it, ``get_model(name, ...)`` builds from it."""
 import inspect
+import socket
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 import torch
 
@@ -10,6 +13,8 @@ from utils.args import REPO
 from utils.checkpoint import load_checkpoint, model_entries
 from utils.errors import UserError, brief
 from utils.runtime import compile_model, place_model
+
+REACH_TIMEOUT = 3.0  # seconds a pretrained weights' host has to take a connection (check_downloadable)
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,47 @@ def option_names(name=None):
 
 
 def weights_unavailable(what, error):
-    """The one-line error for pretrained weights that could not be had, naming both ways out."""
-    return UserError(f"could not load the {what} ({brief(error)}); pass --pretrained-file PATH to "
-                     "load them from a local file, or --no-pretrained to start from random weights")
+    """The one-line error for pretrained weights that could not be had, naming the ways out."""
+    return UserError(f"could not load the {what} ({error if isinstance(error, str) else brief(error)}); pass "
+                     "--pretrained-file PATH to load them from a local file (python3 hw1_download.py --pretrained DIR "
+                     "saves them, on a machine with internet), or --no-pretrained to start from random weights")
+
+
+def check_downloadable(what, url):
+    """Refuse at once, in one line, weights to be downloaded from ``url`` when its host (or the
+    environment's proxy for it) takes no connection within :data:`REACH_TIMEOUT` seconds.
+
+    The libraries' own downloads would say it late: offline, timm's Hugging Face hub call retries
+    for about a minute (22 lines of retries over 57 s for BEiT) before its error, and torch.hub
+    waits without a timeout where a network drops packets.
+
+    Raises:
+        UserError: :func:`weights_unavailable`'s, naming the host that did not answer.
+    """
+    reason = unreachable(url)
+    if reason is not None:
+        raise weights_unavailable(what, reason)
+
+
+def unreachable(url):
+    """Why the host of ``url`` (or the environment's proxy for it) takes no connection within
+    :data:`REACH_TIMEOUT` seconds (``host:port unreachable: why``), or ``None`` when it takes one."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+        parts = urlsplit(proxy if "//" in proxy else "//" + proxy)
+    host, port = parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT).close()
+    except OSError as e:
+        return f"{host}:{port} unreachable: {brief(e)}"
+    return None
+
+
+def torchvision_weights(what, weights):
+    """``weights`` (a torchvision ``WeightsEnum`` member) to build with, once they are in torch.hub's
+    cache or their host answers (:func:`check_downloadable`)."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlsplit(weights.url).path).name
+    if not cached.is_file():
+        check_downloadable(what, weights.url)
+    return weights

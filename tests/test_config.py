@@ -1,6 +1,7 @@
 """A run's configuration: every flag declared once, the recipes checked against the declarations,
 one order of resolution, and the commands that rerun a run, parsed back by the scripts' own parsers."""
 import json
+import re
 import shlex
 
 import pytest
@@ -13,7 +14,7 @@ from config.recipes import RECIPES
 from models import list_models, option_names
 from tests.conftest import assert_one_line_error, run_main
 from training.setup import resolve
-from utils.args import float_list
+from utils.args import REPO, float_list
 from utils.errors import UserError
 
 SCRIPTS = {"p1": p1_train, "p2": p2_train}
@@ -188,3 +189,9 @@ def test_a_numeric_flag_outside_its_range_is_refused_in_one_line_with_nothing_wr
         out = tmp_path / "run"
         assert_one_line_error(run_main(script, flag.option, *word.split(" "), "--output-dir", out), flag.option)
         assert not out.exists()
+
+
+def test_the_readme_lists_the_flags_a_resume_keeps_as_declared():
+    text = (REPO / "README.md").read_text().split("## Interruptions and resume", 1)[1]
+    listed = text.split("declaration's `kept`):", 1)[1].split("Those would", 1)[0]
+    assert set(re.findall(r"`(--[a-z-]+)`", listed)) == {f.option for f in flags.FLAGS if f.kept}

@@ -1,4 +1,9 @@
 """Every registered model: output and feature shapes, gradients, weight loading, its recipe."""
+import os
+import socket
+from pathlib import Path
+
+import huggingface_hub
 import pytest
 import timm
 import torch
@@ -71,7 +76,30 @@ def test_beit_token_pool_uses_cls():
     assert model.net.global_pool == "token"
 
 
-def test_beit_loads_a_local_weight_file(tmp_path):
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network: every HTTPS request goes through a proxy on a closed loopback port (a refused
+    connection, at once), with empty library caches; returns that ``host:port``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
+    real = timm.create_model
+
+    def no_hub(*args, pretrained=False, **kwargs):
+        assert not pretrained, "the hub was asked, and would retry for a minute"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models.beit.timm, "create_model", no_hub)
+    return f"127.0.0.1:{port}"
+
+
+def test_beit_loads_a_local_weight_file_and_the_hubs_cached_copy_offline(tmp_path, offline):
     torch.manual_seed(1)
     source = timm.create_model(models.beit.TIMM_NAME, pretrained=False)  # with its 21,841-class head
     path = tmp_path / "beit.pth"
@@ -80,6 +108,14 @@ def test_beit_loads_a_local_weight_file(tmp_path):
     assert torch.equal(model.net.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
     assert torch.equal(model.net.patch_embed.proj.weight, source.patch_embed.proj.weight)
     assert model.net.head.weight.shape == (50, 768)
+    # The same file in the hub's cache, where a download put it: --pretrained loads it without the network.
+    repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"models--{models.beit._CFG.hf_hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    os.link(path, repo / "snapshots" / ("0" * 40) / "pytorch_model.bin")
+    cached = get_model("beit", num_classes=50, pretrained=True)
+    assert torch.equal(cached.net.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
 
 
 def test_beit_refuses_a_weight_file_of_another_network(tmp_path):
@@ -96,15 +132,12 @@ def test_beit_missing_weight_file(tmp_path):
         get_model("beit", num_classes=50, pretrained_file=tmp_path / "nope.pth")
 
 
-def test_beit_unreachable_weights_name_both_flags(monkeypatch):
-    def offline(*args, **kwargs):
-        raise OSError("Name or service not known")
-
-    monkeypatch.setattr(models.beit.timm, "create_model", offline)
+@pytest.mark.parametrize("name", ["beit", "lraspp"])
+def test_weights_without_network_are_refused_at_once_naming_the_ways_out(name, offline):
     with pytest.raises(UserError) as e:
-        get_model("beit", num_classes=50, pretrained=True)
-    assert "--pretrained-file" in str(e.value) and "--no-pretrained" in str(e.value)
-    assert "\n" not in str(e.value)
+        get_model(name, num_classes=7, pretrained=True)
+    assert f"({offline} unreachable: " in str(e.value) and "\n" not in str(e.value)
+    assert all(way in str(e.value) for way in ("--pretrained-file", "hw1_download.py --pretrained", "--no-pretrained"))
 
 
 @pytest.mark.parametrize("name", list_models("p2"))

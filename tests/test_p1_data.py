@@ -6,6 +6,7 @@ from PIL import Image
 
 from datasets.digits import write_digits
 from datasets.p1 import csv_accuracy, load_folder, parse_label
+from datasets.synthetic import write_tiles
 from utils.errors import UserError
 
 
@@ -65,6 +66,13 @@ def test_missing_and_empty_folders(tmp_path):
     (tmp_path / "empty" / "x.jpg").write_bytes(b"")
     with pytest.raises(UserError, match="no .png images found"):
         load_folder(tmp_path / "empty", labeled=False)
+
+
+@pytest.mark.parametrize("labeled", [True, False])
+def test_a_folder_of_problem_2_masks_is_refused(tmp_path, labeled):
+    write_tiles(tmp_path, 3, size=32, seed=0)  # 0000_sat.jpg + 0000_mask.png, ...: labels 0..2 by their names
+    with pytest.raises(UserError, match=r": holds Problem 2 masks \(0000_mask.png, ...\), not Problem 1 images"):
+        load_folder(tmp_path, labeled=labeled)
 
 
 def test_bad_png_is_named(tmp_path):

@@ -71,15 +71,23 @@ def test_resume_continues_exactly(p1_data, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
-def test_resume_drops_metrics_of_epochs_it_redoes(p1_data, tmp_path):
+def test_resume_redoes_dropped_epochs_and_applies_and_says_a_new_lr_and_decay(p1_data, tmp_path, capsys):
     train(p1_data, tmp_path, "--epochs", "1")
     with open(tmp_path / "metrics.jsonl", "a") as f:  # as if a crash came before last.pth of epoch 2
         f.write(json.dumps({"epoch": 2, "val_acc": 0.0}) + "\n")
+    capsys.readouterr()
     args = p1_train.get_args_parser().parse_args(
-        ["--resume", str(tmp_path / "last.pth"), "--epochs", "2", "--no-progress"])
+        ["--resume", str(tmp_path / "last.pth"), "--epochs", "2", "--lr", "0.0005", "--weight-decay", "0.01",
+         "--no-progress"])
     p1_train.main(args)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and "train_loss" in lines[1]
+    # Epoch 2 trained at the new numbers (the optimiser's saved ones would have kept 1e-3 and 0), and said so.
+    assert [r["lr"] for r in lines] == [1e-3, 5e-4]
+    groups = load_checkpoint(tmp_path / "last.pth")["optimizer"]["param_groups"]
+    assert all(g["lr"] == 5e-4 and g["weight_decay"] == 0.01 for g in groups)
+    assert ("from epoch 2 on, --epochs 2 (the run had --epochs 1), --lr 0.0005 (the run had --lr 0.001), "
+            "--weight-decay 0.01 (the run had --weight-decay 0.0)") in capsys.readouterr().out
 
 
 def test_resume_of_a_finished_run_does_nothing(p1_run, capsys):
@@ -95,8 +103,14 @@ def test_resume_refuses_what_it_would_record_without_honouring(p1_run):
     before = last.read_bytes()
     assert_one_line_error(run_main(p1_train, "--resume", last, "--epochs", "2"),
                           f"--epochs 2: {last} has already trained 4 epochs; give --epochs 4 or more")
-    assert_one_line_error(run_main(p1_train, "--resume", p1_run, "--recipe", "strong"),
-                          f"--recipe strong: {last} is a run of --recipe reference")
+    # What the checkpoint's weights and optimiser state are of: recorded, it would change nothing.
+    for typed, run in ((["--recipe", "strong"], "--recipe reference"), (["--model", "beit"], "--model vgg13"),
+                       (["--opt", "sgd"], "--opt adamw"), (["--pretrained"], "--no-pretrained"),
+                       (["--no-norm-bias-decay"], "--norm-bias-decay")):
+        assert_one_line_error(run_main(p1_train, "--resume", p1_run, *typed),
+                              f"{' '.join(typed)}: {last} is a run of {run}, which a resume keeps (")
+    # A flag of another model does nothing to this one, and is not refused for it.
+    assert run_main(p1_train, "--resume", p1_run, "--global-pool", "token", "--no-progress").returncode == 0
     assert last.read_bytes() == before
 
 
@@ -126,6 +140,18 @@ def test_one_run_per_folder_while_it_runs_and_a_killed_ones_lock_is_gone(p1_data
     run.release()
 
 
+def test_a_fresh_run_that_fails_before_its_first_checkpoint_leaves_nothing(p1_data, tmp_path, monkeypatch):
+    import training.trainer
+
+    def fails(*args, **kwargs):
+        raise UserError("validation failed")
+
+    monkeypatch.setattr(training.trainer, "evaluate", fails)
+    with pytest.raises(UserError, match="validation failed"):
+        train(p1_data, tmp_path / "run", "--epochs", "1")
+    assert not (tmp_path / "run").exists()
+
+
 def test_best_pth_holds_weights_and_resume_takes_last_pth(p1_run, tmp_path):
     best, last = p1_run / "best.pth", p1_run / "last.pth"
     ckpt = load_checkpoint(best)
@@ -134,12 +160,6 @@ def test_best_pth_holds_weights_and_resume_takes_last_pth(p1_run, tmp_path):
     assert best.stat().st_size < 0.5 * last.stat().st_size  # AdamW's two slots per weight stay in last.pth
     proc = run_main(p1_train, "--resume", best, "--epochs", "5")
     assert_one_line_error(proc, f"--resume {best}: holds weights only", f"resume from {last}")
-
-
-def test_resume_with_another_model_is_refused(p1_run):
-    args = p1_train.get_args_parser().parse_args(["--resume", str(p1_run / "last.pth"), "--model", "beit"])
-    with pytest.raises(UserError, match="a checkpoint of vgg13, not of --model beit"):
-        p1_train.main(args)
 
 
 def test_an_existing_run_is_not_overwritten(p1_data, p1_run):

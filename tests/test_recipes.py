@@ -396,9 +396,9 @@ def test_warmup_then_decay_schedules():
 def test_a_resume_with_more_epochs_lays_the_schedule_out_anew_and_one_with_the_same_loads_it():
     model = nn.Linear(2, 1)
 
-    def updater(epochs):
-        args = argparse.Namespace(opt="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, sched="cosine", epochs=epochs,
-                                  warmup=0.1)
+    def updater(epochs, lr=0.1, weight_decay=0.0):
+        args = argparse.Namespace(opt="sgd", lr=lr, weight_decay=weight_decay, momentum=0.9, sched="cosine",
+                                  epochs=epochs, warmup=0.1)
         return Updater.from_flags(args, model, steps_per_epoch=10, device=torch.device("cpu"), amp_dtype=None)
 
     first = updater(2)
@@ -415,6 +415,17 @@ def test_a_resume_with_more_epochs_lays_the_schedule_out_anew_and_one_with_the_s
         assert longer.lr == pytest.approx(0.1 * warmup_factor("cosine", step, total_steps=40, warmup_steps=4),
                                           rel=1e-9, abs=1e-15)
         longer.step(model(torch.ones(1, 2)).sum())
+    # Another --lr and --weight-decay at the same length: the schedule of the new lr, at the saved step,
+    # and the new decay, where the optimiser's saved groups would keep the old ones.
+    halfway = updater(4)
+    for _ in range(20):
+        halfway.step(model(torch.ones(1, 2)).sum())
+    other = updater(4, lr=0.05, weight_decay=0.01)
+    other.load_state_dict(halfway.state_dict())
+    assert other.lr == pytest.approx(0.05 * warmup_factor("cosine", 20, total_steps=40, warmup_steps=4), rel=1e-9)
+    assert other.optimizer.param_groups[0]["weight_decay"] == 0.01
+    assert other.optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
+        halfway.optimizer.state_dict()["state"][0]["momentum_buffer"])
 
 def test_d4_augmentation_moves_masks_with_their_tiles_and_draws_every_symmetry():
     tile = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(512, 3, 4, 4).contiguous()

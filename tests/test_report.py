@@ -455,3 +455,19 @@ def test_compare_rows_without_drawing(p1_run, tmp_path):
     assert [r["run"] for r in comparison.rows] == [str(r) for r in runs]
     assert comparison.rows[0]["flags"] == f"--pretrained missing, --seed 0, --tta {base['tta']}"
     assert comparison.rows[1]["flags"] == "--no-pretrained, --seed 1, --tta unset"
+
+
+def test_a_report_that_fails_part_way_leaves_none_of_its_files(p1_run, tmp_path, monkeypatch):
+    def fails(*args, **kwargs):
+        raise UserError("tracing failed")  # after p1_curves.png is written
+
+    monkeypatch.setattr(make_report, "architecture", fails)
+    argv = ("--p1-run", p1_run, "--only", "curves", "arch")
+    new = tmp_path / "new" / "report"
+    assert_one_line_error(run_main(make_report, *argv, "--out", new), "tracing failed")
+    assert not (tmp_path / "new").exists()  # the folders it made, with what it wrote there
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "notes.md").write_text("mine")
+    assert_one_line_error(run_main(make_report, *argv, "--out", old), "tracing failed")
+    assert [p.name for p in old.iterdir()] == ["notes.md"]  # a folder it found keeps what was there

@@ -24,9 +24,9 @@ from utils.checkpoint import unwrap
 from utils.errors import UserError
 
 POLY_POWER = 0.9  # DeepLab's (Chen et al., TPAMI 2018)
-# A scheduler's state entries that say where it is, or its base learning rates, not how it is laid out.
-_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "base_lrs", "_is_initial",
-                       "_get_lr_called_within_step"})
+# A scheduler's state entries that say where it is, not how it is laid out (its length, warm-up and
+# base learning rates).
+_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step"})
 
 
 def param_groups(model, *, weight_decay, norm_bias_decay=True, layer_decay=1.0, aux_lr_scale=1.0):
@@ -273,12 +273,14 @@ class Updater:
     def load_state_dict(self, state):
         """Continue from :meth:`state_dict`'s entries (a checkpoint's), into an updater as built.
 
-        The saved schedule's state is loaded when this run's schedule is laid out as the saved one
-        (same kind, length and warm-up). Otherwise (a resume with another ``--epochs``, whose
-        schedule is laid out anew for the new length) this run's schedule is stepped from its start
-        to the saved step: ours, since torch's schedulers load only a state of their own kind and
-        length. The steps take about 16 us each (BEiT's 28 groups): a second
-        for 60,000.
+        The optimiser's state brings the moments; the groups' settings (decay, momentum, the
+        schedule's start) are this run's, from its flags, so that a resume at an epoch boundary with
+        another ``--weight-decay`` or ``--momentum`` applies it. The saved schedule's state is loaded
+        when this run's schedule is laid out as the saved one (same kind, length, warm-up and base
+        learning rates). Otherwise (a resume with another ``--epochs``, ``--lr``, ``--sched`` or
+        ``--warmup``) this run's schedule is stepped from its start to the saved step: ours, since
+        torch's schedulers load only a state of their own kind and length. The steps take about
+        16 us each (BEiT's 28 groups): a second for 60,000.
 
         Raises:
             UserError: a onecycle schedule would be stretched to another length (it raises once
@@ -290,17 +292,19 @@ class Updater:
             raise UserError(f"--epochs {self.epochs}: a onecycle schedule cannot be stretched on resume (this "
                             f"run's cycle is {saved['total_steps'] // self.steps_per_epoch} epochs); "
                             "start a new run")
-        # The schedule's start, which the optimiser's state (the saved step's learning rates) overwrites.
-        start = [(group["lr"], group["initial_lr"]) for group in self.optimizer.param_groups]
-        fused = [group["fused"] for group in self.optimizer.param_groups]
+        # This run's settings of each group (its flags', the schedule's start, this machine's
+        # kernels), which loading the optimiser's state overwrites with the saved run's.
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        for group, flag in zip(self.optimizer.param_groups, fused):
-            group["fused"] = flag  # this machine's kernels, not those of the machine that saved it
-        if _layout(saved) == _layout(self.scheduler.state_dict()):
+        same = _layout(saved) == _layout(self.scheduler.state_dict())
+        for group, ours in zip(self.optimizer.param_groups, settings):
+            lr = group["lr"]
+            group.update(ours)
+            if same:
+                group["lr"] = lr  # the saved step's, from which the loaded schedule goes on
+        if same:
             self.scheduler.load_state_dict(saved)
         else:
-            for group, (lr, initial_lr) in zip(self.optimizer.param_groups, start):
-                group["lr"], group["initial_lr"] = lr, initial_lr
             with warnings.catch_warnings():
                 # The optimiser takes no step here, which PyTorch would warn about.
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")

@@ -75,8 +75,9 @@ def _cpu_state(state_dict):
 
 class Resume:
     """A run continued from its ``last.pth``: loaded and checked once, its flags handed to the
-    resolution (:meth:`flags`), the rule of an epoch stopped part-way checked once (:meth:`check`),
-    and the state restored into the new run's model and updater (:meth:`restore`).
+    resolution (:meth:`flags`), what a resume cannot change refused (:meth:`check_kept`, :meth:`check`),
+    what it changes said (:meth:`changes`), and the state restored into the new run's model and
+    updater (:meth:`restore`).
 
     Args:
         path: the checkpoint.
@@ -87,12 +88,12 @@ class Resume:
         self.path, self.ckpt = Path(path), ckpt
 
     @classmethod
-    def load(cls, path, problem, *, model=None):
+    def load(cls, path, problem):
         """Load ``--resume`` (a ``last.pth``, or the run folder holding one).
 
         Raises:
             UserError: no such file; not a checkpoint of ``problem``; weights only (``best.pth``, a
-                snapshot); a checkpoint of another model than a ``--model`` given.
+                snapshot).
         """
         path = Path(path).absolute()
         if path.is_dir():
@@ -101,8 +102,6 @@ class Resume:
         if "optimizer" not in ckpt:
             raise UserError(f"--resume {path}: holds weights only (best.pth and the epoch_NNN.pth snapshots keep no "
                             f"optimiser state); resume from {path.parent / LAST}")
-        if model is not None and model != ckpt["arch"]:
-            raise UserError(f"--resume {path}: a checkpoint of {ckpt['arch']}, not of --model {model}")
         return cls(path, ckpt)
 
     @property
@@ -119,6 +118,33 @@ class Resume:
         """The run's flags, as the layer under those ``typed`` anew (:func:`config.flags.earlier_run`);
         the run goes on in the folder that holds the checkpoint, wherever it has been moved."""
         return {**flags.earlier_run(self.ckpt["args"], typed, self.ckpt["problem"]), "output_dir": self.path.parent}
+
+    def check_kept(self, values):
+        """Refuse another value of a flag the run keeps (:attr:`config.flags.Flag.kept`: its network,
+        its optimiser's kind and groups, its start), which a resume would record and not apply.
+
+        Raises:
+            UserError: naming the first such flag, the run's value and why it stays.
+        """
+        saved, now = self.ckpt["args"], flags.to_json(values)
+        for flag in flags.FLAGS:
+            name = flag.name
+            if flag.kept is None or name not in saved or name not in now or now[name] == saved[name]:
+                continue
+            if not flags.acts_on(name, values):
+                continue  # a flag of other models, or out of effect: it does nothing to this run
+            typed = _as_typed(name, now[name])
+            raise UserError(f"{typed}: {self.path} is a run of {_as_typed(name, saved[name])}, which a resume "
+                            f"keeps ({flag.kept}); start a new run for it")
+
+    def changes(self, values):
+        """What the resumed run changes of the run's numbers at this epoch boundary, as ``--flag value
+        (the run had value)`` texts: every flag the run compares (:data:`config.flags.COMPARED`) that
+        acts on its model and differs. The updater and the data take them from the next epoch on."""
+        saved, now = self.ckpt["args"], flags.to_json(values)
+        return [f"{' '.join(flags.words(name, now[name]))} (the run had {_as_typed(name, saved[name])})"
+                for name in now if name in flags.COMPARED and name in saved and now[name] != saved[name]
+                and flags.acts_on(name, values)]
 
     def check(self, values, device):
         """Refuse ``--epochs`` below the epochs done, and what would change an epoch stopped part-way:
@@ -157,3 +183,8 @@ class Resume:
         set_rng_state(ckpt["rng"])
         return TrainState(epoch=ckpt["epoch"], best_metric=ckpt["best_metric"], best_epoch=ckpt["best_epoch"],
                           record=ckpt["metrics"], partial=ckpt.get("partial"))
+
+
+def _as_typed(name, value):
+    """A flag's value as it would be typed (``--no-pretrained``, ``--lr 0.1``), or ``no --flag`` for none."""
+    return " ".join(flags.words(name, value)) or f"no {flags.BY_NAME[name].option}"

@@ -67,19 +67,15 @@ def resolve(args, problem):
 
     Raises:
         UserError: a value outside its flag's range, a missing data folder, a checkpoint or
-            args.json that does not fit.
+            args.json that does not fit, a flag a resume keeps given another value.
     """
     typed = vars(args)
     if "config" in typed and "resume" in typed:
         raise UserError("--config and --resume: a resume continues with its run's own flags; give one of them")
     resume, earlier = None, {}
     if "resume" in typed:
-        resume = Resume.load(typed["resume"], problem, model=typed.get("model"))
+        resume = Resume.load(typed["resume"], problem)
         earlier = resume.flags(typed)
-        if "recipe" in typed and typed["recipe"] != earlier.get("recipe"):
-            # Its flags are the run's: the typed name would be recorded and change nothing.
-            raise UserError(f"--recipe {typed['recipe']}: {resume.path} is a run of --recipe {earlier.get('recipe')}, "
-                            "and a resume continues its own flags; start a new run for the other recipe")
     elif "config" in typed:
         earlier = _config(typed, problem)
     model = typed.get("model", earlier.get("model", flags.BY_NAME["model"].default_for(problem)))
@@ -92,6 +88,8 @@ def resolve(args, problem):
     for key, value in values.items():
         if isinstance(value, Path):
             values[key] = value.absolute()
+    if resume is not None:
+        resume.check_kept(values)
     flags.check(values, problem)
     _check_data(values, problem, resumed=resume is not None)
     return argparse.Namespace(**values), resume

@@ -108,17 +108,24 @@ class Trainer:
         if setup.ctx.is_main and setup.resume is not None:
             stopped = (f"; epoch {state.epoch + 1} goes on after its step {state.partial['train']['step']}"
                        if state.partial else "")
-            print(f"resuming {setup.resume.path}: {state.epoch} of {args.epochs} epochs done{stopped}", flush=True)
+            changes = setup.resume.changes(vars(args))
+            changed = f"; from epoch {state.epoch + 1} on, {', '.join(changes)}" if changes else ""
+            print(f"resuming {setup.resume.path}: {state.epoch} of {args.epochs} epochs done{stopped}{changed}",
+                  flush=True)
         if setup.ctx.is_main:
             # The flags as every checkpoint records them.
             setup.folder.start(task.entries["args"], resume_epoch=state.epoch if setup.resume else None)
             print(f"training {args.model} on {len(task.train_data[0])} {task.unit} ({args.train_dir}), validating "
                   f"on {len(task.val_data[0])} ({args.val_dir}); {setup.ctx.world_size} x {setup.device.type}, "
                   f"amp {args.amp}{', sync-bn' if setup.sync_bn else ''}; output {args.output_dir}", flush=True)
+        failed = True
         try:
-            return self._epochs()
+            result = self._epochs()
+            failed = False
+            return result
         finally:
-            setup.folder.release()  # (the process's end would too; a later run in this process needs it now)
+            # (the process's end would release it too; a later run in this process needs it now)
+            setup.folder.release(failed=failed)
 
     def _epochs(self):
         """The epochs left, in the run folder this process holds; returns :meth:`fit`'s result."""

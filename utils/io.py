@@ -1,8 +1,10 @@
-"""Atomic file output: a file either appears complete or not at all."""
+"""Atomic file output: a file either appears complete or not at all, and a failed block leaves no new
+folder or file behind (:func:`output_folder`)."""
 import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -43,6 +45,35 @@ def atomic_write(path, mode="w", **open_kwargs):
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def output_folder(path):
+    """The folder ``path`` for a block to write into, created (parents too) where missing; when the
+    block fails, what it added goes: the folders it created, with everything in them, or in a folder
+    that was there the entries that were not. What the block replaced in place stays replaced (the
+    files it writes atomically are whole either way).
+
+    Yields:
+        ``path`` as a ``Path``.
+    """
+    path = Path(path).absolute()
+    top = next((p for p in reversed((path, *path.parents)) if not p.exists()), None)  # the first to create
+    before = None if top is not None else set(os.listdir(path))
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if top is not None:
+            shutil.rmtree(top, ignore_errors=True)
+        else:
+            for name in set(os.listdir(path)) - before:
+                entry = path / name
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
         raise
 
 

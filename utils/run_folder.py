@@ -18,7 +18,8 @@ read through it. A run folder holds:
   and never after. A run that ends removes the file; one killed leaves it, holding no lock.
 
 Each epoch writes its metrics line first and ``last.pth`` last, every file atomically, so a crash
-at any moment leaves loadable checkpoints, and a resume drops the lines it will redo. What a
+at any moment leaves loadable checkpoints, and a resume drops the lines it will redo; a fresh run
+that fails before its first checkpoint leaves nothing (:meth:`RunFolder.release`). What a
 checkpoint holds is declared in :mod:`utils.checkpoint`.
 """
 import json
@@ -53,6 +54,7 @@ class RunFolder:
     def __init__(self, path):
         self.path = Path(path)
         self._lock = None  # the descriptor holding LOCK while this process trains here
+        self._fresh = None  # at start(): what a fresh run that fails before a checkpoint removes
 
     def __repr__(self):
         return f"RunFolder({str(self.path)!r})"
@@ -124,8 +126,10 @@ class RunFolder:
             args: the run's flags as JSON values.
             resume_epoch: the epoch the run resumes after, or ``None`` for a fresh run.
         """
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._hold()
+        self._fresh = None if resume_epoch is not None else {"folder": created}
         metrics = self.path / METRICS
         if resume_epoch is None:
             for name in (ARGS, METRICS, BEST, LAST):
@@ -140,12 +144,23 @@ class RunFolder:
                 f.write("".join(line + "\n" for line in kept))
         write_json(self.path / ARGS, args)
 
-    def release(self):
-        """Let another run into the folder (this process's end does it too), and remove the lock file."""
-        if self._lock is not None:
-            (self.path / LOCK).unlink(missing_ok=True)
-            os.close(self._lock)
-            self._lock = None
+    def release(self, *, failed=False):
+        """Let another run into the folder (this process's end does it too), and remove the lock file.
+
+        Args:
+            failed: the run ended on an error. A fresh run that wrote no checkpoint then leaves
+                nothing: its ``args.json`` and metrics go, and the folder where it made it.
+        """
+        if self._lock is None:
+            return
+        (self.path / LOCK).unlink(missing_ok=True)
+        os.close(self._lock)
+        self._lock = None
+        if failed and self._fresh is not None and not self.last.exists():
+            for name in (ARGS, METRICS):
+                (self.path / name).unlink(missing_ok=True)
+            if self._fresh["folder"] and not any(self.path.iterdir()):
+                self.path.rmdir()
 
     def _hold(self):
         """Take the folder's lock for this process, or refuse a folder another process trains into."""
