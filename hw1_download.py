@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from utils.args import REPO, check_positive, make_parser
 from utils.errors import Interrupted, UserError, brief, run_cli
-from utils.io import atomic_write, check_writable
+from utils.io import atomic_write, check_writable, output_folder
 
 DATA_NAME = "hw1_data.zip"
 DATA_FOLDERS = ("p1_data", "p2_data")
@@ -458,10 +458,14 @@ def pretrained_sources(progress):
 
 def save_pretrained(folder, sources):
     """Save each source's state dict to ``folder/<file name>`` atomically; returns ``{model: path}``."""
+    check_writable(folder, "--pretrained", folder=True)
+    with output_folder(folder, keep_written=True) as folder:  # weights saved before a failure stay
+        return _save_each(folder, sources)
+
+
+def _save_each(folder, sources):
     import torch
 
-    check_writable(folder, "--pretrained", folder=True)
-    folder.mkdir(parents=True, exist_ok=True)
     saved = {}
     for model, script, file_name, fetch in sources:
         path = folder / file_name

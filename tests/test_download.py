@@ -369,6 +369,9 @@ def test_pretrained_weights_saved_with_their_command(tmp_path, capsys):
     with pytest.raises(UserError, match="could not fetch the fcn32s weights .*Network is unreachable"):
         hw1_download.save_pretrained(tmp_path / "weights", [("fcn32s", "p2_train.py", "vgg16.pth", offline)])
     assert sorted(os.listdir(tmp_path / "weights")) == ["beit.pth"]
+    with pytest.raises(UserError, match="could not fetch the fcn32s weights"):  # nothing saved, nothing made
+        hw1_download.save_pretrained(tmp_path / "new" / "weights", [("fcn32s", "p2_train.py", "vgg16.pth", offline)])
+    assert not (tmp_path / "new").exists()
 
 
 def test_entries_with_a_url_are_fetched_before_the_missing_ones_are_reported(server, fetch, tmp_path):

@@ -49,11 +49,16 @@ def atomic_write(path, mode="w", **open_kwargs):
 
 
 @contextlib.contextmanager
-def output_folder(path):
+def output_folder(path, *, keep_written=False):
     """The folder ``path`` for a block to write into, created (parents too) where missing; when the
     block fails, what it added goes: the folders it created, with everything in them, or in a folder
     that was there the entries that were not. What the block replaced in place stays replaced (the
     files it writes atomically are whole either way).
+
+    Args:
+        path: the folder.
+        keep_written: keep the files the block wrote (downloads, worth having on the next try);
+            only the folders it made go, where they stay empty.
 
     Yields:
         ``path`` as a ``Path``.
@@ -65,7 +70,10 @@ def output_folder(path):
     try:
         yield path
     except BaseException:
-        if top is not None:
+        if keep_written:
+            if top is not None and not any(path.iterdir()):
+                shutil.rmtree(top, ignore_errors=True)
+        elif top is not None:
             shutil.rmtree(top, ignore_errors=True)
         else:
             for name in set(os.listdir(path)) - before:
