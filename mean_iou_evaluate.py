@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from datasets.folder import decode_all, list_files
-from datasets.p2 import NUM_CLASSES, SCORED_CLASSES, image_id, read_mask
+from datasets.p2 import MASK_SUFFIX, NUM_CLASSES, SCORED_CLASSES, image_id, read_mask
 from utils.args import make_parser
 from utils.errors import UserError, run_cli
 from utils.metrics import confusion_matrix, iou_from_confusion
@@ -31,8 +31,10 @@ def get_args_parser():
     return parser
 
 
-def _masks_by_id(folder, flag):
-    files = list_files(folder, ".png")
+def _masks_by_id(folder, flag, suffix=".png"):
+    files = [f for f in list_files(folder, ".png") if f.name.lower().endswith(suffix)]
+    if not files:
+        raise UserError(f"{flag} {folder}: no ground-truth masks (xxxx{MASK_SUFFIX}) there; are -g and -p swapped?")
     by_id = {}
     for f in files:
         key = image_id(f)
@@ -50,7 +52,9 @@ def _describe(ids, limit=3):
 
 def pair_masks(labels_dir, pred_dir):
     """``[(gt_path, pred_path)]`` paired by image id; refuses folders that do not pair up."""
-    gt, pred = _masks_by_id(labels_dir, "-g"), _masks_by_id(pred_dir, "-p")
+    if Path(labels_dir).absolute() == Path(pred_dir).absolute():
+        raise UserError(f"-g and -p are one folder ({labels_dir}): the ground truth would be scored against itself")
+    gt, pred = _masks_by_id(labels_dir, "-g", MASK_SUFFIX), _masks_by_id(pred_dir, "-p")
     missing, extra = gt.keys() - pred.keys(), pred.keys() - gt.keys()
     if missing:
         raise UserError(f"-p {pred_dir}: no prediction for {len(missing)} ground-truth mask(s): {_describe(missing)}")

@@ -11,7 +11,7 @@ side, one colour per class throughout). scikit-learn's PCA and TSNE with a fixed
 from figures.features import feature_figures
 from figures.runs import open_run
 from config.flags import report_parser
-from utils.args import make_parser
+from utils.args import check_positive, make_parser
 from utils.errors import run_cli
 from utils.io import output_folder
 
@@ -23,6 +23,7 @@ def get_args_parser():
 
 
 def main(args):
+    check_positive(args, "batch_size")
     inputs = open_run(args.run, val_dir=args.val_dir, out=args.out, device=args.device, amp=args.amp, problem="p1")
     with output_folder(args.out) as out:  # figures that fail part-way leave none of their files
         return feature_figures(inputs, out, batch_size=args.batch_size, progress=args.progress)

@@ -33,6 +33,9 @@ def main(args):
     check_writable(args.out_csv, "OUT_CSV")
     if args.out_csv.is_dir():
         raise UserError(f"OUT_CSV {args.out_csv}: is a folder, not a file name")
+    if args.out_csv.exists() and args.out_csv.suffix.lower() != ".csv":  # an input image, the checkpoint, ...
+        raise UserError(f"OUT_CSV {args.out_csv}: exists and is not a .csv file, which this would replace; "
+                        "name a new file or a .csv")
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
     images = load_folder(args.img_dir, labeled=False)

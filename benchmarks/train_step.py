@@ -41,7 +41,7 @@ from utils.runtime import peak_memory_gib, reset_peak_memory, resolve_amp, resol
 
 # (input size, classes, optimiser) of each model's recipe.
 SETUPS = {"vgg13": (32, 50, "adamw"), "beit": (224, 50, "sgd"), "fcn32s": (512, 7, "sgd"),
-          "deeplabv3": (512, 7, "sgd")}
+          "deeplabv3": (512, 7, "sgd"), "lraspp": (512, 7, "sgd")}
 OPTIONS = ("amp", "channels_last", "fused", "compile")
 
 

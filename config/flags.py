@@ -10,6 +10,7 @@ the training parsers and their ``--help`` (:func:`add_flags`), the defaults of a
 comparison (:data:`COMPARED`) and the reproduce command (:func:`command`).
 """
 import argparse
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -409,8 +410,10 @@ def check(values, problem):
     """
     for name, value in values.items():
         flag = BY_NAME.get(name)
-        if flag is None or value is None:
-            continue
+        if flag is None or value is None and flag.default_for(problem) is None:
+            continue  # (a flag whose default is none)
+        if value is None or not _of_type(flag, value):  # only an edited args.json gets here
+            raise UserError(f"{flag.option}: {json.dumps(to_json({name: value})[name])} is not {_KINDS[flag.type]}")
         choices = flag.choices_for(problem)
         if choices and value not in choices:
             raise UserError(f"{flag.option} {value}: choose from {', '.join(choices)}")
@@ -432,6 +435,8 @@ def check(values, problem):
         if other in values and not in_effect(flag.name, values):
             raise UserError(f"{' '.join(words(flag.name, values[flag.name]))}: an option of "
                             f"{BY_NAME[other].option} {_either(allowed)}, not of {values.get(other)}")
+    if values.get("opt") == "sgd" and values.get("nesterov") and not values.get("momentum"):
+        raise UserError(f"--nesterov: Nesterov momentum needs a --momentum above 0 (got {values.get('momentum')})")
     for name in ("scale_range", "resized_crop"):
         bounds = values.get(name)
         if bounds is not None and (len(bounds) != 2 or bounds[0] > bounds[1]):
@@ -439,6 +444,24 @@ def check(values, problem):
     bad = [e for e in values.get("save_epochs") or () if not 1 <= e <= values["epochs"]]
     if bad:
         raise UserError(f"--save-epochs {bad[0]}: not an epoch of this run (1 to {values['epochs']})")
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", float_list: "a list of numbers",
+          list: "a list of integers", Path: "a path", str: "a word"}
+
+
+def _of_type(flag, value):
+    """Whether ``value`` has the type ``flag`` takes (an ``args.json`` may hold anything)."""
+    def number(v, kind):
+        return isinstance(v, kind) and not isinstance(v, bool)
+
+    if flag.type is bool:
+        return isinstance(value, bool)
+    if flag.type in (int, float):
+        return number(value, int if flag.type is int else (int, float))
+    if flag.type in (list, float_list):
+        return isinstance(value, list) and all(number(v, int if flag.type is list else (int, float)) for v in value)
+    return isinstance(value, (str, Path))
 
 
 def to_json(values):

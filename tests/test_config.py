@@ -62,6 +62,18 @@ def test_a_config_of_the_other_problem_or_not_a_run_is_refused_in_one_line(p2_ru
     assert_one_line_error(run_main(p1_train, "--config", tmp_path / "nope.json"), "nope.json: no such file")
     proc = run_main(p1_train, "--config", tmp_path / "args.json", "--resume", tmp_path / "last.pth")
     assert_one_line_error(proc, "--config and --resume")
+    # An edited args.json: a value of another type, or none, where a flag takes one; a key no flag has.
+    for edit, said in (({"lr": "fast"}, '--lr: "fast" is not a number'), ({"lr": None}, "--lr: null is not a number"),
+                       ({"nesterov": 1}, "--nesterov: 1 is not true or false"),
+                       ({"save_epochs": [1, 2.5]}, "--save-epochs: [1, 2.5] is not a list of integers"),
+                       ({"warmpu": 0.1}, "warmpu is no flag of p1_train.py")):
+        (tmp_path / "args.json").write_text(json.dumps({"model": "vgg13", **edit}))
+        assert_one_line_error(run_main(p1_train, "--config", tmp_path / "args.json"), said)
+
+
+def test_combinations_that_cannot_work_are_refused_in_one_line():
+    assert_one_line_error(run_main(p1_train, "--opt", "sgd", "--momentum", "0", "--nesterov"),
+                          "--nesterov: Nesterov momentum needs a --momentum above 0 (got 0.0)")
 
 
 @pytest.mark.parametrize("problem, model", [(p, m) for p in RECIPES for m in RECIPES[p]])

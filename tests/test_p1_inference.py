@@ -105,6 +105,17 @@ def test_output_csv_under_proc_fails_before_inference(p1_data, tmp_path):
     assert_one_line_error(proc, "OUT_CSV /proc/hw1_pred.csv: cannot write there")
 
 
+def test_an_output_csv_never_replaces_an_input_image_the_checkpoint_or_a_device(p1_run, p1_data, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "0_1.png").write_bytes((p1_data[1] / "0_1.png").read_bytes())
+    for out in (images / "0_1.png", p1_run / "best.pth"):
+        before = out.read_bytes()
+        assert_one_line_error(infer(p1_run / "best.pth", images, out), f"OUT_CSV {out}: exists and is not a .csv file")
+        assert out.read_bytes() == before
+    assert_one_line_error(infer(p1_run / "best.pth", images, "/dev/null"), "OUT_CSV /dev/null: not a regular file")
+
+
 def test_check_writable_tries_to_create_a_file(tmp_path, monkeypatch):
     import tempfile
 

@@ -109,6 +109,9 @@ def test_resume_refuses_what_it_would_record_without_honouring(p1_run):
                        (["--no-norm-bias-decay"], "--norm-bias-decay")):
         assert_one_line_error(run_main(p1_train, "--resume", p1_run, *typed),
                               f"{' '.join(typed)}: {last} is a run of {run}, which a resume keeps (")
+    assert_one_line_error(run_main(p1_train, "--resume", p1_run, "--overwrite"), "--overwrite and --resume")
+    assert_one_line_error(run_main(p1_train, "--resume", p1_run, "--output-dir", p1_run.parent / "elsewhere"),
+                          f"a resume continues in its run's folder ({p1_run})")
     # A flag of another model does nothing to this one, and is not refused for it.
     assert run_main(p1_train, "--resume", p1_run, "--global-pool", "token", "--no-progress").returncode == 0
     assert last.read_bytes() == before

@@ -193,3 +193,7 @@ def test_evaluator_refuses_folders_that_do_not_pair(tmp_path):
     (pred / "0009_sat.png").unlink()
     Image.new("RGB", (4, 8)).save(pred / "0002_sat.png")
     assert_one_line_error(run_main(mean_iou_evaluate, "-g", gt, "-p", pred), "0002_sat.png", "4x8")
+    # Swapped folders (the predictions hold no xxxx_mask.png), or one folder given twice.
+    assert_one_line_error(run_main(mean_iou_evaluate, "-g", pred, "-p", gt), "no ground-truth masks",
+                          "are -g and -p swapped?")
+    assert_one_line_error(run_main(mean_iou_evaluate, "-g", gt, "-p", gt), "-g and -p are one folder")

@@ -21,6 +21,7 @@ from figures.plots import (class_boundaries, mask_overlay, plot_class_iou, plot_
                            plot_curves, plot_embeddings, plot_image_grid)
 from figures.runs import compare_runs, first_middle_last
 from utils.errors import UserError
+from utils.run_folder import RunFolder
 
 
 def parse(module, *argv):
@@ -377,6 +378,19 @@ def test_make_report_needs_a_run(tmp_path):
     assert_one_line_error(run_main(make_report, "--only", "arch", "--p2-arch-size", "0", "--out", tmp_path / "a"),
                           "--p2-arch-size must be positive (got 0)")
     assert not (tmp_path / "a").exists()
+    assert_one_line_error(run_main(p1_features, "--run", tmp_path, "--batch-size", "0", "--out", tmp_path / "f"),
+                          "--batch-size must be positive (got 0)")
+
+
+def test_a_metrics_line_torn_by_a_kill_is_left_out_and_any_other_bad_line_named(p1_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = (p1_run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(lines + '{"epoch": 5, "val_')
+    assert [r["epoch"] for r in RunFolder(run).read_metrics()] == [1, 2, 3, 4]
+    (run / "metrics.jsonl").write_text("{'epoch': 1}\n" + lines)
+    assert_one_line_error(run_main(make_report, "--p1-run", run, "--only", "curves", "--out", tmp_path / "r"),
+                          f"{run / 'metrics.jsonl'}: line 1 is not an epoch's record")
 
 
 def test_confusion_draws_the_classes_present(tmp_path):

@@ -76,6 +76,11 @@ def resolve(args, problem):
     if "resume" in typed:
         resume = Resume.load(typed["resume"], problem)
         earlier = resume.flags(typed)
+        if typed.get("overwrite"):
+            raise UserError(f"--overwrite and --resume: a resume continues {resume.path}; give one of them")
+        if "output_dir" in typed and Path(typed["output_dir"]).absolute() != earlier["output_dir"]:
+            raise UserError(f"--output-dir {typed['output_dir']}: a resume continues in its run's folder "
+                            f"({earlier['output_dir']}); to go on elsewhere, copy that folder and resume the copy")
     elif "config" in typed:
         earlier = _config(typed, problem)
     model = typed.get("model", earlier.get("model", flags.BY_NAME["model"].default_for(problem)))
@@ -102,6 +107,9 @@ def _config(typed, problem):
     if saved.get("model") not in flags.BY_NAME["model"].choices_for(problem):
         raise UserError(f"--config {path}: the flags of a {saved.get('model')} run, not of a {problem} model "
                         f"(give it to the script that trained it)")
+    unknown = [k for k in saved if k not in flags.BY_NAME or problem not in flags.BY_NAME[k].problems]
+    if unknown:
+        raise UserError(f"--config {path}: {unknown[0]} is no flag of {flags.SCRIPTS[problem]} (its --help lists them)")
     return flags.earlier_run(saved, typed, problem)
 
 

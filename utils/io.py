@@ -32,6 +32,8 @@ def atomic_write(path, mode="w", **open_kwargs):
         **open_kwargs: passed to ``open`` (``newline=""`` for CSV, say).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # the rename would replace a device node or a folder link
+        raise UserError(f"{path}: not a regular file; not replaced")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
@@ -114,6 +116,8 @@ def check_writable(path, flag, folder=False):
     path = Path(path).absolute()
     if folder and path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path}: is a file, not a folder")
+    if not folder and path.exists() and not path.is_file() and not path.is_dir():
+        raise UserError(f"{flag} {path}: not a regular file (a device or a socket), which a write would replace")
     parent = path
     while not parent.exists():
         parent = parent.parent

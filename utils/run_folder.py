@@ -74,11 +74,28 @@ class RunFolder:
         return read_args_file(self.path, flag) if (self.path / ARGS).is_file() else None
 
     def read_metrics(self):
-        """The records of the run's ``metrics.jsonl`` (none before its first epoch ends)."""
+        """The records of the run's ``metrics.jsonl`` (none before its first epoch ends), but a last
+        line without its newline (torn by a kill while it was written).
+
+        Raises:
+            UserError: naming the file and line, for a line that is not an epoch's record.
+        """
         path = self.path / METRICS
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text(errors="replace").split("\n")[:-1]  # the part after the last newline is torn
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or "epoch" not in record:
+                raise UserError(f"{path}: line {number} is not an epoch's record ({line[:40]!r})")
+            records.append(record)
+        return records
 
     def snapshots(self):
         """``{epoch: path}`` of the run's ``epoch_NNN.pth`` files, by epoch."""
