@@ -33,7 +33,8 @@ def get_args_parser():
 
 def main(args):
     check_positive(args, "batch_size")
-    check({"tta_scales": args.tta_scales}, "p2")
+    if args.tta_scales is not None:  # (none: the run's)
+        check({"tta_scales": args.tta_scales}, "p2")
     check_writable(args.out_dir, "OUT_DIR", folder=True)
     if args.out_dir.resolve() == args.img_dir.resolve():
         raise UserError(f"OUT_DIR {args.out_dir} is IMG_DIR: the masks would be written among the tiles (and a "

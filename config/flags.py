@@ -85,10 +85,12 @@ class Flag:
         range: the valid values of a number (every element of a list); ``what`` names such a
             number in the message that refuses one.
         problems: the problems whose training script has it.
-        models: the models it changes (``None``: every model of its problems); elsewhere it is
-            accepted and does nothing (so one command line serves several models). ``--help`` says so.
+        models: the models it changes (``None``: every model of its problems); ``--help`` says so.
+            Typed for another model it is refused (:func:`check_typed`); from a recipe or an
+            ``args.json`` it is left unused.
         only_with: ``(flag, value)`` or ``(flag, (values))``: it changes the run only when that flag has
-            that value (SGD's momentum, the focal loss's numbers); ``--help`` says so.
+            that value (SGD's momentum, the focal loss's numbers); ``--help`` says so, and a value
+            typed for another is refused as for :attr:`models`.
         refused_elsewhere: with ``only_with``, a value other than :attr:`off` is refused (by
             :func:`check`) where the other flag has another value, rather than ignored: an option of
             an augmentation preset asked of another preset is a mistake to report.
@@ -374,6 +376,27 @@ def acts_on(name, values):
     (:attr:`Flag.models`) and it is in effect (:func:`in_effect`)."""
     models = BY_NAME[name].models
     return (models is None or values.get("model") in models) and in_effect(name, values)
+
+
+def check_typed(typed, values):
+    """Refuse a flag typed with a value for a run it does not act on (:func:`acts_on`): a flag of
+    other models, or one out of effect (``--momentum`` under AdamW). It would be recorded and change
+    nothing. Its off value, or the one the run has anyway, is let through.
+
+    Raises:
+        UserError: naming the flag, and the model or the flag it waits on.
+    """
+    for name, value in typed.items():
+        flag = BY_NAME.get(name)
+        if flag is None or name in OF_THE_INVOCATION or acts_on(name, values) or value == flag.off:
+            continue
+        said = " ".join(words(name, value))
+        if flag.models is not None and values.get("model") not in flag.models:
+            raise UserError(f"{said}: a flag of {_either(flag.models)}, not of --model {values.get('model')}")
+        other, allowed = flag.only_with
+        now = " ".join(words(other, values.get(other))) or f"no {BY_NAME[other].option}"
+        wanted = "" if allowed is True else " " + _either(allowed)
+        raise UserError(f"{said}: acts only with {BY_NAME[other].option}{wanted}, and this run has {now}")
 
 
 def _either(values):

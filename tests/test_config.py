@@ -74,6 +74,12 @@ def test_a_config_of_the_other_problem_or_not_a_run_is_refused_in_one_line(p2_ru
 def test_combinations_that_cannot_work_are_refused_in_one_line():
     assert_one_line_error(run_main(p1_train, "--opt", "sgd", "--momentum", "0", "--nesterov"),
                           "--nesterov: Nesterov momentum needs a --momentum above 0 (got 0.0)")
+    # Typed for a run it does not act on, a flag would be recorded and change nothing.
+    assert_one_line_error(run_main(p1_train, "--opt", "adamw", "--momentum", "0.5"),
+                          "--momentum 0.5: acts only with --opt sgd, and this run has --opt adamw")
+    assert_one_line_error(run_main(p1_train, "--drop-path", "0.1"), "--drop-path 0.1: a flag of beit, not of --model vgg13")
+    assert_one_line_error(run_main(p2_train, "--model", "deeplabv3", "--freeze-bn", "--no-pretrained"),
+                          "--freeze-bn: acts only with --pretrained, and this run has --no-pretrained")
 
 
 @pytest.mark.parametrize("problem, model", [(p, m) for p in RECIPES for m in RECIPES[p]])

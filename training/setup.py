@@ -96,6 +96,7 @@ def resolve(args, problem):
     if resume is not None:
         resume.check_kept(values)
     flags.check(values, problem)
+    flags.check_typed(typed, values)
     _check_data(values, problem, resumed=resume is not None)
     return argparse.Namespace(**values), resume
 
