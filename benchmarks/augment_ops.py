@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets.transforms import Compose, RandAugment, RandomFlip, RandomResizedCrop, ToFloat  # noqa: E402
 from utils.runtime import EpochRNG, resolve_device  # noqa: E402
+from utils.args import check_positive  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 FILL = (128, 128, 128)  # timm's img_mean for BEiT's mean 0.5: round(255 * 0.5)
 
@@ -157,12 +159,16 @@ def time_straightforward(images, repeats):
     return min(times)
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32, help="images per batch")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per way (best kept)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where our batch goes")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
+    check_positive(args, 'batch', 'repeats')
     device = resolve_device(args.device)
     images = generated_batch(args.batch)
     ours = time_ours(images, device, args.repeats)
@@ -185,4 +191,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main, get_args_parser()))

@@ -43,6 +43,8 @@ from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 import p1_inference  # noqa: E402
 import p2_inference  # noqa: E402
+from utils.args import check_non_negative, check_positive  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 
 def sync(device):
@@ -114,14 +116,19 @@ def p2_straightforward(model, folder, device, batch_size, workers, out_dir, mean
                 i += 1
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2500, help="Problem 1 images (the validation set has 2,500)")
     parser.add_argument("--tiles", type=int, default=257, help="Problem 2 tiles (the validation set has 257)")
     parser.add_argument("--p2-model", default="deeplabv3", choices=["deeplabv3", "fcn32s"], help="Problem 2 network")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the straightforward way")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
+    check_positive(args, 'images', 'tiles')
+    check_non_negative(args, 'workers')
     device = resolve_device(args.device)
     print(f"device {device}; {args.images} Problem 1 images (vgg13), {args.tiles} Problem 2 tiles ({args.p2_model})")
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,4 +176,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main, get_args_parser()))

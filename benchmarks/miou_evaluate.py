@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mean_iou_evaluate  # noqa: E402
 from datasets.p2 import PALETTE  # noqa: E402
 from utils.metrics import iou_from_confusion  # noqa: E402
+from utils.args import check_positive  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 
 def course_read_masks(folder, size):
@@ -53,11 +55,15 @@ def course_miou(pred, labels):
     return total
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--masks", type=int, default=257, help="masks in each folder")
     parser.add_argument("--size", type=int, default=512, help="mask size")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
+    check_positive(args, 'masks', 'size')
     palette = np.array(PALETTE, dtype=np.uint8)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,4 +89,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main, get_args_parser()))

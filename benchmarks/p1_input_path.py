@@ -29,6 +29,8 @@ from datasets.loader import TensorBatches  # noqa: E402
 from datasets.p1 import MEAN, STD, load_folder  # noqa: E402
 from datasets.presets import p1_transforms  # noqa: E402
 from utils.runtime import EpochRNG, resolve_device  # noqa: E402
+from utils.args import check_non_negative, check_positive  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 
 def write_images(folder, n):
@@ -80,14 +82,19 @@ def straightforward(folder, device, batch_size, workers):
     return time.perf_counter() - start
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=22500, help="generated images (the course's train_50 has 22,500)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs timed on our path (decode amortised over them)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (the VGG recipe's)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the straightforward path")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where batches go")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
+    check_positive(args, 'images', 'epochs', 'batch_size')
+    check_non_negative(args, 'workers')
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -105,4 +112,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main, get_args_parser()))

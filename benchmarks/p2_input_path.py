@@ -34,6 +34,8 @@ from datasets.presets import p2_transforms  # noqa: E402
 from datasets.synthetic import write_tiles  # noqa: E402
 from models import get_model_spec  # noqa: E402
 from utils.runtime import EpochRNG, resolve_device  # noqa: E402
+from utils.args import check_non_negative, check_positive  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 SPEC = get_model_spec("deeplabv3")
 MEAN, STD = SPEC.mean, SPEC.std
@@ -101,14 +103,19 @@ def straightforward(folder, device, batch_size, workers):
     return time.perf_counter() - start
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiles", type=int, default=400, help="generated 512x512 pairs (the course has 2,000)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs timed on our path (decode amortised over them)")
     parser.add_argument("--batch-size", type=int, default=4, help="batch size (DeepLabv3's recipe)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the straightforward path")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where batches go")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
+    check_positive(args, 'tiles', 'epochs', 'batch_size')
+    check_non_negative(args, 'workers')
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_tiles(Path(tmp), args.tiles, size=512, seed=0)
@@ -125,4 +132,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main, get_args_parser()))

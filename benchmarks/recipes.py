@@ -311,7 +311,7 @@ def check_args(args):
                         "(without it the benchmark runs both recipes)")
     if args.vary is not None and args.ablate:
         raise UserError("--vary and --ablate are two benchmarks; run them as two commands (one --work-dir serves both)")
-    check_positive(args, "epochs", "batch_size", "tile_size")
+    check_positive(args, "epochs", "batch_size", "tile_size", "ablate_seeds")
     if args.tiles is not None and min(args.tiles) < 1:
         raise UserError(f"--tiles {' '.join(map(str, args.tiles))}: every count must be positive")
     twice = sorted({s for s in args.seeds if args.seeds.count(s) > 1})

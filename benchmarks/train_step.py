@@ -38,6 +38,9 @@ from training.engine import train_one_epoch  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 from training.optim import Updater, build_optimizer, build_scheduler  # noqa: E402
 from utils.runtime import peak_memory_gib, reset_peak_memory, resolve_amp, resolve_device  # noqa: E402
+from utils.args import check_non_negative, check_positive  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
+from utils.io import check_writable  # noqa: E402
 
 # (input size, classes, optimiser) of each model's recipe.
 SETUPS = {"vgg13": (32, 50, "adamw"), "beit": (224, 50, "sgd"), "fcn32s": (512, 7, "sgd"),
@@ -97,7 +100,7 @@ def time_steps(model_name, batch_size, device, options, steps, warmup, amp_dtype
     return result["images_per_second"], peak_memory_gib(device)
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vgg13", choices=list_models(), help="network to time")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
@@ -105,13 +108,20 @@ def main():
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, cuDNN autotune)")
     parser.add_argument("--options", nargs="*", default=list(OPTIONS), choices=OPTIONS,
                         help="speed options to try alone and together")
-    parser.add_argument("--settings", nargs="*", default=None,
+    parser.add_argument("--settings", nargs="*", default=None, choices=["plain", *OPTIONS, "all"],
                         help="time only these settings: plain, an option's name, all (default: every one)")
     parser.add_argument("--amp-dtype", default="auto", choices=["auto", "bf16", "fp16"],
                         help="the amp option's autocast dtype; auto as training's --amp auto on CUDA, bf16 on the CPU")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute")
     parser.add_argument("--jsonl", type=Path, default=None, help="append one JSON line per setting to this file")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
+    check_positive(args, 'batch_size', 'steps')
+    check_non_negative(args, 'warmup')
+    if args.jsonl is not None:
+        check_writable(args.jsonl, "--jsonl")
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     amp_dtype = resolve_amp(args.amp_dtype if device.type == "cuda" or args.amp_dtype != "auto" else "bf16", device)
@@ -145,4 +155,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main, get_args_parser()))

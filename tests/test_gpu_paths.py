@@ -441,9 +441,26 @@ def test_train_step_times_the_training_loop_and_writes_json_lines(tmp_path, monk
     monkeypatch.setattr(sys, "argv", ["train_step.py", "--model", "vgg13", "--batch-size", "2", "--steps", "1",
                                       "--warmup", "0", "--device", "cpu", "--settings", "plain", "channels_last",
                                       "fused", "--jsonl", str(out)])
-    runpy.run_path(str(REPO / "benchmarks" / "train_step.py"), run_name="__main__")
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_path(str(REPO / "benchmarks" / "train_step.py"), run_name="__main__")
+    assert ended.value.code == 0
     assert "  fused                                    n/a on cpu" in capsys.readouterr().out
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["setting"], r["amp"], r["peak_memory_gib"]) for r in records] == [("plain", "none", None),
                                                                                  ("channels_last", "none", None)]
     assert all(r["images_per_second"] > 0 and r["seconds"] > 0 for r in records)
+
+
+@pytest.mark.parametrize("script, argv, said", [
+    ("train_step.py", ["--steps", "0"], "--steps must be positive (got 0)"),
+    ("train_step.py", ["--warmup", "-1"], "--warmup must be non-negative (got -1)"),
+    ("p1_input_path.py", ["--batch-size", "0"], "--batch-size must be positive (got 0)"),
+    ("p2_input_path.py", ["--workers", "-1"], "--workers must be non-negative (got -1)"),
+    ("miou_evaluate.py", ["--size", "0"], "--size must be positive (got 0)"),
+    ("augment_ops.py", ["--batch", "0"], "--batch must be positive (got 0)"),
+    ("grading_inference.py", ["--images", "0"], "--images must be positive (got 0)")])
+def test_every_benchmark_refuses_a_bad_number_in_one_line(script, argv, said, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_path(str(REPO / "benchmarks" / script), run_name="__main__")
+    assert ended.value.code == 2 and capsys.readouterr().err == f"{script}: error: {said}\n"

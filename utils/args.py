@@ -44,6 +44,14 @@ def check_positive(args, *names):
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
 
 
+def check_non_negative(args, *names):
+    """Raise a one-line error for the first flag among ``names`` that is below 0."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be non-negative (got {value})")
+
+
 def float_list(text):
     """A flag's comma-separated numbers (``0.75,1,1.25``) as a list of floats. One word rather than
     ``nargs="+"``, which would take the positional arguments after it as more numbers."""
