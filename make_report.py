@@ -148,7 +148,7 @@ def _write_report(args, p1, p2, out):
         if {"features", "confusion"} & set(args.only):
             inputs = open_run(p1, val_dir=args.p1_val_dir, out=out, device=args.device, amp=args.amp, problem="p1",
                               run_flag="--p1-run", val_flag="--p1-val-dir")
-            feats = feature_figures(inputs, out, progress=args.progress)
+            feats = feature_figures(inputs, out, progress=args.progress, embeddings="features" in args.only)
             made["features"] = feats
             if "features" in args.only:
                 lines += [f"t-SNE of the second-last layer ({feats['feature_dim']}-d) at epochs "

@@ -63,7 +63,7 @@ def _title(ckpt, labels, preds, what):
     return f"{what}, epoch {ckpt['epoch']}\nvalidation accuracy {float((preds == labels).mean()):.4f}"
 
 
-def feature_figures(inputs, out, *, batch_size=256, progress=True):
+def feature_figures(inputs, out, *, batch_size=256, progress=True, embeddings=True):
     """Write ``p1_tsne.png`` and ``p1_pca.png`` of a Problem 1 run into ``out``.
 
     Args:
@@ -72,16 +72,24 @@ def feature_figures(inputs, out, *, batch_size=256, progress=True):
         out: the output folder, which exists (the scripts make it: :func:`utils.io.output_folder`).
         batch_size: images per forward pass.
         progress: show progress bars.
+        embeddings: draw the two figures; False computes the confusion matrix alone (the report's
+            ``--only confusion``).
 
     Returns:
-        ``{"tsne", "pca"}`` (each figure's path and panels), ``feature_dim``, ``confusion`` (the
-        confusion matrix of the best epoch's predictions, or the last snapshot's without a
-        ``best.pth``), ``confusion_epoch`` and ``arch``.
+        ``{"tsne", "pca"}`` (each figure's path and panels; not without ``embeddings``),
+        ``feature_dim``, ``confusion`` (the confusion matrix of the best epoch's predictions, or the
+        last snapshot's without a ``best.pth``), ``confusion_epoch`` and ``arch``.
     """
     val = load_folder(inputs.val_dir, labeled=True)
     labels = val.labels.numpy()
     common = dict(batch_size=batch_size, device=inputs.device, amp_dtype=inputs.amp_dtype, progress=progress)
     out = Path(out)
+    if not embeddings:
+        best = inputs.run / "best.pth"
+        feats, preds, ckpt = extract(best if best.is_file() else inputs.snapshots[max(inputs.snapshots)], val.images,
+                                     **common)
+        return {"feature_dim": int(feats.shape[1]), "arch": ckpt["arch"], "confusion_epoch": ckpt["epoch"],
+                "confusion": confusion_matrix(torch.from_numpy(preds), val.labels, NUM_CLASSES).numpy()}
 
     tsne_panels, extracted = [], {}
     for epoch in first_middle_last(inputs.snapshots):

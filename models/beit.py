@@ -142,7 +142,8 @@ def _load_file(net, path):
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as e:  # torch.load's and safetensors' errors have no common base
-        raise UserError(f"--pretrained-file {path}: not a readable weights file ({brief(e)})") from None
+        raise UserError(f"--pretrained-file {path}: not a readable weights file (neither torch.save's nor "
+                        f"safetensors: {brief(e)})") from None
     state = {k: v for k, v in state.items() if torch.is_tensor(v)}
     try:
         state = checkpoint_filter_fn(state, net)  # BEiT's original layout to timm's

@@ -485,3 +485,11 @@ def test_a_report_that_fails_part_way_leaves_none_of_its_files(p1_run, tmp_path,
     (old / "notes.md").write_text("mine")
     assert_one_line_error(run_main(make_report, *argv, "--out", old), "tracing failed")
     assert [p.name for p in old.iterdir()] == ["notes.md"]  # a folder it found keeps what was there
+
+
+def test_only_confusion_draws_the_confusion_alone(p1_run, p1_data, tmp_path):
+    made = make_report.main(parse(make_report, "--p1-run", p1_run, "--p1-val-dir", p1_data[1], "--only", "confusion",
+                                  "--out", tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.md", "p1_confusion.png"]
+    records = RunFolder(p1_run).read_metrics()
+    assert made["features"]["confusion_epoch"] == max(records, key=lambda r: r["val_acc"])["epoch"]  # best.pth's

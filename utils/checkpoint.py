@@ -95,6 +95,8 @@ def load_checkpoint(path, *, problem=None, map_location="cpu"):
         UserError: the file is missing, is not a checkpoint of this project, or is of another problem.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a checkpoint file (a run folder's are best.pth and last.pth)")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     ckpt = _load(path, map_location, f"{path}: not a readable checkpoint")
