@@ -164,9 +164,9 @@ def test_strong_segmenters_train_and_record_their_class_weights(model, p2_data, 
         # --freeze-bn keeps pretrained statistics: from random weights there are none, and BatchNorm trains.
         assert ckpt["args"]["freeze_bn"] and ckpt["model"]["net.backbone.bn1.running_mean"].abs().sum() > 0
     if model == "deeplabv3":  # grading follows the run's TTA, scales included; the flags override them
-        argv = ["--checkpoint", str(tmp_path / "run" / "best.pth"), "--device", "cpu", "--no-progress", str(p2_data[1])]
+        argv = ["--checkpoint", str(tmp_path / "run" / "best.pth"), "--device", "cpu", "--no-progress", str(val)]
         result = p2_inference.main(p2_inference.get_args_parser().parse_args([*argv, str(tmp_path / "masks")]))
-        assert (result["tta"], result["tta_scales"]) == ("d4", [0.75, 1.0, 1.25]) and result["masks"] == 4
+        assert (result["tta"], result["tta_scales"]) == ("d4", [0.75, 1.0, 1.25]) and result["masks"] == 1
         result = p2_inference.main(p2_inference.get_args_parser().parse_args(
             [*argv, "--tta", "none", "--tta-scales", "1", str(tmp_path / "masks1")]))  # a positional after it
         assert (result["tta"], result["tta_scales"]) == ("none", [1.0])
