@@ -22,6 +22,7 @@ Problem 2 (under a minute with lraspp):
 Then make_report.py draws every report figure from the two runs into <output-dir>/report/.
 Each part prints its time.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 import shutil
 import time
 from pathlib import Path

@@ -27,6 +27,7 @@ training command that loads it offline with --pretrained-file. Or fill the libra
 run it (or a training run) online with TORCH_HOME=DIR/torch HF_HOME=DIR/hf, copy DIR, and train
 offline with the same two variables plus HF_HUB_OFFLINE=1, using --pretrained as usual.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 import argparse
 import hashlib
 import http.client

@@ -19,6 +19,7 @@ index.md embeds each figure with its numbers and the command that produced each 
 its training loss) and compare.md: a row per run with its epochs, best and last validation metric and
 the flags (from args.json) whose values differ between the runs, for runs of one problem.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 from pathlib import Path
 
 import torch

@@ -11,6 +11,7 @@ order, a missing or extra file is named instead of misaligning every pair, masks
 size, and a class absent from both sides is reported as such and left out of the mean instead
 of turning it into nan. The same code computes validation mIoU during training.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 from pathlib import Path
 
 import numpy as np

@@ -8,6 +8,7 @@ from the run's snapshots and draws p1_pca.png (PCA of the best checkpoint, with 
 snapshot beside it) and p1_tsne.png (t-SNE at the first, a middle and the last snapshot, side by
 side, one colour per class throughout). scikit-learn's PCA and TSNE with a fixed random_state.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 from figures.features import feature_figures
 from figures.runs import open_run
 from config.flags import report_parser

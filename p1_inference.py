@@ -8,6 +8,7 @@ predicts with the test-time augmentation its run validated with (``--tta`` overr
 has the header ``filename,label`` and one row per image, sorted by file name, with the file name
 only and an integer label; it appears atomically, and its folder is created if needed.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 from pathlib import Path
 
 from config.flags import inference_parser

@@ -11,6 +11,7 @@ The whole training set is decoded once and kept on the device; batches, augmenta
 normalisation are tensor operations there. Every flag is declared once, in config/flags.py; what
 the run folder holds is described once, in utils/run_folder.py.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 from torch import nn
 
 from datasets.p1 import MEAN, NUM_CLASSES, STD, load_folder

@@ -11,6 +11,7 @@ decoder training and validation use; tiles of any size are padded to a multiple 
 prediction cropped back. Masks are written to a temporary folder and moved into OUT_DIR
 only when all of them are done, so a failure leaves nothing behind.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 from pathlib import Path
 
 from config.flags import check, inference_parser

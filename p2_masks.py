@@ -9,6 +9,7 @@ course visualiser's view of the same tiles: class colours blended over the photo
 that white shows) with the class boundaries drawn, for the ground truth and the prediction of
 best.pth, the checkpoint grading uses.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 from figures.runs import default_tile_ids, open_run
 from figures.masks import mask_figures
 from config.flags import report_parser

@@ -13,6 +13,7 @@ mIoU is the course's: one confusion matrix over every validation pixel, classes 
 Every flag is declared once, in config/flags.py; what the run folder holds is described once, in
 utils/run_folder.py.
 """
+import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
 from datasets.loader import fits_on
 from datasets.p2 import CLASS_NAMES, NUM_CLASSES, SCORED_CLASSES, UNKNOWN, class_weights, load_pairs
 from datasets.presets import p2_transforms

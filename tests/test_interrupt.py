@@ -197,3 +197,13 @@ def test_a_bf16_run_resumed_with_only_resume_and_epochs_stays_bf16(data, tmp_pat
     for name, tensor in ref["model"].items():
         assert torch.equal(ours["model"][name], tensor), name
     assert ours["metrics"]["train_loss"] == ref["metrics"]["train_loss"]
+
+
+def test_a_ctrl_c_while_the_libraries_load_ends_the_script_without_a_traceback(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "p1_inference.py", "--help"], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while "utils.quiet_start" not in proc.stderr.readline():  # -X importtime reports each module as it loads
+        assert proc.poll() is None, "the script ended before utils.quiet_start loaded"
+    proc.send_signal(signal.SIGINT)  # torch is loading now, seconds before the parser exists
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT and "Traceback" not in stderr

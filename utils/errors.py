@@ -4,6 +4,7 @@ Library code raises :class:`UserError` for anything the user can fix (a path, a 
 Scripts run their ``main`` through :func:`run_cli`, which prints such an error as a single
 ``error: ...`` line on stderr and returns a non-zero exit code, without a traceback.
 """
+import signal
 import sys
 import warnings
 
@@ -46,6 +47,8 @@ def run_cli(main, parser, argv=None):
         ``exit_code``: 128 + the signal for a training run stopped by one), 130 on Ctrl-C.
     """
     args = parser.parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:  # set by utils.quiet_start while the imports ran
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     warnings.showwarning = _one_line_warning
     try:
         main(args)
