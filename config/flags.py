@@ -88,8 +88,8 @@ class Flag:
         models: the models it changes (``None``: every model of its problems); ``--help`` says so.
             Typed for another model it is refused (:func:`check_typed`); from a recipe or an
             ``args.json`` it is left unused.
-        only_with: ``(flag, value)`` or ``(flag, (values))``: it changes the run only when that flag has
-            that value (SGD's momentum, the focal loss's numbers); ``--help`` says so, and a value
+        only_with: ``(flag, value)``, ``(flag, (values))`` or ``(flag, Range)``: it changes the run only
+            when that flag has that value (SGD's momentum, the focal loss's numbers); ``--help`` says so, and a value
             typed for another is refused as for :attr:`models`.
         refused_elsewhere: with ``only_with``, a value other than :attr:`off` is refused (by
             :func:`check`) where the other flag has another value, rather than ignored: an option of
@@ -229,7 +229,7 @@ FLAGS = (
          default=RECIPE, off=0.0, range=Range(0, 1), what="a probability", problems=("p1",)),
     Flag("erasing_mode", "what --random-erasing fills its rectangle with: zero (the mean of the normalised image) or "
                          "pixel (per-pixel standard normal noise: timm's re_mode pixel, as BEiT fine-tunes)",
-         default=RECIPE, off="zero", choices=("zero", "pixel"), problems=("p1",)),
+         default=RECIPE, off="zero", choices=("zero", "pixel"), problems=("p1",), only_with=("random_erasing", POSITIVE)),
     Flag("cutmix", "probability that a training batch is mixed by CutMix (alpha 1), 0 for never", type=float,
          default=RECIPE, off=0.0, range=Range(0, 1), what="a probability", problems=("p1",), metavar="P",
          only_with=("augment", CROP_FLIP), refused_elsewhere=True),
@@ -368,6 +368,8 @@ def in_effect(name, values):
     if flag.only_with is None:
         return True
     other, allowed = flag.only_with
+    if isinstance(allowed, Range):
+        return values.get(other) is not None and values.get(other) in allowed
     return values.get(other) in (allowed if isinstance(allowed, tuple) else (allowed,))
 
 

@@ -78,6 +78,9 @@ def test_combinations_that_cannot_work_are_refused_in_one_line():
     assert_one_line_error(run_main(p1_train, "--opt", "adamw", "--momentum", "0.5"),
                           "--momentum 0.5: acts only with --opt sgd, and this run has --opt adamw")
     assert_one_line_error(run_main(p1_train, "--drop-path", "0.1"), "--drop-path 0.1: a flag of beit, not of --model vgg13")
+    assert_one_line_error(run_main(p1_train, "--erasing-mode", "pixel"),
+                          "--erasing-mode pixel: acts only with --random-erasing positive, and this run has "
+                          "--random-erasing 0.0")
     assert_one_line_error(run_main(p2_train, "--model", "deeplabv3", "--freeze-bn", "--no-pretrained"),
                           "--freeze-bn: acts only with --pretrained, and this run has --no-pretrained")
 
