@@ -17,7 +17,6 @@ downsampling box, the largest absolute difference (in 0..255 levels) against the
 torchvision.transforms.v2.functional op on the same pixels: the comparison tests/test_augment_ops.py
 asserts.
 """
-import argparse
 import math
 import sys
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets.transforms import Compose, RandAugment, RandomFlip, RandomResizedCrop, ToFloat  # noqa: E402
 from utils.runtime import EpochRNG, resolve_device  # noqa: E402
-from utils.args import check_positive  # noqa: E402
+from utils.args import check_positive, make_parser  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 FILL = (128, 128, 128)  # timm's img_mean for BEiT's mean 0.5: round(255 * 0.5)
@@ -160,7 +159,7 @@ def time_straightforward(images, repeats):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__, [])
     parser.add_argument("--batch", type=int, default=32, help="images per batch")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per way (best kept)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where our batch goes")

@@ -19,7 +19,6 @@ straightforward way in fp32, so on a GPU the ratio includes mixed precision. Pri
 (tiles/s) for each, the ratio, and whether both predict alike (the same CSV;
 the share of mask pixels that agree).
 """
-import argparse
 import csv
 import os
 import subprocess
@@ -43,7 +42,7 @@ from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 import p1_inference  # noqa: E402
 import p2_inference  # noqa: E402
-from utils.args import check_non_negative, check_positive  # noqa: E402
+from utils.args import check_non_negative, check_positive, make_parser  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -117,7 +116,7 @@ def p2_straightforward(model, folder, device, batch_size, workers, out_dir, mean
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__, [])
     parser.add_argument("--images", type=int, default=2500, help="Problem 1 images (the validation set has 2,500)")
     parser.add_argument("--tiles", type=int, default=257, help="Problem 2 tiles (the validation set has 257)")
     parser.add_argument("--p2-model", default="deeplabv3", choices=["deeplabv3", "fcn32s"], help="Problem 2 network")

@@ -11,7 +11,6 @@ scores them two ways, both from the files:
                    into an (N, H, W) array, then per class sum TP / FP / FN with numpy.
 Prints masks/s for each, the ratio, and checks both give the same mIoU.
 """
-import argparse
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mean_iou_evaluate  # noqa: E402
 from datasets.p2 import PALETTE  # noqa: E402
 from utils.metrics import iou_from_confusion  # noqa: E402
-from utils.args import check_positive  # noqa: E402
+from utils.args import check_positive, make_parser  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -56,7 +55,7 @@ def course_miou(pred, labels):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__, [])
     parser.add_argument("--masks", type=int, default=257, help="masks in each folder")
     parser.add_argument("--size", type=int, default=512, help="mask size")
     return parser

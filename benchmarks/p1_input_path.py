@@ -13,7 +13,6 @@ batch 128) two ways:
 Prints images/s for each and the ratio, measured in this run. The one-off decode is reported
 separately and also folded into an amortised figure over --epochs epochs.
 """
-import argparse
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from datasets.loader import TensorBatches  # noqa: E402
 from datasets.p1 import MEAN, STD, load_folder  # noqa: E402
 from datasets.presets import p1_transforms  # noqa: E402
 from utils.runtime import EpochRNG, resolve_device  # noqa: E402
-from utils.args import check_non_negative, check_positive  # noqa: E402
+from utils.args import check_non_negative, check_positive, make_parser  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
@@ -83,7 +82,7 @@ def straightforward(folder, device, batch_size, workers):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__, [])
     parser.add_argument("--images", type=int, default=22500, help="generated images (the course's train_50 has 22,500)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs timed on our path (decode amortised over them)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (the VGG recipe's)")

@@ -16,7 +16,6 @@ vertical flips of image and mask, normalisation) two ways:
 Prints tiles/s for each and the ratio, measured in this run, per epoch and with our one-off
 decode amortised over --epochs epochs.
 """
-import argparse
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from datasets.presets import p2_transforms  # noqa: E402
 from datasets.synthetic import write_tiles  # noqa: E402
 from models import get_model_spec  # noqa: E402
 from utils.runtime import EpochRNG, resolve_device  # noqa: E402
-from utils.args import check_non_negative, check_positive  # noqa: E402
+from utils.args import check_non_negative, check_positive, make_parser  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 SPEC = get_model_spec("deeplabv3")
@@ -104,7 +103,7 @@ def straightforward(folder, device, batch_size, workers):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__, [])
     parser.add_argument("--tiles", type=int, default=400, help="generated 512x512 pairs (the course has 2,000)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs timed on our path (decode amortised over them)")
     parser.add_argument("--batch-size", type=int, default=4, help="batch size (DeepLabv3's recipe)")

@@ -23,7 +23,6 @@ Each line prints images/s and the ratio against the plain step, measured in this
 seconds the setting took (warm-up and compilation included) and, on CUDA, its peak memory;
 --jsonl appends the same figures as one JSON line per setting.
 """
-import argparse
 import json
 import sys
 import time
@@ -38,7 +37,7 @@ from training.engine import train_one_epoch  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 from training.optim import Updater, build_optimizer, build_scheduler  # noqa: E402
 from utils.runtime import peak_memory_gib, reset_peak_memory, resolve_amp, resolve_device  # noqa: E402
-from utils.args import check_non_negative, check_positive  # noqa: E402
+from utils.args import check_non_negative, check_positive, make_parser  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.io import check_writable  # noqa: E402
 
@@ -101,7 +100,7 @@ def time_steps(model_name, batch_size, device, options, steps, warmup, amp_dtype
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__, [])
     parser.add_argument("--model", default="vgg13", choices=list_models(), help="network to time")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per setting")
