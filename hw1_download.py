@@ -46,7 +46,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from utils.args import REPO, check_positive, make_parser
+from utils.args import REPO, bars_disabled, check_positive, make_parser
 from utils.errors import Interrupted, UserError, brief, run_cli
 from utils.io import atomic_write, check_writable, output_folder
 
@@ -105,8 +105,8 @@ def get_args_parser():
     g.add_argument("--retry-delay", type=float, default=1.0,
                    help="seconds before the first retry, doubled before each next one")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds a connection may stay silent")
-    g.add_argument("--progress", default=True, action=argparse.BooleanOptionalAction,
-                   help="show a progress bar for each transfer")
+    g.add_argument("--progress", default=None, action=argparse.BooleanOptionalAction,
+                   help="show a progress bar for each transfer (default: when stderr is a terminal)")
     g = parser.add_argument_group("other modes (download nothing from the manifest)")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--publish", nargs="+", type=Path, metavar="FILE",
@@ -230,7 +230,7 @@ def transfer(url, part, *, name, timeout, progress):
         got = 0
         with open(part, "ab" if have else "wb") as f, \
                 tqdm(total=None if expected is None else have + expected, initial=have, desc=name, unit="B",
-                     unit_scale=True, unit_divisor=1024, disable=not progress, leave=False) as bar:
+                     unit_scale=True, unit_divisor=1024, disable=bars_disabled(progress), leave=False) as bar:
             try:
                 while block := response.read(CHUNK):
                     f.write(block)

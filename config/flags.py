@@ -151,7 +151,8 @@ FLAGS = (
                                   f"is skipped (skipped_steps in metrics.jsonl) and {MAX_SKIPPED_IN_A_ROW} in a row "
                                   "stop the run") for problem in (None, *PROBLEMS)},
          default="auto", choices=("auto", "bf16", "fp16", "off"), role=PLACE, group="runtime"),
-    Flag("progress", "show progress bars", type=bool, default=True, role=RECORD, group="runtime"),
+    Flag("progress", "show progress bars (default: when stderr is a terminal, so a log file gets no frames)",
+         type=bool, role=RECORD, group="runtime"),
     Flag("compile", "run the model through torch.compile (a one-off compilation, then faster steps); where it "
                     "cannot build code on this machine (no C++ compiler on the CPU, no Triton on CUDA) the run "
                     "goes on eagerly after one warning: it only changes the speed, so it should not stop a run",

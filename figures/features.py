@@ -37,7 +37,7 @@ class _FeaturesAndLogits(nn.Module):
         return features, self.model.forward_head(features)
 
 
-def extract(checkpoint, images, *, batch_size, device, amp_dtype, progress=True):
+def extract(checkpoint, images, *, batch_size, device, amp_dtype, progress=None):
     """Second-last-layer features and predicted classes of ``images`` under one checkpoint.
 
     Returns:
@@ -63,7 +63,7 @@ def _title(ckpt, labels, preds, what):
     return f"{what}, epoch {ckpt['epoch']}\nvalidation accuracy {float((preds == labels).mean()):.4f}"
 
 
-def feature_figures(inputs, out, *, batch_size=256, progress=True, embeddings=True):
+def feature_figures(inputs, out, *, batch_size=256, progress=None, embeddings=True):
     """Write ``p1_tsne.png`` and ``p1_pca.png`` of a Problem 1 run into ``out``.
 
     Args:
@@ -71,7 +71,7 @@ def feature_figures(inputs, out, *, batch_size=256, progress=True, embeddings=Tr
             (:func:`figures.runs.open_run`).
         out: the output folder, which exists (the scripts make it: :func:`utils.io.output_folder`).
         batch_size: images per forward pass.
-        progress: show progress bars.
+        progress: show progress bars; None: on a terminal only.
         embeddings: draw the two figures; False computes the confusion matrix alone (the report's
             ``--only confusion``).
 

@@ -42,7 +42,7 @@ def load_examples(val_dir, ids, flag="--ids"):
     return images, masks
 
 
-def mask_figures(inputs, ids, out, *, flag="--ids", progress=True):
+def mask_figures(inputs, ids, out, *, flag="--ids", progress=None):
     """Write ``p2_mask_progress.png`` and ``p2_overlay.png`` of a Problem 2 run into ``out``.
 
     Each checkpoint segments as its run validated (its ``--tta`` and ``--tta-scales``).
@@ -53,7 +53,7 @@ def mask_figures(inputs, ids, out, *, flag="--ids", progress=True):
         ids: the tiles to show (``0013`` ...).
         out: the output folder, which exists (the scripts make it: :func:`utils.io.output_folder`).
         flag: the option that chose ``ids``, for the messages.
-        progress: show progress bars.
+        progress: show progress bars; None: on a terminal only.
 
     Returns:
         ``{"progress": {path, ..., "epochs"}, "overlay": {path, ..., "title"}}``.

@@ -7,13 +7,14 @@ import torch
 from tqdm import tqdm
 
 from inference.tta import TTA, forward
+from utils.args import bars_disabled
 from utils.errors import UserError
 from utils.runtime import autocast, memory_format_of, out_of_memory
 
 
 @torch.inference_mode()
 def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta=TTA(), keep=None, desc="predict",
-            progress=True):
+            progress=None):
     """Run the model over every sample of ``inputs``, ``batch_size`` at a time.
 
     When the GPU runs out of memory the batch size halves (with a warning) and the batch is run
@@ -40,7 +41,7 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
     keep = keep or (lambda output: output)
     layout = memory_format_of(model)
     parts, done = [], 0
-    with tqdm(total=len(inputs), desc=desc, unit="img", disable=not progress, leave=False,
+    with tqdm(total=len(inputs), desc=desc, unit="img", disable=bars_disabled(progress), leave=False,
               dynamic_ncols=True) as bar:
         while done < len(inputs):
             x = inputs[done: done + batch_size].to(device, non_blocking=True)
@@ -67,7 +68,7 @@ def predict(model, inputs, *, batch_size, transform, device, amp_dtype=None, tta
     return out if len(out) > 1 else out[0]
 
 
-def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta=TTA(), progress=True):
+def segment(model, images, *, transform, batch_size, device, amp_dtype=None, tta=TTA(), progress=None):
     """Class maps for a list of images of any sizes: (H, W) uint8 arrays, one per image.
 
     Images of the same size are predicted together by :func:`predict`; ``transform`` may pad

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from inference.tta import TTA, forward
-from utils.args import MAX_SKIPPED_IN_A_ROW
+from utils.args import MAX_SKIPPED_IN_A_ROW, bars_disabled
 from utils.distributed import all_reduce_sum
 from utils.errors import UserError
 from utils.runtime import autocast, memory_format_of, peak_memory_gib
@@ -96,7 +96,7 @@ class LossMeter:
 
 
 def train_one_epoch(model, criterion, updater, batches, *, transform, device, meter=None, should_stop=None,
-                    desc="train", progress=True):
+                    desc="train", progress=None):
     """Train for one pass over ``batches``, or for the part of it before a stop is requested.
 
     A step whose loss or gradients are not finite is left out of the loss and counted as
@@ -119,7 +119,7 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, me
         meter: a :class:`LossMeter` to add to (one holding an earlier part's sums), or ``None``.
         should_stop: called after every step; when it returns True the pass ends there.
         desc: the progress bar's label.
-        progress: show a progress bar (with the peak GPU memory on CUDA).
+        progress: show a progress bar (with the peak GPU memory on CUDA); None: on a terminal only.
 
     Returns:
         ``{"loss": mean training loss over the samples of the steps that counted, "loss_sum": its
@@ -137,7 +137,7 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, me
     limit = MAX_SKIPPED_IN_A_ROW if updater.skips_nonfinite else 1
     layout = memory_format_of(model)
     start, first = time.perf_counter(), getattr(batches, "start", 0)
-    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True,
+    bar = tqdm(batches, desc=desc, unit="batch", disable=bars_disabled(progress), leave=False, dynamic_ncols=True,
                initial=first, total=len(batches))
     report_now = _Throttle(len(batches))
     step = first
@@ -167,7 +167,7 @@ def train_one_epoch(model, criterion, updater, batches, *, transform, device, me
 
 @torch.inference_mode()
 def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=None, tta=TTA(), desc="eval",
-             progress=True):
+             progress=None):
     """Evaluate over every sample of ``batches`` (no dropping, no padding).
 
     Args:
@@ -180,7 +180,7 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
         amp_dtype: the autocast dtype, or ``None``.
         tta: the test-time augmentation, a :class:`TTA`.
         desc: the progress bar's label.
-        progress: show a progress bar.
+        progress: show a progress bar; None: on a terminal only.
 
     Returns:
         ``{"loss": mean loss over samples, **metric.compute()}``, over every process.
@@ -189,7 +189,7 @@ def evaluate(model, criterion, batches, metric, *, transform, device, amp_dtype=
     layout = memory_format_of(model)
     loss_sum = torch.zeros((), device=device)
     seen = 0
-    for x, y in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False,
+    for x, y in tqdm(batches, desc=desc, unit="batch", disable=bars_disabled(progress), leave=False,
                      dynamic_ncols=True):
         x, y = transform(x, y)
         x = x.contiguous(memory_format=layout)

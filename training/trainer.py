@@ -160,7 +160,7 @@ class Trainer:
 
     @property
     def _progress(self):
-        return self.setup.args.progress and self.setup.ctx.is_main
+        return self.setup.args.progress if self.setup.ctx.is_main else False
 
     def _train_epoch(self, model, epoch, stop):
         """One training pass (the rest of one, after a stop part-way); saves and raises on a stop."""

@@ -36,6 +36,13 @@ def make_parser(doc, parents, epilog=None):
     return ArgumentParser(description=doc, epilog=epilog, formatter_class=HelpFormatter, parents=parents)
 
 
+def bars_disabled(progress):
+    """tqdm's ``disable`` for a ``--progress`` value: off for False, on for True, and for None (the
+    flags' default) tqdm's own choice: bars only where its output is a terminal, so a log file
+    gets no frames."""
+    return None if progress is None else not progress
+
+
 def check_positive(args, *names):
     """Raise a one-line error for the first flag among ``names`` that is not > 0."""
     for name in names:

@@ -53,7 +53,8 @@ def run_cli(main, parser, argv=None):
     try:
         main(args)
     except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
+        # A stop on a signal is the expected way to pause (it printed how to continue), not an error.
+        print(f"{parser.prog}: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr, flush=True)
         return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr, flush=True)
