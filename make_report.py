@@ -20,6 +20,7 @@ its training loss) and compare.md: a row per run with its epochs, best and last 
 the flags (from args.json) whose values differ between the runs, for runs of one problem.
 """
 import utils.quiet_start  # noqa: F401  (first: a Ctrl-C while the libraries load exits without a traceback)
+import re
 from pathlib import Path
 
 import torch
@@ -199,8 +200,24 @@ def _write_report(args, p1, p2, out):
 
     with atomic_write(out / "index.md") as f:
         f.write("\n".join(lines))
+    _drop_stale(out, "\n".join(lines))
     print(f"wrote the report to {out / 'index.md'}")
     return made
+
+
+# The files a report writes (compare.* belong to --compare's own set).
+_REPORT_FILES = ("p1_*.png", "p2_*.png", "arch_*.png", "arch_*.txt")
+
+
+def _drop_stale(out, index):
+    """Remove the figures an earlier report left in ``out`` that this one's ``index`` (which links
+    every file it wrote) does not name: a report with fewer sections would otherwise stand beside
+    the old figures of the others."""
+    named = set(re.findall(r"\]\(([^)/]+)\)", index))
+    for pattern in _REPORT_FILES:
+        for path in out.glob(pattern):
+            if path.name not in named:
+                path.unlink()
 
 
 if __name__ == "__main__":

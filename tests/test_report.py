@@ -493,3 +493,10 @@ def test_only_confusion_draws_the_confusion_alone(p1_run, p1_data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.md", "p1_confusion.png"]
     records = RunFolder(p1_run).read_metrics()
     assert made["features"]["confusion_epoch"] == max(records, key=lambda r: r["val_acc"])["epoch"]  # best.pth's
+
+
+def test_a_report_with_fewer_sections_leaves_no_figure_of_the_earlier_one(p1_run, tmp_path):
+    (tmp_path / "p2_overlay.png").write_bytes(b"an earlier report's")
+    (tmp_path / "notes.md").write_text("mine")
+    make_report.main(parse(make_report, "--p1-run", p1_run, "--only", "curves", "--out", tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.md", "notes.md", "p1_curves.png"]
