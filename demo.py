@@ -1,7 +1,11 @@
 """The embedded demo: both problems end to end on real and generated data, offline, on the CPU.
 
 Usage:
-    python3 demo.py [--output-dir runs/demo] [--only p1|p2] [--p2-model lraspp|fcn32s] [--device auto]
+    python3 demo.py [--output-dir runs/demo] [--only p1|p2] [--p2-model lraspp|fcn32s] [--seed 0] [--device auto]
+
+Each run goes into a folder named for its model and seed (runs/demo/p1_vgg13_seed0, ...), so demos
+with other seeds stand side by side (make_report.py --compare takes them); a demo whose folders are
+there already is refused unless --overwrite.
 
 Problem 1 (about two minutes on 2 CPU cores):
   1. writes scikit-learn's bundled handwritten digits (1,797 real scans, 10 classes) in the
@@ -33,8 +37,8 @@ from datasets.digits import write_digits
 from datasets.p1 import csv_accuracy
 from datasets.synthetic import write_tiles
 from config.flags import runtime_parser, words
-from utils.args import REPO, make_parser
-from utils.errors import run_cli
+from utils.args import REPO, check_positive, make_parser
+from utils.errors import UserError, run_cli
 import p1_inference
 import p1_train
 import p2_inference
@@ -56,31 +60,44 @@ P2_MODELS = {
 def get_args_parser():
     parser = make_parser(__doc__, [runtime_parser("device", "amp", "progress")])
     parser.add_argument("--output-dir", type=Path, default=REPO / "runs" / "demo",
-                        help="folder for the demo data, runs and predictions (replaced on each run)")
+                        help="folder for the demo data, runs and predictions")
     parser.add_argument("--only", choices=["p1", "p2"], default=None, help="run one problem's demo only")
     parser.add_argument("--p1-epochs", type=int, default=10, help="Problem 1 training epochs")
     parser.add_argument("--p2-model", choices=list(P2_MODELS), default="lraspp",
                         help="Problem 2 model: lraspp learns in under a minute; fcn32s is the recipe's model A")
     parser.add_argument("--p2-epochs", type=int, default=None,
                         help="Problem 2 training epochs (default: 15 for lraspp, 3 for fcn32s)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed of both runs")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of both runs (it names their folders)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the runs of a demo with this seed (refused otherwise)")
     return parser
 
 
+def run_folders(args):
+    """``{problem: folder}`` of the runs this demo trains: named for the model and the seed."""
+    folders = {"p1": args.output_dir / f"p1_vgg13_seed{args.seed}",
+               "p2": args.output_dir / f"p2_{args.p2_model}_seed{args.seed}"}
+    return {p: f for p, f in folders.items() if args.only in (None, p)}
+
+
+def _overwrite(args):
+    return ["--overwrite"] if args.overwrite else []
+
+
 def demo_p1(args, common):
-    out = args.output_dir
+    out, run = args.output_dir, run_folders(args)["p1"]
     train_dir, val_dir = write_digits(out / "data")
     print(f"Problem 1 demo data: {train_dir} and {val_dir} (scikit-learn digits, 32x32 RGB)", flush=True)
     trained = p1_train.main(p1_train.get_args_parser().parse_args([
         "--model", "vgg13", "--train-dir", str(train_dir), "--val-dir", str(val_dir),
-        "--output-dir", str(out / "p1_vgg13"), "--epochs", str(args.p1_epochs), "--batch-size", "64",
-        "--sched", "cosine", "--seed", str(args.seed), "--overwrite", *common]))
-    pred_csv = out / "p1_val_predictions.csv"
+        "--output-dir", str(run), "--epochs", str(args.p1_epochs), "--batch-size", "64",
+        "--sched", "cosine", "--seed", str(args.seed), *_overwrite(args), *common]))
+    pred_csv = out / f"{run.name}_val_predictions.csv"
     p1_inference.main(p1_inference.get_args_parser().parse_args([
-        "--checkpoint", str(out / "p1_vgg13" / "best.pth"), str(val_dir), str(pred_csv), *common]))
+        "--checkpoint", str(run / "best.pth"), str(val_dir), str(pred_csv), *common]))
     accuracy, n = csv_accuracy(pred_csv)
     return (f"Problem 1: VGG13-BN best val_acc {trained['best_val_acc']:.4f} (epoch {trained['best_epoch']}); "
-            f"the grading CSV {pred_csv} scores {accuracy:.4f} on {n} images"), out / "p1_vgg13"
+            f"the grading CSV {pred_csv} scores {accuracy:.4f} on {n} images"), run
 
 
 def demo_p2(args, common):
@@ -93,12 +110,12 @@ def demo_p2(args, common):
           flush=True)
     model = args.p2_model
     epochs, flags = P2_MODELS[model]
-    run = out / f"p2_{model}"
+    run = run_folders(args)["p2"]
     trained = p2_train.main(p2_train.get_args_parser().parse_args([
         "--model", model, "--no-pretrained", "--train-dir", str(train_dir), "--val-dir", str(val_dir),
         "--tile-size", str(P2_TILE), "--output-dir", str(run), "--epochs", str(args.p2_epochs or epochs),
-        "--seed", str(args.seed), *flags, "--overwrite", *common]))
-    pred_dir = out / "p2_val_masks"
+        "--seed", str(args.seed), *flags, *_overwrite(args), *common]))
+    pred_dir = out / f"{run.name}_val_masks"
     p2_inference.main(p2_inference.get_args_parser().parse_args([
         "--checkpoint", str(run / "best.pth"), str(val_dir), str(pred_dir), *common]))
     scored = mean_iou_evaluate.main(mean_iou_evaluate.get_args_parser().parse_args(
@@ -121,6 +138,11 @@ def _timed(parts, name, fn, *fn_args):
 
 
 def main(args):
+    check_positive(args, "p1_epochs", "p2_epochs")
+    for problem, run in run_folders(args).items():
+        if run.exists() and not args.overwrite:
+            raise UserError(f"{run}: a demo run of seed {args.seed} is there already; give --overwrite to replace it, "
+                            "or another --seed")
     common = [w for name in ("device", "amp", "progress") for w in words(name, getattr(args, name))]
     out = args.output_dir
     summary, parts, report = [], [], ["--out", str(out / "report"), *common]

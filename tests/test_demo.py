@@ -2,7 +2,7 @@
 import json
 import re
 
-from tests.conftest import run_script
+from tests.conftest import assert_one_line_error, run_main, run_script
 from utils.checkpoint import load_checkpoint
 import demo
 
@@ -12,7 +12,7 @@ def test_demo_p2_trains_grades_and_scores_held_out_tiles(tmp_path):
                                               "--device", "cpu", "--no-progress"])
     common = ["--device", "cpu", "--amp", "off", "--no-progress"]
     line, run = demo.demo_p2(args, common)
-    assert run == tmp_path / "p2_lraspp"
+    assert run == tmp_path / "p2_lraspp_seed0"
     ckpt = load_checkpoint(run / "best.pth", problem="p2")
     assert ckpt["arch"] == "lraspp" and ckpt["model_kwargs"]["bn_momentum"] == 0.1
     records = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
@@ -21,8 +21,16 @@ def test_demo_p2_trains_grades_and_scores_held_out_tiles(tmp_path):
     # graded held-out masks, which are the same number.
     best, scored = map(float, re.findall(r"val_miou (\d\.\d{4}).*mIoU (\d\.\d{4})", line)[0])
     assert best == scored == round(max(r["val_miou"] for r in records), 4)
-    masks = sorted(p.name for p in (tmp_path / "p2_val_masks").iterdir())
+    masks = sorted(p.name for p in (tmp_path / "p2_lraspp_seed0_val_masks").iterdir())
     assert len(masks) == demo.P2_VAL_TILES and masks[0] == "1000_sat.png"
+    # A second demo of this seed would replace the run: refused before anything, unless --overwrite; one of
+    # another seed goes beside it.
+    before = (run / "last.pth").read_bytes()
+    assert_one_line_error(run_main(demo, "--output-dir", tmp_path, "--only", "p2", "--device", "cpu"),
+                          f"{run}: a demo run of seed 0 is there already; give --overwrite")
+    assert (run / "last.pth").read_bytes() == before
+    other = demo.get_args_parser().parse_args(["--output-dir", str(tmp_path), "--only", "p2", "--seed", "1"])
+    assert demo.run_folders(other) == {"p2": tmp_path / "p2_lraspp_seed1"}
 
 
 def test_demo_starts_from_the_command_line():
