@@ -115,8 +115,10 @@ def feature_figures(inputs, out, *, batch_size=256, progress=None, embeddings=Tr
         sources = []
     sources.append(("best = last snapshot" if best_epoch == last else "last snapshot", *extracted[last]))
     for what, feats, preds, ckpt in sources:
-        points = PCA(n_components=2, random_state=SEED).fit_transform(feats)
-        pca_panels.append((_title(ckpt, labels, preds, f"PCA ({what})"), points))
+        pca = PCA(n_components=2, random_state=SEED)
+        points = pca.fit_transform(feats)
+        axes = tuple(f"PC{i + 1} ({share:.1%} of the variance)" for i, share in enumerate(pca.explained_variance_ratio_))
+        pca_panels.append((_title(ckpt, labels, preds, f"PCA ({what})"), points, axes))
     pca_meta = plot_embeddings(pca_panels, labels, out / "p1_pca.png", num_classes=NUM_CLASSES,
                                suptitle=f"{arch}: PCA of the second-last layer on {len(labels)} validation images")
     best_preds = sources[0][2]  # the best epoch when the run has it, else the last snapshot

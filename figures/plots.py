@@ -37,33 +37,40 @@ def plot_embeddings(panels, labels, path, *, num_classes, suptitle):
     """Side-by-side 2-D scatters of the same points, coloured by class with one shared legend.
 
     Args:
-        panels: a list of ``(title, points (N, 2))``.
+        panels: a list of ``(title, points (N, 2))``, or ``(title, points, (x label, y label))`` for
+            axes that mean something (PCA's components; t-SNE's do not).
         labels: int array (N,).
         path: the PNG to write.
         num_classes: the size of the colour table (colours stay fixed across figures).
         suptitle: the figure's title.
 
     Returns:
-        ``{"path", "panels", "points", "titles"}``: the panels' titles.
+        ``{"path", "panels", "points", "titles", "axis_labels"}``: the panels' titles and axis labels
+        (``None`` for a panel without).
     """
     colours = class_colors(num_classes)
     labels = np.asarray(labels)
     # Constrained layout with the legend "outside": the legend sits right under the panels, not
     # at a guessed offset below a figure that keeps room for it above.
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.6), squeeze=False, layout="constrained")
-    for ax, (title, points) in zip(axes[0], panels):
+    axis_labels = [panel[2] if len(panel) > 2 else None for panel in panels]
+    for ax, (title, points, *_), names in zip(axes[0], panels, axis_labels):
         points = np.asarray(points)
         ax.scatter(points[:, 0], points[:, 1], c=colours[labels], s=6, linewidths=0, alpha=0.85)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
+        if names is not None:
+            ax.set_xlabel(names[0], fontsize=9)
+            ax.set_ylabel(names[1], fontsize=9)
     present = sorted(set(labels.tolist()))
     handles = [Patch(color=colours[c], label=str(c)) for c in present]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(25, len(handles)), fontsize=6,
                frameon=False, handlelength=0.8, columnspacing=0.6, title="class", title_fontsize=7)
     fig.suptitle(suptitle, fontsize=12)
     save_figure(fig, path)
-    return {"path": str(path), "panels": len(panels), "points": len(labels), "titles": [t for t, _ in panels]}
+    return {"path": str(path), "panels": len(panels), "points": len(labels), "titles": [p[0] for p in panels],
+            "axis_labels": axis_labels}
 
 
 def plot_curves(records, path, *, metric, title):

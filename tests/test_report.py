@@ -1,5 +1,6 @@
 """Report figures: features, embeddings, mask grids and overlays, architectures, curves, index.md."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -37,6 +38,11 @@ def test_p1_features_and_embeddings(p1_run, p1_data, tmp_path):
     assert result["feature_dim"] == 512
     assert result["confusion"].shape == (50, 50) and result["confusion"].sum() == 16
     assert (tmp_path / "p1_tsne.png").stat().st_size > 0 and (tmp_path / "p1_pca.png").stat().st_size > 0
+    # PCA's axes are its components, each with the share of the variance it explains; t-SNE's mean nothing.
+    assert result["tsne"]["axis_labels"] == [None] * 3
+    for x, y in result["pca"]["axis_labels"]:
+        shares = [float(re.fullmatch(rf"PC{i} \((\d+\.\d)% of the variance\)", label)[1]) for i, label in ((1, x), (2, y))]
+        assert shares[0] >= shares[1] > 0 and sum(shares) <= 100
 
 
 def _run_whose_best_epoch_is(p1_run, folder, best_epoch):
