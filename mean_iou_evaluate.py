@@ -32,10 +32,7 @@ def get_args_parser():
     return parser
 
 
-def _masks_by_id(folder, flag, suffix=".png"):
-    files = [f for f in list_files(folder, ".png") if f.name.lower().endswith(suffix)]
-    if not files:
-        raise UserError(f"{flag} {folder}: no ground-truth masks (xxxx{MASK_SUFFIX}) there; are -g and -p swapped?")
+def _masks_by_id(files, folder, flag):
     by_id = {}
     for f in files:
         key = image_id(f)
@@ -55,7 +52,10 @@ def pair_masks(labels_dir, pred_dir):
     """``[(gt_path, pred_path)]`` paired by image id; refuses folders that do not pair up."""
     if Path(labels_dir).absolute() == Path(pred_dir).absolute():
         raise UserError(f"-g and -p are one folder ({labels_dir}): the ground truth would be scored against itself")
-    gt, pred = _masks_by_id(labels_dir, "-g", MASK_SUFFIX), _masks_by_id(pred_dir, "-p")
+    truth = [f for f in list_files(labels_dir, ".png") if f.name.lower().endswith(MASK_SUFFIX)]
+    if not truth:
+        raise UserError(f"-g {labels_dir}: no ground-truth masks (xxxx{MASK_SUFFIX}) there; are -g and -p swapped?")
+    gt, pred = _masks_by_id(truth, labels_dir, "-g"), _masks_by_id(list_files(pred_dir, ".png"), pred_dir, "-p")
     missing, extra = gt.keys() - pred.keys(), pred.keys() - gt.keys()
     if missing:
         raise UserError(f"-p {pred_dir}: no prediction for {len(missing)} ground-truth mask(s): {_describe(missing)}")

@@ -393,13 +393,13 @@ def check_typed(typed, values):
         flag = BY_NAME.get(name)
         if flag is None or name in OF_THE_INVOCATION or acts_on(name, values) or value == flag.off:
             continue
-        said = " ".join(words(name, value))
+        said = as_typed(name, value)
         if flag.models is not None and values.get("model") not in flag.models:
             raise UserError(f"{said}: a flag of {_either(flag.models)}, not of --model {values.get('model')}")
         other, allowed = flag.only_with
-        now = " ".join(words(other, values.get(other))) or f"no {BY_NAME[other].option}"
         wanted = "" if allowed is True else " " + _either(allowed)
-        raise UserError(f"{said}: acts only with {BY_NAME[other].option}{wanted}, and this run has {now}")
+        raise UserError(f"{said}: acts only with {BY_NAME[other].option}{wanted}, and this run has "
+                        f"{as_typed(other, values.get(other))}")
 
 
 def _either(values):
@@ -439,7 +439,7 @@ def check(values, problem):
         if flag is None or value is None and flag.default_for(problem) is None:
             continue  # (a flag whose default is none)
         if value is None or not _of_type(flag, value):  # only an edited args.json gets here
-            raise UserError(f"{flag.option}: {json.dumps(to_json({name: value})[name])} is not {_KINDS[flag.type]}")
+            raise UserError(f"{flag.option}: {json.dumps(value, default=str)} is not {_KINDS[flag.type]}")
         choices = flag.choices_for(problem)
         if choices and value not in choices:
             raise UserError(f"{flag.option} {value}: choose from {', '.join(choices)}")
@@ -526,6 +526,11 @@ def words(name, value):
     if isinstance(value, (list, tuple)):
         return [flag.option, ",".join(map(str, value))]
     return [flag.option, str(value)]
+
+
+def as_typed(name, value):
+    """A flag's value as it would be typed (``--no-pretrained``, ``--lr 0.1``), or ``no --flag`` for none."""
+    return " ".join(words(name, value)) or f"no {BY_NAME[name].option}"
 
 
 def command(problem, values, *, output_dir, config=None):

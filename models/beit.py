@@ -85,21 +85,20 @@ def beit(*, num_classes, pretrained=False, pretrained_file=None, global_pool="av
         drop_path: stochastic depth rate (Huang et al., ECCV 2016), rising linearly over the blocks.
     """
     kwargs = dict(num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path)
+    # A local file, or the hub's cached copy loaded as one: timm would first ask the hub for the
+    # file's version, which offline retries for a minute before it falls back to that copy.
+    local = None
     if pretrained_file is not None:
-        path = Path(pretrained_file)
-        if not path.is_file():
-            raise UserError(f"--pretrained-file {path}: no such file")
+        local = Path(pretrained_file), f"--pretrained-file {pretrained_file}"
+        if not local[0].is_file():
+            raise UserError(f"{local[1]}: no such file")
+    elif pretrained and (cached := _hub_cached()) is not None:
+        local = cached, f"the hub's cached copy {cached}"
+    if local is not None:
         net = timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
-        _load_file(net, path)
+        _load_file(net, *local)
         return BEiT(net)
     what = "pretrained BEiT weights from the Hugging Face hub"
-    cached = _hub_cached() if pretrained else None
-    if cached is not None:
-        # The hub's copy, loaded as a --pretrained-file is: timm would first ask the hub for the
-        # file's version, which offline retries for a minute before it falls back to this copy.
-        net = timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
-        _load_file(net, cached)
-        return BEiT(net)
     if pretrained:
         check_downloadable(what, hub_url())
     try:
@@ -129,9 +128,10 @@ def _hub_cached():
 _NOT_LOADED = ("head.", "norm.", "fc_norm.")
 
 
-def _load_file(net, path):
+def _load_file(net, path, source):
     """The BEiT-base weights of ``path`` (timm's or BEiT's own layout, ``.pth`` or ``.safetensors``) into
-    ``net``: every tensor of the network but the head, or nothing.
+    ``net``: every tensor of the network but the head, or nothing. ``source`` names the file in an
+    error (``--pretrained-file PATH``, or the hub's cached copy).
 
     timm's own loader loads a file non-strictly whenever the head is replaced, so that a file of
     another network loads nothing and trains from random weights after one warning; this one refuses it.
@@ -142,17 +142,17 @@ def _load_file(net, path):
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as e:  # torch.load's and safetensors' errors have no common base
-        raise UserError(f"--pretrained-file {path}: not a readable weights file (neither torch.save's nor "
+        raise UserError(f"{source}: not a readable weights file (neither torch.save's nor "
                         f"safetensors: {brief(e)})") from None
     state = {k: v for k, v in state.items() if torch.is_tensor(v)}
     try:
         state = checkpoint_filter_fn(state, net)  # BEiT's original layout to timm's
         result = net.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
     except (RuntimeError, KeyError, ValueError) as e:  # a tensor of another shape, or a layout it cannot read
-        raise UserError(f"--pretrained-file {path}: not BEiT-base weights ({brief(e)})") from None
+        raise UserError(f"{source}: not BEiT-base weights ({brief(e)})") from None
     missing = [k for k in result.missing_keys if not k.startswith(_NOT_LOADED)]
     unexpected = [k for k in result.unexpected_keys if not k.startswith(_NOT_LOADED)]
     if missing or unexpected:
         held = ", ".join(list(state)[:3])
-        raise UserError(f"--pretrained-file {path}: not BEiT-base weights: {len(missing)} of the network's tensors "
+        raise UserError(f"{source}: not BEiT-base weights: {len(missing)} of the network's tensors "
                         f"missing from it, {len(unexpected)} of its {len(state)} foreign to it (it holds {held}, ...)")

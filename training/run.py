@@ -133,8 +133,8 @@ class Resume:
                 continue
             if not flags.acts_on(name, values):
                 continue  # a flag of other models, or out of effect: it does nothing to this run
-            typed = _as_typed(name, now[name])
-            raise UserError(f"{typed}: {self.path} is a run of {_as_typed(name, saved[name])}, which a resume "
+            typed = flags.as_typed(name, now[name])
+            raise UserError(f"{typed}: {self.path} is a run of {flags.as_typed(name, saved[name])}, which a resume "
                             f"keeps ({flag.kept}); start a new run for it")
 
     def changes(self, values):
@@ -142,7 +142,7 @@ class Resume:
         (the run had value)`` texts: every flag the run compares (:data:`config.flags.COMPARED`) that
         acts on its model and differs. The updater and the data take them from the next epoch on."""
         saved, now = self.ckpt["args"], flags.to_json(values)
-        return [f"{' '.join(flags.words(name, now[name]))} (the run had {_as_typed(name, saved[name])})"
+        return [f"{flags.as_typed(name, now[name])} (the run had {flags.as_typed(name, saved[name])})"
                 for name in now if name in flags.COMPARED and name in saved and now[name] != saved[name]
                 and flags.acts_on(name, values)]
 
@@ -183,8 +183,3 @@ class Resume:
         set_rng_state(ckpt["rng"])
         return TrainState(epoch=ckpt["epoch"], best_metric=ckpt["best_metric"], best_epoch=ckpt["best_epoch"],
                           record=ckpt["metrics"], partial=ckpt.get("partial"))
-
-
-def _as_typed(name, value):
-    """A flag's value as it would be typed (``--no-pretrained``, ``--lr 0.1``), or ``no --flag`` for none."""
-    return " ".join(flags.words(name, value)) or f"no {flags.BY_NAME[name].option}"

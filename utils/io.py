@@ -72,12 +72,9 @@ def output_folder(path, *, keep_written=False):
     try:
         yield path
     except BaseException:
-        if keep_written:
-            if top is not None and not any(path.iterdir()):
-                shutil.rmtree(top, ignore_errors=True)
-        elif top is not None:
+        if top is not None and not (keep_written and any(path.iterdir())):
             shutil.rmtree(top, ignore_errors=True)
-        else:
+        elif top is None and not keep_written:
             for name in set(os.listdir(path)) - before:
                 entry = path / name
                 if entry.is_dir() and not entry.is_symlink():
