@@ -9,20 +9,35 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+from PIL import Image  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from utils.io import atomic_write  # noqa: E402
 
-DPI = 150
+DPI = 200  # a page-wide figure is 1300 pixels across: print quality, not a poster
+PAGE = (6.5, 9.0)  # inches: a report page's text area, which every figure is drawn to fit at its own size
+MIN_FONT = 8  # points: the smallest text a figure holds, read at its own size
 METRIC_NAMES = {"acc": "accuracy", "miou": "mIoU"}  # how titles and legends spell each logged metric
 SAVE_PAD = 0.1  # inches of margin around the drawn content (matplotlib's default)
 
 
 def save_figure(fig, path):
-    """Save atomically (a report never holds half a PNG) and close the figure."""
+    """Save atomically (a report never holds half a PNG) and close the figure.
+
+    Returns:
+        ``{"inches": (width, height) as saved, "min_font": the smallest text's size in points}``:
+        on a page the figure is shown at ``inches`` (it is drawn to fit :data:`PAGE`), where its
+        text has the sizes it was given.
+    """
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", pad_inches=SAVE_PAD)
+    # Read after drawing, which gives the tick labels their text.
+    fonts = [text.get_fontsize() for text in fig.findobj(Text) if text.get_visible() and text.get_text().strip()]
     plt.close(fig)
+    with Image.open(path) as image:  # the size after the tight crop; reads the header only
+        inches = tuple(round(pixels / DPI, 2) for pixels in image.size)
+    return {"inches": inches, "min_font": min(fonts, default=None)}
 
 
 def class_colors(n):
