@@ -137,8 +137,9 @@ class Flag:
 
 
 _OUTPUT = "runs/<problem>_<model>"
-_AMP = ("mixed precision; auto means bf16 on CUDA (fp16 on GPUs without native bf16, such as the course's RTX 2080 "
-        "Ti) and off on the CPU")
+_AMP = ("mixed precision; auto means bf16 where the device computes bfloat16 natively (CUDA from Ampere on; CPUs "
+        "with AMX or AVX512-BF16), fp16 on older GPUs (the course's RTX 2080 Ti) and off on other CPUs, where "
+        "bfloat16 is emulated and slower")
 # Why a resume keeps a flag's value (Flag.kept):
 _NETWORK = "the checkpoint's weights are of that network"
 _WEIGHTS = "a resume starts from the checkpoint's weights"
@@ -147,7 +148,7 @@ FLAGS = (
     # where and how it computes
     Flag("device", "where to compute; auto picks CUDA when available", default="auto",
          choices=("auto", "cpu", "cuda"), role=PLACE, group="runtime"),
-    Flag("amp", {problem: _AMP + ("" if problem is None else "; under fp16 a training step whose gradients overflow "
+    Flag("amp", {problem: _AMP + ("" if problem is None else "; args.json records the precision chosen; under fp16 a training step whose gradients overflow "
                                   f"is skipped (skipped_steps in metrics.jsonl) and {MAX_SKIPPED_IN_A_ROW} in a row "
                                   "stop the run") for problem in (None, *PROBLEMS)},
          default="auto", choices=("auto", "bf16", "fp16", "off"), role=PLACE, group="runtime"),

@@ -76,7 +76,7 @@ def p1_run(p1_data, tmp_path_factory):
     train, val = p1_data
     args = p1_train.get_args_parser().parse_args([
         "--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(out),
-        "--epochs", "4", "--batch-size", "16", "--device", "cpu", "--no-progress"])
+        "--epochs", "4", "--batch-size", "16", "--device", "cpu", "--amp", "off", "--no-progress"])
     p1_train.main(args)
     return out
 
@@ -149,6 +149,6 @@ def p2_run(p2_data, tmp_path_factory):
     args = p2_train.get_args_parser().parse_args([
         "--model", "lraspp", "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]), "--output-dir", str(out),
         "--tile-size", "64", "--no-pretrained", "--epochs", "2", "--batch-size", "4",
-        "--opt", "adamw", "--lr", "1e-4", "--device", "cpu", "--no-progress"])
+        "--opt", "adamw", "--lr", "1e-4", "--device", "cpu", "--amp", "off", "--no-progress"])
     p2_train.main(args)
     return out

@@ -11,7 +11,7 @@ from datasets.transforms import Compose, Normalize
 from models import load_trained
 from inference import forward, predict
 from utils.errors import UserError
-from utils.runtime import cannot_build, out_of_memory
+from utils.runtime import amp_choice, cannot_build, out_of_memory
 import p1_inference
 import p1_train
 from tests.conftest import run_main, run_script
@@ -19,7 +19,7 @@ from tests.conftest import run_main, run_script
 
 def run_inference(checkpoint, images, out, *flags):
     args = p1_inference.get_args_parser().parse_args(
-        ["--checkpoint", str(checkpoint), "--device", "cpu", "--no-progress", str(images), str(out), *flags])
+        ["--checkpoint", str(checkpoint), "--device", "cpu", "--amp", "off", "--no-progress", str(images), str(out), *flags])
     p1_inference.main(args)
     with open(out, newline="") as f:
         return list(csv.reader(f))
@@ -90,7 +90,7 @@ def test_compile_without_a_cpp_compiler_trains_eagerly_after_one_warning(p1_data
     train, val = p1_data
     out = tmp_path / "run"
     proc = run_main(p1_train, "--train-dir", train, "--val-dir", val, "--output-dir", out, "--epochs", "1",
-                    "--batch-size", "16", "--device", "cpu", "--no-progress", "--compile")
+                    "--batch-size", "16", "--device", "cpu", "--amp", "off", "--no-progress", "--compile")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "warning: --compile: torch.compile cannot build code on this machine (InvalidCxxCompiler: No working C++ "
@@ -106,7 +106,7 @@ def test_compiled_grading_without_a_cpp_compiler_writes_what_eager_does_after_on
     eager_csv, compiled_csv = tmp_path / "eager.csv", tmp_path / "compiled.csv"
     run_inference(p1_run / "best.pth", val, eager_csv)
     env = {"CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor_cache")}
-    proc = run_script("p1_inference.py", "--checkpoint", p1_run / "best.pth", "--device", "cpu", "--no-progress",
+    proc = run_script("p1_inference.py", "--checkpoint", p1_run / "best.pth", "--device", "cpu", "--amp", "off", "--no-progress",
                       "--compile", val, compiled_csv, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -116,22 +116,47 @@ def test_compiled_grading_without_a_cpp_compiler_writes_what_eager_does_after_on
 
 
 @pytest.mark.numeric
-def test_bf16_autocast_trains_within_noise_of_full_precision(p1_data, tmp_path):
+def test_bf16_autocast_trains_within_noise_of_full_precision_and_auto_picks_it_where_native(p1_data, tmp_path,
+                                                                                            monkeypatch, capsys):
     train, val = p1_data
 
-    def first_epoch(amp):
+    def first_epoch(amp, out):
         args = p1_train.get_args_parser().parse_args([
-            "--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(tmp_path / amp),
+            "--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(tmp_path / out),
             "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--amp", amp, "--no-progress"])
         p1_train.main(args)
-        return json.loads((tmp_path / amp / "metrics.jsonl").read_text())
+        recorded = json.loads((tmp_path / out / "args.json").read_text())["amp"]
+        return json.loads((tmp_path / out / "metrics.jsonl").read_text()), recorded
 
-    full, bf16 = first_epoch("off"), first_epoch("bf16")
+    (full, _), (bf16, _) = first_epoch("off", "off"), first_epoch("bf16", "bf16")
     assert bf16["train_loss"] != full["train_loss"]  # autocast did run in bfloat16
     # Measured apart by at most 0.18% (train) and 0.49% (val) at the default, AVX2 and AVX-512 CPU
     # capabilities and on 1 or 2 threads: 5% leaves a tenfold margin and still catches a broken autocast.
     assert bf16["train_loss"] == pytest.approx(full["train_loss"], rel=0.05)
     assert bf16["val_loss"] == pytest.approx(full["val_loss"], rel=0.05)
+    # --amp auto runs as the precision it picks (the same losses, to the bit, on this machine),
+    # records that precision in args.json and says why once.
+    capsys.readouterr()
+    for features, chosen, same_as, why in (
+            ({"avx2": True, "amx_bf16": True}, "bf16", bf16, "this CPU computes bfloat16 natively"),
+            ({"avx2": True, "avx512_bf16": False, "avx_ne_convert": True}, "off", full, "this CPU has no native bfloat16")):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: features)
+        metrics, recorded = first_epoch("auto", f"auto_{chosen}")
+        assert recorded == chosen
+        assert (metrics["train_loss"], metrics["val_loss"]) == (same_as["train_loss"], same_as["val_loss"])
+        assert capsys.readouterr().out.count(f"amp {chosen} (--amp auto: {why})") == 1
+
+
+def test_amp_auto_is_fp16_on_gpus_that_emulate_bf16_and_fp16_is_refused_off_cuda(monkeypatch):
+    gpu = torch.device("cuda", 0)  # amp_choice reads the device's type only; nothing runs on it
+    # A GPU before Ampere: bf16 "supported" only when emulation counts.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert amp_choice("auto", gpu) == ("fp16", "this GPU has no native bfloat16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert amp_choice("auto", gpu) == ("bf16", "this GPU computes bfloat16 natively")
+    assert amp_choice("off", gpu) == ("off", "")
+    with pytest.raises(UserError, match="--amp fp16: float16 autocast needs CUDA"):
+        amp_choice("fp16", torch.device("cpu"))
 
 
 class _Classifier(nn.Module):

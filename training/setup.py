@@ -20,7 +20,7 @@ from utils.checkpoint import model_entries
 from utils.io import check_writable
 from utils.errors import UserError
 from utils.run_folder import RunFolder, read_args_file
-from utils.runtime import place_model, resolve_amp, resolve_device, seed_everything
+from utils.runtime import AMP_DTYPES, amp_choice, place_model, resolve_device, seed_everything
 
 
 class TrainingParser(ArgumentParser):
@@ -143,6 +143,7 @@ class RunSetup:
         resume: the :class:`training.run.Resume` it continues, or ``None`` for a fresh run.
         device: the ``torch.device``.
         amp_dtype: the autocast dtype, or ``None``.
+        amp_why: why ``--amp auto`` chose the run's precision (``""`` when it was typed as such).
         ctx: this process's :class:`utils.distributed.Context`.
         folder: the :class:`utils.run_folder.RunFolder` (written by the main process only).
         sync_bn: whether training turns BatchNorm into SyncBatchNorm
@@ -157,6 +158,7 @@ class RunSetup:
     ctx: distributed.Context
     folder: RunFolder
     sync_bn: bool = False
+    amp_why: str = ""
 
     @classmethod
     def prepare(cls, typed, problem):
@@ -164,7 +166,9 @@ class RunSetup:
         the process group under torchrun and check the run folder, before any data is read."""
         args, resume = resolve(typed, problem)
         device = resolve_device(args.device)
-        amp_dtype = resolve_amp(args.amp, device)
+        # args.json records the precision chosen, so that a resume or a --config rerun computes as
+        # this run did on whatever machine it runs.
+        args.amp, amp_why = amp_choice(args.amp, device)
         if resume is not None:
             resume.check(vars(args), device)
         ctx = distributed.init(device)
@@ -174,7 +178,7 @@ class RunSetup:
         folder = RunFolder(args.output_dir)
         if ctx.is_main:  # under torchrun on several machines the folder may exist on rank 0's alone
             folder.check_new(resumed=resume is not None, overwrite=args.overwrite)
-        return cls(args, problem, resume, device, amp_dtype, ctx, folder, sync_bn)
+        return cls(args, problem, resume, device, AMP_DTYPES[args.amp], ctx, folder, sync_bn, amp_why)
 
     def build_model(self, *, num_classes, mean=None, std=None, class_weights=None):
         """The run's ``--model`` on the device, its weights initialised from ``--seed``.

@@ -117,7 +117,8 @@ class Trainer:
             setup.folder.start(task.entries["args"], resume_epoch=state.epoch if setup.resume else None)
             print(f"training {args.model} on {len(task.train_data[0])} {task.unit} ({args.train_dir}), validating "
                   f"on {len(task.val_data[0])} ({args.val_dir}); {setup.ctx.world_size} x {setup.device.type}, "
-                  f"amp {args.amp}{', sync-bn' if setup.sync_bn else ''}; output {args.output_dir}", flush=True)
+                  f"amp {args.amp}{f' (--amp auto: {setup.amp_why})' if setup.amp_why else ''}"
+                  f"{', sync-bn' if setup.sync_bn else ''}; output {args.output_dir}", flush=True)
         failed = True
         try:
             result = self._epochs()

@@ -155,15 +155,48 @@ def peak_memory_gib(device):
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def resolve_amp(name, device):
-    """Turn ``--amp`` into an autocast dtype, or ``None`` for full precision."""
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}  # --amp's precisions
+
+
+def native_bf16(device):
+    """Whether ``device`` computes bfloat16 natively; where it only emulates it, bf16 autocast is
+    slower than float32.
+
+    CUDA: from Ampere on (GPUs before it, the course's 11 GB card among them, emulate it). CPU: an
+    instruction set with bfloat16 arithmetic, which oneDNN's convolutions and matmuls use: AMX-BF16
+    or AVX512-BF16 on x86 (Sapphire Rapids and later, Cooper Lake, Zen 4), BF16 on Arm.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return any(present is True and "bf16" in feature for feature, present in torch.cpu.get_capabilities().items())
+    return False
+
+
+def amp_choice(name, device):
+    """``--amp`` on ``device`` as the precision it runs in.
+
+    Returns:
+        ``(precision, why)``: ``bf16``, ``fp16`` or ``off``, and for ``auto`` the reason for its
+        choice (``""`` for a precision typed as such).
+
+    Raises:
+        UserError: ``fp16`` off CUDA.
+    """
+    why = ""
     if name == "auto":
-        # GPUs before Ampere (the course's 11 GB card among them) only emulate bfloat16.
-        native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-        name = "off" if device.type != "cuda" else "bf16" if native_bf16 else "fp16"
+        native = native_bf16(device)
+        what = "GPU" if device.type == "cuda" else device.type.upper()
+        name = "bf16" if native else "fp16" if device.type == "cuda" else "off"
+        why = f"this {what} {'computes bfloat16 natively' if native else 'has no native bfloat16'}"
     if name == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16: float16 autocast needs CUDA (use --amp bf16 or off on the CPU)")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[name]
+    return name, why
+
+
+def resolve_amp(name, device):
+    """Turn ``--amp`` into an autocast dtype (:func:`amp_choice`), or ``None`` for full precision."""
+    return AMP_DTYPES[amp_choice(name, device)[0]]
 
 
 def autocast(device, amp_dtype):
