@@ -18,15 +18,16 @@ import p2_masks
 from tests.conftest import assert_one_line_error, run_main, run_script
 from figures import features, masks, plots as plotting
 from figures.architecture import architecture_summary, layout, plot_architecture, shape_text, trace_blocks, trace_graph
-from figures.plots import (class_boundaries, mask_overlay, plot_class_iou, plot_compare, plot_confusion,
-                           plot_curves, plot_embeddings, plot_image_grid)
+from figures.plots import (DPI, MIN_FONT, PAGE, class_boundaries, class_styles, mask_overlay, plot_class_iou,
+                           plot_compare, plot_confusion, plot_curves, plot_embeddings, plot_image_grid)
+from figures.masks import overlay_legend
 from figures.runs import compare_runs, first_middle_last
 from utils.errors import UserError
 from utils.run_folder import RunFolder
 
 
 def parse(module, *argv):
-    return module.get_args_parser().parse_args([*map(str, argv), "--device", "cpu", "--no-progress"])
+    return module.get_args_parser().parse_args([*map(str, argv), "--device", "cpu", "--amp", "off", "--no-progress"])
 
 
 def test_p1_features_and_embeddings(p1_run, p1_data, tmp_path):
@@ -148,7 +149,7 @@ def test_p2_masks_from_the_command_line(p2_run, p2_data, tmp_path):
     """p2_masks.py's smoke test: a real `python3 p2_masks.py ...` draws both figures."""
     out = tmp_path / "o"
     proc = run_script("p2_masks.py", "--run", p2_run, "--val-dir", p2_data[1], "--ids", "0101", "--out", out,
-                      "--device", "cpu", "--no-progress")
+                      "--device", "cpu", "--amp", "off", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert sorted(p.name for p in out.iterdir()) == ["p2_mask_progress.png", "p2_overlay.png"]
@@ -169,7 +170,7 @@ def test_run_without_snapshots(p1_run, p1_data, tmp_path):
     run.mkdir()
     (run / "metrics.jsonl").write_bytes((p1_run / "metrics.jsonl").read_bytes())
     proc = run_script("p1_features.py", "--run", run, "--val-dir", p1_data[1], "--out", tmp_path / "o",
-                      "--device", "cpu")
+                      "--device", "cpu", "--amp", "off")
     assert_one_line_error(proc, "--run", str(run), "no epoch_NNN.pth snapshots")
     assert proc.returncode == 2
     assert not (tmp_path / "o").exists()
@@ -262,7 +263,7 @@ def _drawn(monkeypatch):
     def look_then_save(fig, path, save=plotting.save_figure):
         fig.canvas.draw()
         figures.append((fig, np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)))
-        save(fig, path)
+        return save(fig, path)
 
     monkeypatch.setattr(plotting, "save_figure", look_then_save)
     return figures
@@ -298,7 +299,7 @@ def _gap_above_legend(fig):
 def test_no_blank_band_above_the_legends(tmp_path, monkeypatch):
     drawn = _drawn(monkeypatch)
     rng = np.random.default_rng(0)
-    plot_embeddings([("a", rng.normal(size=(40, 2)))] * 3, rng.integers(0, 50, 40), tmp_path / "e.png",
+    plot_embeddings([("a", rng.normal(size=(40, 2)))] * 2, rng.integers(0, 50, 40), tmp_path / "e.png",
                     num_classes=50, suptitle="t")
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     plot_image_grid([[image] * 5] * 3, list("abcde"), tmp_path / "g.png", row_titles=list("xyz"), suptitle="t",
@@ -307,15 +308,76 @@ def test_no_blank_band_above_the_legends(tmp_path, monkeypatch):
         assert 0 < _gap_above_legend(fig) < 0.3  # the tick-less panels' labels need no more
 
 
+def test_three_embeddings_leave_their_fourth_cell_to_the_legend(tmp_path, monkeypatch):
+    drawn = _drawn(monkeypatch)
+    rng = np.random.default_rng(0)
+    plot_embeddings([("a", rng.normal(size=(40, 2)))] * 3, np.arange(40) % 20, tmp_path / "e.png", num_classes=50,
+                    suptitle="t")
+    (fig, _), = drawn
+    *panels, cell = fig.axes
+    assert len(panels) == 3 and not fig.legends and not cell.axison
+    assert [t.get_text() for t in cell.get_legend().get_texts()] == [str(c) for c in range(20)]
+
+
+def test_fifty_classes_each_have_their_own_colour_and_marker():
+    styles = class_styles(50)
+    assert len({(tuple(colour), marker) for colour, marker in styles}) == 50
+    assert len({tuple(colour) for colour, _ in styles[:10]}) == 10  # ten classes: ten hues, one marker
+    with pytest.raises(ValueError):
+        class_styles(51)
+
+
+def test_every_plot_fits_a_report_page_with_its_text_at_least_8_points(tmp_path):
+    """Each plot at the most its report puts in it: 50 classes, three runs with long names, 512-pixel
+    tiles; saved at a size that fits the page at 1:1, so its text is read at the size it was given."""
+    rng = np.random.default_rng(0)
+    labels, points = np.arange(500) % 50, rng.normal(size=(500, 2))
+    records = [{"epoch": e, "lr": 1e-3 / e, "train_loss": 1 / e, "val_loss": 1 / e, "val_miou": 0.01 * e,
+                "val_acc": 0.01 * e} for e in range(1, 101)]
+    tile = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    panel = "t-SNE, epoch 100\nvalidation accuracy 0.9264"
+    axes = ("PC1 (12.3% of the variance)", "PC2 (10.1% of the variance)")
+    made = {
+        "tsne": plot_embeddings([(panel, points)] * 3, labels, tmp_path / "tsne.png", num_classes=50,
+                                suptitle="beit: t-SNE of the second-last layer on 2500 validation images"),
+        "pca": plot_embeddings([(panel, points, axes)] * 2, labels, tmp_path / "pca.png", num_classes=50,
+                               suptitle="beit: PCA of the second-last layer on 2500 validation images"),
+        "curves": plot_curves(records, tmp_path / "curves.png", metric="miou", title="run p2_deeplabv3_strong_seed12"),
+        "compare": plot_compare([(f"p1_vgg13_seed{s} (--lr 0.01 --weight-decay 0.0005)", records) for s in range(3)],
+                                tmp_path / "compare.png", metric="acc", title="three seeds of the strong recipe"),
+        "confusion": plot_confusion(rng.integers(0, 9, (50, 50)), tmp_path / "confusion.png",
+                                    title="beit, best.pth (epoch 30): confusion on 2500 validation images"),
+        "iou": plot_class_iou([0.75, 0.88, None, 0.7, 0.8, 0.62], CLASS_NAMES[:6], tmp_path / "iou.png",
+                              title="p2_deeplabv3_strong, epoch 100: per-class IoU"),
+        "masks": plot_image_grid([[tile] * 5] * 3, ["input", "epoch 1", "epoch 50", "epoch 100", "ground truth"],
+                                 tmp_path / "masks.png", row_titles=["0013", "0062", "0104"],
+                                 legend=list(zip(CLASS_NAMES, PALETTE)),
+                                 suptitle="deeplabv3: predicted masks during training"),
+        "overlay": plot_image_grid([[tile] * 2] * 3, ["ground truth", "prediction, best.pth (epoch 100)"],
+                                   tmp_path / "overlay.png", row_titles=["0013", "0062", "0104"],
+                                   legend=overlay_legend(np.array(PALETTE, dtype=np.uint8)),
+                                   legend_title="class colours as blended over a mid-grey tile",
+                                   suptitle="deeplabv3: classes blended at 0.45 over the tile at 50% brightness; "
+                                            "boundaries in red"),
+    }
+    for name, meta in made.items():
+        pixels = Image.open(meta["path"]).size
+        assert tuple(p / DPI for p in pixels) == pytest.approx(meta["inches"], abs=0.01), name
+        assert meta["inches"][0] <= PAGE[0] and meta["inches"][1] <= PAGE[1], (name, meta["inches"])
+        assert meta["inches"][0] >= 0.75 * PAGE[0], (name, meta["inches"])  # not a stamp in a page's corner
+        assert meta["min_font"] >= MIN_FONT, (name, meta["min_font"])
+
+
 def test_titles_spell_the_metrics_out_and_say_what_a_figure_shows(tmp_path):
     records = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "val_loss": 1 / e, "val_miou": 0.1 * e, "val_acc": 0.2 * e}
                for e in (1, 2)]
     titles = plot_curves(records, tmp_path / "c.png", metric="miou", title="run p2_deeplabv3")["titles"]
     assert titles[0] == "run p2_deeplabv3: loss, validation mIoU and learning rate per epoch"
-    assert titles[2] == "validation mIoU"
-    assert plot_curves(records, tmp_path / "c.png", metric="acc", title="r")["titles"][2] == "validation accuracy"
+    assert titles[2] == "validation mIoU\nbest 0.2000 (epoch 2, red)"
+    assert plot_curves(records, tmp_path / "c.png", metric="acc", title="r")["titles"][2].startswith(
+        "validation accuracy\n")
     titles = plot_compare([("a", records), ("b", records)], tmp_path / "k.png", metric="acc", title="t")["titles"]
-    assert titles[1] == "validation accuracy (star: best epoch)"
+    assert titles[1] == "validation accuracy\n(star: best epoch)"
 
 
 def test_a_constant_learning_rate_gets_an_axis_from_zero(tmp_path):
