@@ -28,7 +28,7 @@ import torch
 from datasets import p1 as p1_data, p2 as p2_data
 from datasets.p2 import CLASS_NAMES, SCORED_CLASSES
 from models import get_model, get_model_spec, list_models
-from figures.architecture import architecture_summary, plot_architecture, trace_graph
+from figures.architecture import architecture_summary, fits_page, plot_architecture, trace_graph
 from figures.plots import plot_class_iou, plot_compare, plot_confusion, plot_curves
 from figures.features import feature_figures
 from figures.runs import check_run, compare_runs, comparison_table, default_tile_ids, open_run, rerun_commands
@@ -74,14 +74,15 @@ def architecture(name, out, p2_size=512):
     native = getattr(model, "input_size", None)
     size = native if native else (32, 32) if spec.problem == "p1" else (p2_size, p2_size)
     shape = (1, 3, *size)
-    graph = trace_graph(model, torch.randn(shape))
+    # The deepest level of nesting whose figure fits a page; the table lists the same blocks.
+    graph = trace_graph(model, torch.randn(shape), fits=fits_page)
     blocks = graph["blocks"]
     total = sum(p.numel() for p in model.parameters())
     title = f"{name} ({total / 1e6:.2f}M parameters, input {shape[1]}x{shape[2]}x{shape[3]})"
-    meta = plot_architecture(blocks, out / f"arch_{name}.png", title=title, input_shape=shape,
-                             outputs=graph["outputs"])
+    drawn = dict(title=title, input_shape=shape, outputs=graph["outputs"], output=graph["output"])
+    meta = plot_architecture(blocks, out / f"arch_{name}.png", **drawn)
     with atomic_write(out / f"arch_{name}.txt") as f:
-        f.write(architecture_summary(blocks, title=title, input_shape=shape))
+        f.write(architecture_summary(blocks, **drawn))
     return {**meta, "total_params": total}
 
 

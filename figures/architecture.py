@@ -1,13 +1,21 @@
 """Architecture figures: a model's blocks and how data flows between them, traced by a forward pass.
 
-:func:`trace_graph` runs the model twice on an example input: once with a hook on every submodule
-to choose the blocks (the deepest nesting level that still gives at most ``max_blocks``), once
-with hooks on those blocks only and a ``TorchFunctionMode`` that follows every tensor through the
-operations between them (``torch.cat``, ``+``, ``interpolate``, ...), so each block knows which
-blocks its inputs came from. :func:`plot_architecture` lays the blocks out in rows, parallel
-branches (DeepLabv3's ASPP, its auxiliary head, LR-ASPP's two heads, BEiT's ``cls_token``) side
-by side, with an arrow for every input, wraps a long chain into columns so that the figure reads
-at a report page's width, and keys the boxes' colours (their block types) in a legend.
+:func:`trace_graph` runs the model on an example input: once with a hook on every submodule to
+find its levels of nesting, then with hooks on one level's blocks only and a
+``TorchFunctionMode`` that follows every tensor through the operations between them
+(``torch.cat``, ``+``, ``interpolate``, ...), so each block knows which blocks its inputs came
+from, and the output knows the resizing applied to it after the last block (torchvision's
+segmenters upsample to the input's size in their own ``forward``). Given a ``fits`` test
+(:func:`fits_page`), it keeps the deepest level whose drawing fits a report page.
+
+:func:`plot_architecture` lays the blocks out in rows, parallel branches (DeepLabv3's ASPP, its
+auxiliary head, LR-ASPP's two heads, BEiT's ``cls_token``) side by side, with an arrow for every
+input, and ends with an output box holding the output's shape per image. It wraps a long chain
+into the fewest columns that fit :data:`~figures.plots.PAGE` at 1:1, its text at
+:data:`~figures.plots.MIN_FONT`, so the figure is shown at the size it is drawn, never scaled
+down; an edge between columns runs over their top or under their bottom, whichever is shorter, and
+a legend keys the boxes' colours (their block types). :func:`architecture_summary` tables the
+same blocks, with every digit of their parameter counts (a box rounds them to three).
 """
 import textwrap
 import weakref
@@ -15,23 +23,24 @@ import weakref
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib.patches import Patch
 from torch.overrides import TorchFunctionMode
 
-from figures.plots import DPI, SAVE_PAD, class_colors, save_figure
+from figures.plots import HEIGHT, MIN_FONT, PAGE, WIDTH, class_colors, save_figure
 
 INPUT, OUTPUT = "input", "output"
 
 # Sizes in inches at the boxes' font size; the figure is drawn in inches (one data unit = 1 in).
-FONT = 7  # points, the boxes' text
-CHAR = 0.602 * FONT / 72  # the advance of one DejaVu Sans Mono character
+FONT = MIN_FONT  # points, the boxes' text: the smallest a page may hold, so the boxes are as narrow as allowed
+CHAR = 0.602 * FONT / 72  # the advance of one DejaVu Sans Mono character (drawn unhinted: see plot_architecture)
 LINE = 1.25 * FONT / 72  # one line of it
+INSET = CHAR / 2  # from a box's edge to its text
 BOX = 3 * LINE + 0.08  # a box's height: its name, its type, its output shape and parameters
 ROW = BOX + 0.14  # from one row of boxes to the next: the rest is the gap arrows run through
+BOX_GAP = 0.1  # between two boxes of a row
 CHANNEL = 0.07  # between two long edges running side by side down a gutter
-COLUMN_GAP = 0.3  # the least space between two columns of a wrapped chain
-PAGE = (6.5, 9.0)  # a report page's text area: the wrap is chosen to show the text largest on it
-MAX_PIXELS = 2000  # the long side of a saved figure
+COLUMN_GAP = 0.2  # the least space between two columns of a wrapped chain
 
 
 def _tensors(value):
@@ -55,7 +64,8 @@ def _main_tensor(output):
 
 
 class _Producers(TorchFunctionMode):
-    """Which blocks every live tensor comes from, carried through every torch operation.
+    """Which blocks every live tensor comes from, and the resizing (``F.interpolate``, which
+    ``upsample`` and ``nn.Upsample`` call) applied to it since, carried through every torch operation.
 
     Tensors are keyed by ``id`` with a weak reference beside it, so an id that Python reuses
     after a tensor dies is not mistaken for the old tensor (and nothing is kept alive).
@@ -65,24 +75,36 @@ class _Producers(TorchFunctionMode):
         super().__init__()
         self.table = {}
 
-    def set(self, tensor, names):
-        self.table[id(tensor)] = (weakref.ref(tensor), frozenset(names))
+    def set(self, tensor, names, resizes=()):
+        """Record a tensor's producing blocks; a block's output starts with no resizing since."""
+        self.table[id(tensor)] = (weakref.ref(tensor), frozenset(names), tuple(resizes))
+
+    def _entries(self, value):
+        for t in _tensors(value):
+            ref, names, resizes = self.table.get(id(t), (None, (), ()))
+            if ref is not None and ref() is t:
+                yield names, resizes
 
     def of(self, value):
-        found = set()
-        for t in _tensors(value):
-            ref, names = self.table.get(id(t), (None, ()))
-            if ref is not None and ref() is t:
-                found |= names
-        return found
+        """The blocks (or the input) that ``value``'s tensors come from."""
+        return set().union(*(names for names, _ in self._entries(value)))
+
+    def resizes(self, value):
+        """The resizing applied to ``value``'s tensors since their last block, in order."""
+        return list(dict.fromkeys(m for _, resizes in self._entries(value) for m in resizes))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         sources = self.of((args, kwargs))
         if sources:
+            resizes = self.resizes((args, kwargs))
+            if func is F.interpolate:
+                mode = kwargs.get("mode", args[3] if len(args) > 3 else "nearest")
+                grows = out.shape[2:].numel() > args[0].shape[2:].numel()
+                resizes.append(f"{mode} {'upsampling' if grows else 'resizing'}")
             for t in _tensors(out):
-                self.set(t, sources)
+                self.set(t, sources, resizes)
         return out
 
 
@@ -96,8 +118,9 @@ def _run(model, example):
         model.train(was_training)
 
 
-def _choose_blocks(model, example, max_blocks):
-    """``{name: (type, shape, params)}`` of the blocks, in the order they finish."""
+def _levels(model, example, max_blocks):
+    """The ways to cut the model into blocks, deepest first: ``({name: (type, shape, params)},
+    [blocks of each level of nesting that has at most max_blocks])``, blocks in the order they finish."""
     calls, handles = [], []
 
     def hook(name):
@@ -127,28 +150,48 @@ def _choose_blocks(model, example, max_blocks):
         return [n for n in names if level[n] <= depth
                 and not any(o.startswith(n + ".") and level[o] <= depth for o in names)]
 
-    best = cut(1)
-    for depth in range(2, 10):
+    cuts = []
+    for depth in range(1, max(level.values(), default=1) + 1):
         blocks = cut(depth)
-        if len(blocks) > max_blocks:
+        if cuts and (len(blocks) > max_blocks or blocks == cuts[-1]):
             break
-        best = blocks
-    return {n: first[n] for n in best}
+        cuts.append(blocks)
+    return first, cuts[::-1]
 
 
-def trace_graph(model, example, max_blocks=50):
-    """The blocks a forward pass runs through and where each one's inputs come from.
+def trace_graph(model, example, max_blocks=50, fits=None):
+    """The blocks a forward pass runs through, where each one's inputs come from, and the output.
 
-    Parameters that belong to no block (BEiT's ``cls_token``) become blocks of their own, of
-    type ``Parameter``, listed before the other inputs of their first user. A source that also
-    feeds another source of the same block (a residual connection) is left out.
+    The blocks are one level of nesting: the deepest with at most ``max_blocks`` blocks (the
+    first level always counts), or, given ``fits``, the deepest of those whose graph ``fits``
+    accepts (the first level when none is). Parameters that belong to no block (BEiT's
+    ``cls_token``) become blocks of their own, of type ``Parameter``, listed before the other
+    inputs of their first user. A source that also feeds another source of the same block (a
+    residual connection) is left out.
+
+    Args:
+        model: the network; traced in eval mode, without gradients.
+        example: an input batch of one.
+        max_blocks: the most blocks a level may have.
+        fits: a test on a graph (:func:`fits_page`), or ``None`` for the deepest level.
 
     Returns:
-        ``{"blocks": [{"name", "type", "shape", "params", "sources"}], "outputs": sources}``:
-        ``sources`` are block names, or ``"input"`` for the model's input; ``outputs`` are the
-        blocks the model's outputs come from.
+        ``{"blocks": [{"name", "type", "shape", "params", "sources"}], "outputs": sources,
+        "input_shape", "output": {"shape", "ops", "keys"}}``: ``sources`` are block names, or
+        ``"input"`` for the model's input; ``outputs`` are the blocks the model's outputs come
+        from; ``output`` is the shape of the output (its ``out`` for a dict), the resizing applied
+        to it after its last block (``"bilinear upsampling"``, ...), and a dict output's keys.
     """
-    chosen = _choose_blocks(model, example, max_blocks)
+    info, levels = _levels(model, example, max_blocks)
+    for blocks in levels:
+        graph = _trace(model, example, {n: info[n] for n in blocks})
+        if fits is None or fits(graph):
+            break
+    return graph
+
+
+def _trace(model, example, chosen):
+    """:func:`trace_graph` at the blocks ``chosen``, ``{name: (type, shape, params)}``."""
     modules = dict(model.named_modules())
     flow, order, sources, handles = _Producers(), [], {}, []
 
@@ -179,6 +222,9 @@ def trace_graph(model, example, max_blocks=50):
     finally:
         for h in handles:
             h.remove()
+    main = _main_tensor(output)
+    result = {"shape": tuple(main.shape) if main is not None else None, "ops": flow.resizes(main),
+              "keys": list(output) if isinstance(output, dict) else []}
     sources = _reduce({**sources, OUTPUT: flow.of(output), **{name: set() for name, _ in outside}})
     blocks = [{"name": n, "type": chosen[n][0], "shape": chosen[n][1], "params": chosen[n][2],
                "sources": sorted(sources[n], key=_position(order))} for n in order]
@@ -188,7 +234,8 @@ def trace_graph(model, example, max_blocks=50):
         at = min((i for i, b in enumerate(blocks) if user and b["name"] in user["sources"]), default=len(blocks))
         blocks.insert(at, {"name": name, "type": "Parameter", "shape": (1, *param.shape[-2:]) if param.dim() > 1
                            else (1, *param.shape), "params": param.numel(), "sources": []})
-    return {"blocks": blocks, "outputs": sorted(sources[OUTPUT], key=_position(order))}
+    return {"blocks": blocks, "outputs": sorted(sources[OUTPUT], key=_position(order)),
+            "input_shape": tuple(example.shape), "output": result}
 
 
 def _reduce(sources):
@@ -285,17 +332,19 @@ def _kind_colours(kinds):
 
 class _Wrap:
     """Where every box and gutter lies when the rows of :func:`layout` are cut into ``columns``
-    side by side, each column as wide as its own widest row.
+    side by side, each column's lanes as wide as its own widest box.
 
     A column break goes near an even share of the rows, where the fewest edges cross it. An edge
     that skips a row or changes column runs in channels of its own: down the gutter right of its
-    source's column, then (when that gutter is not beside the target) over the top of the columns
-    to the gutter beside the target, and into the target from that side, or from above when
-    another box of its row is in the way.
+    source's column, then (when that gutter is not beside the target) to the gutter beside the
+    target along a level over the top of the columns, or under their bottom when that makes the
+    shorter run up and down, and into the target from that side, or from above when another box
+    of its row is in the way.
     """
 
-    def __init__(self, where, edges, columns, lane_width):
-        self.where, self.lane_width = where, lane_width
+    def __init__(self, where, edges, columns, widths):
+        """``widths``: each box's width in inches, by name."""
+        self.where = where
         rows = 1 + max(r for r, _ in where.values())
         self.breaks = []
         for k in range(1, columns):
@@ -306,11 +355,14 @@ class _Wrap:
             self.breaks.append(min(window, key=lambda b: (crossing[b], abs(b - ideal)), default=window.start))
         self.starts = [0, *self.breaks]
         self.columns = len(self.starts)
+        self.height = ROW * max(b - a for a, b in zip(self.starts, [*self.breaks, rows]))
         self.lanes = [1 + max(k for r, k in where.values() if self.column(r) == c) for c in range(self.columns)]
-        # Each routed edge: its exit channel (gutter, index), and when it must cross over, its level
-        # over the top and its entry channel. In a gutter, the edges that turn from it into the
-        # column on its right take the channels nearest that column, so that no other edge's
-        # channel lies between them and their target.
+        self.lane_width = [BOX_GAP + max(widths[n] for n, (r, _) in where.items() if self.column(r) == c)
+                           for c in range(self.columns)]
+        # Each routed edge: its exit channel (gutter, index), and when it must cross to another
+        # gutter, its side (over or under the columns), its level there and its entry channel. In a
+        # gutter, the edges that turn from it into the column on its right take the channels nearest
+        # that column, so that no other edge's channel lies between them and their target.
         gutters = {}
         for s, t in edges:
             cs, ct = self.column(where[s][0]), self.column(where[t][0])
@@ -326,18 +378,22 @@ class _Wrap:
         for edge, g in sorted(uses, key=turns_right):
             used[g] += 1
             index[edge, g] = (g, used[g])
-        self.channels, over = {}, 0
+        self.channels, levels = {}, {"over": 0, "under": 0}
         for edge, (leave, enter) in gutters.items():
             crossing = None
             if enter != leave:
-                over += 1
-                crossing = (over, index[edge, enter])
+                # Up from the source's exit and down to the target's entry, or down and up again.
+                s, t = edge
+                side = "under" if self._exit_y(s) + self._entry_y(t, enter) < self.height else "over"
+                levels[side] += 1
+                crossing = (side, levels[side], index[edge, enter])
             self.channels[edge] = (index[edge, leave], crossing)
-        self.gutters = [max(COLUMN_GAP if c < self.columns - 1 else 0, (n + 1) * CHANNEL) for c, n in enumerate(used)]
-        self.left = np.cumsum([0, *[n * lane_width + g for n, g in zip(self.lanes, self.gutters)]])[:-1]
-        self.width = float(self.left[-1] + self.lanes[-1] * lane_width + self.gutters[-1])
-        self.height = ROW * max(b - a for a, b in zip(self.starts, [*self.breaks, rows]))
-        self.over = CHANNEL * (over + 1) if over else 0.0  # the levels over the top of the columns
+        self.gutters = [max(COLUMN_GAP if c < self.columns - 1 else 0, (n + 1) * CHANNEL if n else 0)
+                        for c, n in enumerate(used)]
+        self.left = np.cumsum([0, *[n * w + g for n, w, g in zip(self.lanes, self.lane_width, self.gutters)]])[:-1]
+        self.width = float(self.left[-1] + self.lanes[-1] * self.lane_width[-1] + self.gutters[-1])
+        # The levels over the top of the columns and under their bottom.
+        self.over, self.under = (CHANNEL * (levels[side] + 1) if levels[side] else 0.0 for side in ("over", "under"))
 
     def column(self, row):
         return sum(row >= b for b in self.breaks)
@@ -347,17 +403,33 @@ class _Wrap:
         row, lane = self.where[name]
         return any(r == row and (k < lane if left else k > lane) for r, k in self.where.values())
 
+    def _top(self, name):
+        """The y of a box's top edge, upwards from the bottom of the rows."""
+        row, _ = self.where[name]
+        return self.height - (row - self.starts[self.column(row)]) * ROW - (ROW - BOX) / 2
+
+    def _exit_y(self, name):
+        """Where an edge leaves its source's box: just under it, in the gap to the next row."""
+        return self._top(name) - BOX - (ROW - BOX) / 4
+
+    def _from_side(self, name, gutter):
+        """Whether an edge from ``gutter`` enters ``name`` from its side: no box of its row is in the way."""
+        return not self._beside(name, left=gutter < self.column(self.where[name][0]))
+
+    def _entry_y(self, name, gutter):
+        """Where an edge from ``gutter`` turns towards its target: level with its middle, or just above it."""
+        return self._top(name) - BOX / 2 if self._from_side(name, gutter) else self._top(name) + (ROW - BOX) / 4
+
     def box(self, name):
         """``(x, y, w, h)`` of a box, y upwards from the bottom of the rows."""
         row, lane = self.where[name]
         c = self.column(row)
-        pad = 0.05 * self.lane_width  # half the gap between two boxes
-        top = self.height - (row - self.starts[c]) * ROW - (ROW - BOX) / 2
-        return self.left[c] + lane * self.lane_width + pad, top - BOX, self.lane_width - 2 * pad, BOX
+        return (self.left[c] + lane * self.lane_width[c] + BOX_GAP / 2, self._top(name) - BOX,
+                self.lane_width[c] - BOX_GAP, BOX)
 
     def gutter_x(self, channel):
         c, k = channel
-        return self.left[c] + self.lanes[c] * self.lane_width + k * CHANNEL
+        return self.left[c] + self.lanes[c] * self.lane_width[c] + k * CHANNEL
 
     def route(self, source, target):
         """The polyline of an edge from the bottom of ``source`` into ``target``."""
@@ -368,34 +440,46 @@ class _Wrap:
             return [start, end]
         leave, crossing = self.channels[source, target]
         gutter, x = leave[0], self.gutter_x(leave)
-        gap = ROW - BOX
-        points = [start, (start[0], sy - gap / 4), (x, sy - gap / 4)]
+        points = [start, (start[0], self._exit_y(source)), (x, self._exit_y(source))]
         if crossing is not None:
-            level, entry = crossing
+            side, level, entry = crossing
+            y = self.height + level * CHANNEL if side == "over" else -level * CHANNEL
             gutter, x = entry[0], self.gutter_x(entry)
-            points += [(points[-1][0], self.height + level * CHANNEL), (x, self.height + level * CHANNEL)]
-        from_left = gutter < self.column(self.where[target][0])
-        if not self._beside(target, left=from_left):
-            return points + [(x, ty + th / 2), (tx if from_left else tx + tw, ty + th / 2)]
-        return points + [(x, ty + th + gap / 4), (end[0], ty + th + gap / 4), end]
+            points += [(points[-1][0], y), (x, y)]
+        y = self._entry_y(target, gutter)
+        if self._from_side(target, gutter):
+            return points + [(x, y), (tx if gutter < self.column(self.where[target][0]) else tx + tw, y)]
+        return points + [(x, y), (end[0], y), end]
 
 
-def plot_architecture(blocks, path, *, title, input_shape, outputs=None):
-    """Draw traced blocks as boxes (name; type, output shape, parameters) with their data flow.
+def _count(n):
+    """A parameter count in at most five characters, for a box: exact below 10,000, else three
+    significant digits with k or M (the text table keeps every digit)."""
+    if n < 10_000:
+        return f"{n:,}" if n else ""
+    value, unit = (n / 1e6, "M") if n >= 999_500 else (n / 1e3, "k")
+    return f"{value:.3g}{unit}"
 
-    A long chain wraps into columns side by side, as many as make the figure largest on a report
-    page, with its long side at most :data:`MAX_PIXELS`; a legend tells the block types' colours.
 
-    Args:
-        blocks: :func:`trace_graph`'s blocks (without ``sources``, drawn as one chain).
-        path: the PNG.
-        title: the figure's title.
-        input_shape: the traced input's shape, (1, C, H, W).
-        outputs: the blocks the model's outputs come from, drawn into an output box.
+def _output_lines(output):
+    """The output box's lines: its name (with a dict's keys, when it has more than ``out``), the resizing after the last block,
+    its shape per image; ``output`` is :func:`trace_graph`'s, or ``None`` for the name alone."""
+    output = output or {}
+    keys = f" ({', '.join(output['keys'])})" if len(output.get("keys", [])) > 1 else ""
+    shape = shape_text(output["shape"]) if output.get("shape") else ""
+    return OUTPUT + keys, ", ".join(output.get("ops", [])), shape
 
-    Returns:
-        ``{"path", "panels": 1, "blocks", "params", "rows", "lanes", "columns", "kinds"}``: ``kinds``
-        are the block types in the legend.
+
+_NOTE = "each box: block, type, output per image (C x H x W for feature maps, tokens x width for token rows) " \
+        "and parameters"
+
+
+def _drawing(blocks, input_shape, outputs=None, output=None):
+    """What :func:`plot_architecture` draws, before drawing it: the boxes' lines and colours, the
+    layout, the edges, the block types, the wrap and the figure's size.
+
+    The wrap is the fewest columns whose figure fits :data:`~figures.plots.PAGE`, or the one that
+    overflows it least when none does.
     """
     blocks = [dict(b, sources=b.get("sources", [prev["name"]] if i else [INPUT]))
               for i, (prev, b) in enumerate(zip([None, *blocks], blocks))]
@@ -408,76 +492,124 @@ def plot_architecture(blocks, path, *, title, input_shape, outputs=None):
     # Each box's lines: its name, its type, its output shape with its parameters at the right.
     boxes = {INPUT: (("input", "", shape_text(tuple(input_shape)), ""), grey)}
     for b in blocks:
-        boxes[b["name"]] = ((b["name"], b["type"], shape_text(b["shape"]), f"{b['params']:,}" if b["params"] else ""),
-                            colours[b["type"]])
+        boxes[b["name"]] = ((b["name"], b["type"], shape_text(b["shape"]), _count(b["params"])), colours[b["type"]])
     if outputs is not None:
-        boxes[OUTPUT] = (("output", "", "", ""), grey)
-    # Three characters between the shape and the parameters, one of margin each side, and the gap
-    # between two boxes (a tenth of a lane).
-    chars = max(max(len(name), len(kind), len(shape) + 3 + len(params))
-                for (name, kind, shape, params), _ in boxes.values())
-    lane_width = (chars + 2) * CHAR / 0.9
-    rows = 1 + max(r for r, _ in where.values())
+        boxes[OUTPUT] = ((*_output_lines(output), ""), grey)
+    # Two characters between the shape and the parameters.
+    widths = {name: max(len(label), len(kind), len(shape) + 2 + len(params)) * CHAR + 2 * INSET
+              for name, ((label, kind, shape, params), _) in boxes.items()}
     legend_entry = (max(map(len, kinds)) + 5) * CHAR  # a swatch and a name, proportional type narrower than this
-    note = "each box: block, type, output per image (C x H x W for feature maps, tokens x width for token rows) " \
-           "and parameters"
 
     def legend_columns(width):
         return max(1, int(width // legend_entry))
 
+    def note_lines(width):  # proportional type: at most 0.6 em a character on average
+        return textwrap.wrap(_NOTE, width=max(40, int(width / (0.6 * FONT / 72))))
+
     def size(wrap):
         legend = 0.35 + 0.2 * -(-len(kinds) // legend_columns(wrap.width))  # its title and rows
         header = 0.35 + LINE * len(note_lines(wrap.width))  # the title and the note
-        return wrap.width, wrap.height + wrap.over + header + legend, legend
+        return wrap.width, wrap.height + wrap.over + wrap.under + header + legend, legend
 
-    def note_lines(width):  # proportional type: about half an em a character
-        return textwrap.wrap(note, width=max(40, int(width / (0.55 * FONT / 72))))
+    def overflow(wrap):
+        width, height, _ = size(wrap)
+        return max(width / WIDTH, height / HEIGHT)  # the saved figure's margin makes it PAGE
 
-    def on_a_page(wrap):
-        w, h, _ = size(wrap)
-        fits = max(w, h) + 2 * SAVE_PAD <= MAX_PIXELS / DPI
-        return fits, min(PAGE[0] / w, PAGE[1] / h)
-
-    # At least three rows a column: fewer is never the largest on a page.
-    wrap = max((_Wrap(where, edges, n, lane_width) for n in range(1, max(1, rows // 3) + 1)), key=on_a_page)
-    width, height, legend_height = size(wrap)
-    fig = plt.figure(figsize=(width, height))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, width)
-    ax.set_ylim(-legend_height, height - legend_height)
-    ax.axis("off")
-    for name, ((label, kind, shape, params), colour) in boxes.items():
-        x, y, w, h = wrap.box(name)
-        ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=colour, edgecolor="0.3", lw=0.7))
-        text = dict(va="center", fontsize=FONT, family="monospace")
-        lines = [label, kind, shape] if kind else [label, shape]  # the input has no type
-        for i, line in enumerate(lines):
-            ax.text(x + CHAR, y + h / 2 + (1 - i) * LINE, line, **text)
-        ax.text(x + w - CHAR, y + h / 2 - LINE, params, ha="right", **text)
-    for source, target in edges:
-        points = wrap.route(source, target)
-        xs, ys = zip(*points)
-        ax.plot(xs[:-1], ys[:-1], color="0.35", lw=0.6)
-        ax.annotate("", xy=points[-1], xytext=points[-2], arrowprops=dict(arrowstyle="->", color="0.35", lw=0.6))
-    top = wrap.height + wrap.over
-    ax.text(width / 2, height - legend_height - 0.05, title, ha="center", va="top", fontsize=10)
-    ax.text(0, top + 0.08, "\n".join(note_lines(width)), fontsize=FONT, va="bottom", linespacing=1.25)
-    ax.legend(handles=[Patch(facecolor=colours[k], edgecolor="0.3", lw=0.7, label=k) for k in kinds],
-              loc="upper left", bbox_to_anchor=(0, -0.08), bbox_transform=ax.transData, ncol=legend_columns(width),
-              fontsize=FONT, title="block type (box colour)", title_fontsize=FONT, frameon=False,
-              alignment="left", handlelength=1.2, columnspacing=1.0)
-    save_figure(fig, path)
-    return {"path": str(path), "panels": 1, "blocks": len(blocks), "params": sum(b["params"] for b in blocks),
-            "rows": rows, "lanes": 1 + max(k for _, k in where.values()), "columns": wrap.columns, "kinds": kinds}
+    rows = 1 + max(r for r, _ in where.values())
+    # At least three rows a column: fewer never makes a shape worth a page.
+    wraps = [_Wrap(where, edges, n, widths) for n in range(1, max(1, rows // 3) + 1)]
+    wrap = next((w for w in wraps if overflow(w) <= 1), None) or min(wraps, key=overflow)
+    return {"boxes": boxes, "where": where, "edges": edges, "kinds": kinds, "colours": colours, "wrap": wrap,
+            "size": size(wrap), "fits": overflow(wrap) <= 1, "legend_columns": legend_columns(wrap.width),
+            "note": note_lines(wrap.width)}
 
 
-def architecture_summary(blocks, *, title, input_shape):
-    """A text table of the traced blocks (what :func:`plot_architecture` draws)."""
-    width = max(len(b["name"]) for b in blocks) + 2
+def fits_page(graph):
+    """Whether :func:`plot_architecture` draws ``graph`` (:func:`trace_graph`'s) within
+    :data:`~figures.plots.PAGE` at 1:1: the test :func:`trace_graph` chooses its level of nesting by."""
+    return _drawing(graph["blocks"], graph["input_shape"], graph["outputs"], graph["output"])["fits"]
+
+
+def plot_architecture(blocks, path, *, title, input_shape, outputs=None, output=None):
+    """Draw traced blocks as boxes (name; type, output shape, parameters) with their data flow.
+
+    The figure is drawn for a report page at its own size: the boxes' text at
+    :data:`~figures.plots.MIN_FONT`, a long chain wrapped into the fewest columns that fit
+    :data:`~figures.plots.PAGE` (or, for blocks no wrap fits, the wrap that overflows it least:
+    :func:`trace_graph` with :func:`fits_page` picks blocks that fit). An edge between columns runs
+    over their top or under their bottom, whichever is shorter; a legend tells the block types' colours.
+
+    Args:
+        blocks: :func:`trace_graph`'s blocks (without ``sources``, drawn as one chain).
+        path: the PNG.
+        title: the figure's title.
+        input_shape: the traced input's shape, (1, C, H, W).
+        outputs: the blocks the model's outputs come from, drawn into an output box.
+        output: :func:`trace_graph`'s ``output``, written in the output box: a dict output's keys,
+            the resizing after the last block (``bilinear upsampling``) and the shape per image.
+
+    Returns:
+        :func:`~figures.plots.save_figure`'s ``inches`` and ``min_font``, and ``{"path", "panels":
+        1, "blocks", "params", "rows", "lanes", "columns", "kinds", "fits"}``: ``kinds`` are the block
+        types in the legend, ``fits`` whether the drawing was planned within the page.
+    """
+    plan = _drawing(blocks, input_shape, outputs, output)
+    wrap, edges, kinds, colours = plan["wrap"], plan["edges"], plan["kinds"], plan["colours"]
+    width, height, legend_height = plan["size"]
+    # Unhinted text: hinting snaps each glyph's advance to whole pixels at the resolution it is
+    # drawn at, which makes a monospace line up to 5% wider than CHAR says (at 100 dpi) and runs a
+    # long name into its box's edge; unhinted, a line is len * CHAR at any resolution.
+    with plt.rc_context({"text.hinting": "none"}):
+        fig = plt.figure(figsize=(width, height))
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.set_xlim(0, width)
+        ax.set_ylim(-legend_height - wrap.under, height - legend_height - wrap.under)
+        ax.axis("off")
+        for name, ((label, kind, shape, params), colour) in plan["boxes"].items():
+            x, y, w, h = wrap.box(name)
+            ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=colour, edgecolor="0.3", lw=0.7))
+            text = dict(va="center", fontsize=FONT, family="monospace")
+            lines = [label, kind, shape] if kind else [label, shape]  # the input has no type
+            for i, line in enumerate(lines):
+                ax.text(x + INSET, y + h / 2 + (1 - i) * LINE, line, **text)
+            ax.text(x + w - INSET, y + h / 2 - LINE, params, ha="right", **text)
+        for source, target in edges:
+            points = wrap.route(source, target)
+            xs, ys = zip(*points)
+            ax.plot(xs[:-1], ys[:-1], color="0.35", lw=0.6)
+            ax.annotate("", xy=points[-1], xytext=points[-2],
+                        arrowprops=dict(arrowstyle="->", color="0.35", lw=0.6))
+        top = wrap.height + wrap.over
+        ax.text(width / 2, height - legend_height - wrap.under - 0.05, title, ha="center", va="top", fontsize=10)
+        ax.text(0, top + 0.08, "\n".join(plan["note"]), fontsize=FONT, va="bottom", linespacing=1.25)
+        ax.legend(handles=[Patch(facecolor=colours[k], edgecolor="0.3", lw=0.7, label=k) for k in kinds],
+                  loc="upper left", bbox_to_anchor=(0, -0.08 - wrap.under), bbox_transform=ax.transData,
+                  ncol=plan["legend_columns"], fontsize=FONT, title="block type (box colour)", title_fontsize=FONT,
+                  frameon=False, alignment="left", handlelength=1.2, columnspacing=1.0)
+        saved = save_figure(fig, path)
+    return {**saved, "path": str(path), "panels": 1, "blocks": len(blocks), "params": sum(b["params"] for b in blocks),
+            "rows": 1 + max(r for r, _ in plan["where"].values()), "lanes": 1 + max(k for _, k in plan["where"].values()),
+            "columns": wrap.columns, "kinds": kinds, "fits": plan["fits"]}
+
+
+def architecture_summary(blocks, *, title, input_shape, outputs=None, output=None):
+    """A text table of the traced blocks and the output (what :func:`plot_architecture` draws).
+
+    Args:
+        blocks: :func:`trace_graph`'s blocks.
+        title: the table's first line.
+        input_shape: the traced input's shape, (1, C, H, W).
+        outputs: the blocks the outputs come from; given, the table ends with the output's row.
+        output: :func:`trace_graph`'s ``output``: that row's name, resizing and shape.
+    """
+    rows = [(b["name"], b["type"], shape_text(b["shape"]), f"{b['params']:,}", ", ".join(b.get("sources", [])) or "-")
+            for b in blocks]
+    if outputs is not None:
+        name, ops, shape = _output_lines(output)
+        rows.append((name, ops or "-", shape or "-", "", ", ".join(outputs)))
+    width = max(len(r[0]) for r in rows) + 2
     lines = [title, f"input {tuple(input_shape)}; output per image: C x H x W, or tokens x width", "",
              f"{'block':<{width}}{'type':<26}{'output':<22}{'parameters':>14}  inputs from"]
-    for b in blocks:
-        lines.append(f"{b['name']:<{width}}{b['type']:<26}{shape_text(b['shape']):<22}{b['params']:>14,}  "
-                     f"{', '.join(b.get('sources', [])) or '-'}")
+    lines += [f"{name:<{width}}{kind:<26}{shape:<22}{params:>14}  {sources}" for name, kind, shape, params, sources in rows]
     lines.append(f"{'total':<{width + 48}}{sum(b['params'] for b in blocks):>14,}")
     return "\n".join(lines) + "\n"

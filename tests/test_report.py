@@ -17,10 +17,11 @@ import p1_features
 import p2_masks
 from tests.conftest import assert_one_line_error, run_main, run_script
 from figures import features, masks, plots as plotting
-from figures.architecture import architecture_summary, layout, plot_architecture, shape_text, trace_blocks, trace_graph
+from figures.architecture import (_Wrap, architecture_summary, layout, plot_architecture, shape_text, trace_blocks,
+                                  trace_graph)
+from figures.masks import overlay_legend
 from figures.plots import (DPI, MIN_FONT, PAGE, class_boundaries, class_styles, mask_overlay, plot_class_iou,
                            plot_compare, plot_confusion, plot_curves, plot_embeddings, plot_image_grid)
-from figures.masks import overlay_legend
 from figures.runs import compare_runs, first_middle_last
 from utils.errors import UserError
 from utils.run_folder import RunFolder
@@ -224,6 +225,26 @@ def test_trace_sees_through_uncalled_containers(tmp_path):
     assert meta["blocks"] == 4 and (tmp_path / "a.png").is_file()
 
 
+def test_the_trace_keeps_the_deepest_level_that_fits_and_the_resizing_after_the_last_block():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1))
+            self.head = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return {"out": nn.functional.interpolate(self.head(self.body(x)), size=x.shape[-2:], mode="bilinear")}
+
+    model, x = Net(), torch.randn(1, 3, 8, 8)
+    assert [b["name"] for b in trace_graph(model, x)["blocks"]] == ["body.0", "body.1", "body.2", "head"]
+    graph = trace_graph(model, x, fits=lambda g: len(g["blocks"]) <= 2)
+    assert [b["name"] for b in graph["blocks"]] == ["body", "head"]
+    assert graph["output"] == {"shape": (1, 2, 8, 8), "ops": ["bilinear upsampling"], "keys": ["out"]}
+    summary = architecture_summary(graph["blocks"], title="t", input_shape=x.shape, outputs=graph["outputs"],
+                                   output=graph["output"]).splitlines()
+    assert re.match(r"output +bilinear upsampling +2x8x8 +head$", summary[-2]), summary[-2]
+
+
 def test_make_report_everything(p1_run, p1_data, p2_run, p2_data, tmp_path):
     made = make_report.main(parse(make_report, "--p1-run", p1_run, "--p1-val-dir", p1_data[1],
                                   "--p2-run", p2_run, "--p2-val-dir", p2_data[1], "--p2-ids", "0100", "0103",
@@ -238,13 +259,23 @@ def test_make_report_everything(p1_run, p1_data, p2_run, p2_data, tmp_path):
         assert name in index, name
     assert made["p1_curves"]["epochs"] == 4 and made["iou"]["bars"] == 6
     assert made["confusion"]["classes"] >= 4  # the four classes of the data, and any predicted
+    # Every figure is drawn for a page at its own size: saved within the page's text area, no text
+    # under MIN_FONT (the architectures at whatever nesting level that takes: DeepLabv3's ASPP
+    # branches side by side are 11 inches wide).
+    drawn = {"tsne": made["features"]["tsne"], "pca": made["features"]["pca"], "progress": made["masks"]["progress"],
+             "overlay": made["masks"]["overlay"], **{k: made[k] for k in ("confusion", "p1_curves", "iou", "p2_curves")},
+             **{f"arch_{name}": meta for name, meta in made["arch"].items()}}
+    assert len(drawn) == len([n for n in expected if n.endswith(".png")])
+    for name, meta in drawn.items():
+        assert tuple(p / DPI for p in Image.open(meta["path"]).size) == pytest.approx(meta["inches"], abs=0.01), name
+        assert meta["inches"][0] <= PAGE[0] and meta["inches"][1] <= PAGE[1], (name, meta["inches"])
+        assert meta["min_font"] >= MIN_FONT, name
     for name, meta in made["arch"].items():  # the traced blocks hold every parameter of the model
         assert meta["params"] == meta["total_params"], name
-        # Readable at a report's width: a long chain wraps into columns, the long side stays within
-        # 2,000 pixels (VGG13 and FCN32s drew a column 3,200 tall), a legend keys the colours.
-        assert max(Image.open(tmp_path / f"arch_{name}.png").size) <= 2000, name
-        assert meta["kinds"] and len(meta["kinds"]) == len(set(meta["kinds"])), name
-    assert made["arch"]["vgg13"]["columns"] > 1 and made["arch"]["fcn32s"]["columns"] > 1
+        assert meta["kinds"] and len(meta["kinds"]) == len(set(meta["kinds"])), name  # a legend keys the colours
+    # The segmenters upsample to the input size after their last block: the figure and table end there.
+    table = (tmp_path / "arch_deeplabv3.txt").read_text().splitlines()
+    assert re.match(r"output \(out, aux\) +bilinear upsampling +7x64x64 ", table[-2]), table[-2]
     assert made["p1_curves"]["titles"][0].endswith(": loss, validation accuracy and learning rate per epoch")
     assert "python3 p1_train.py" in index and f"best val acc **{made['p1_best']['val_acc']:.4f}**" in index
     assert "--momentum" not in index  # neither run used SGD
@@ -399,6 +430,8 @@ def test_the_architecture_graph_draws_branches_side_by_side(tmp_path):
     assert blocks["net.aux_classifier.0"]["sources"] == ["net.backbone.layer3.5"]  # the aux head branches off
     assert blocks["net.backbone.layer3.5"]["sources"] == ["net.backbone.layer3.4"]  # residuals stay inside
     assert graph["outputs"] == ["net.classifier.4", "net.aux_classifier.4"]
+    # torchvision upsamples both heads to the input's size in its own forward, after the last blocks.
+    assert graph["output"] == {"shape": (1, 7, 64, 64), "ops": ["bilinear upsampling"], "keys": ["out", "aux"]}
     where = layout(graph["blocks"], graph["outputs"])
     assert len({where[n][0] for n in aspp}) == 1 and sorted(where[n][1] for n in aspp) == [0, 1, 2, 3, 4]
     main, aux = where["net.classifier.4"], where["net.aux_classifier.4"]
@@ -410,11 +443,67 @@ def test_the_architecture_graph_draws_branches_side_by_side(tmp_path):
 
 def test_a_long_chain_wraps_into_columns_with_a_legend_of_its_block_types(tmp_path):
     blocks = [{"name": f"features.{i}", "type": ("Conv2d", "BatchNorm2d", "ReLU")[i % 3], "shape": (1, 512, 4, 4),
-               "params": 2_359_808 if i % 3 == 0 else 0} for i in range(90)]
-    meta = plot_architecture(blocks, tmp_path / "a.png", title="t", input_shape=(1, 3, 32, 32), outputs=["features.89"])
-    assert meta["rows"] == 92 and meta["columns"] >= 4  # input, 90 blocks, output
+               "params": 2_359_808 if i % 3 == 0 else 0} for i in range(40)]
+    meta = plot_architecture(blocks, tmp_path / "a.png", title="t", input_shape=(1, 3, 32, 32), outputs=["features.39"])
+    assert meta["rows"] == 42 and meta["columns"] > 1  # input, 40 blocks, output: 27 inches as one column
     assert meta["kinds"] == ["BatchNorm2d", "Conv2d", "ReLU"]
-    assert max(Image.open(tmp_path / "a.png").size) <= 2000
+    assert meta["fits"] and all(side <= page for side, page in zip(meta["inches"], PAGE))
+    assert meta["min_font"] >= MIN_FONT
+    # The fewest columns that fit: one fewer would be taller than the page.
+    assert plot_architecture(blocks[:6], tmp_path / "b.png", title="t", input_shape=(1, 3, 32, 32))["columns"] == 1
+
+
+def test_every_box_holds_its_text(tmp_path, monkeypatch):
+    """Measured as drawn, at 100 dpi and at the saved DPI: hinting snapped each glyph's advance to
+    whole pixels, which widened a line of 30 characters by 4.7% at 100 dpi and ran LR-ASPP's
+    ``net.classifier.high_classifier`` into its box's edge."""
+    drawn = []
+
+    def measure_then_save(fig, path):
+        ax = fig.axes[0]
+        for dpi in (100, DPI):
+            fig.set_dpi(dpi)
+            fig.canvas.draw()
+            drawn.append((dpi, [p.get_window_extent() for p in ax.patches],
+                          [(t.get_text(), t.get_window_extent()) for t in ax.texts if t.get_text()]))
+        return plotting.save_figure(fig, path)
+
+    monkeypatch.setattr("figures.architecture.save_figure", measure_then_save)
+    long = "net.classifier.high_classifier"
+    blocks = [{"name": "net.backbone.0", "type": "Conv2dNormActivation", "shape": (1, 16, 64, 64), "params": 464},
+              {"name": long, "type": "Conv2d", "shape": (1, 7, 16, 16), "params": 903}]
+    plot_architecture(blocks, tmp_path / "a.png", title="t", input_shape=(1, 3, 128, 128), outputs=[long],
+                      output={"shape": (1, 7, 128, 128), "ops": ["bilinear upsampling"], "keys": ["out"]})
+    for dpi, boxes, texts in drawn:
+        assert {long, "bilinear upsampling", "7x128x128"} <= {text for text, _ in texts}
+        inside = 0
+        for text, extent in texts:
+            box = next((b for b in boxes if b.x0 <= extent.x0 <= b.x1 and b.y0 <= extent.y0 <= b.y1), None)
+            if box is None:  # the title, the note
+                continue
+            inside += 1
+            margin = 0.02 * dpi  # a fiftieth of an inch
+            assert box.x0 + margin <= extent.x0 and extent.x1 <= box.x1 - margin, (dpi, text)
+        assert inside == 13  # the input's 2 lines, each block's 4, the output's 3
+
+
+def test_an_edge_to_a_low_box_runs_under_the_columns():
+    """LR-ASPP's skip from the middle of the first column into the lower head, beside the other head."""
+    chain = [f"b{i}" for i in range(12)]
+    blocks = [{"name": n, "sources": [chain[i - 1]] if i else ["input"]} for i, n in enumerate(chain)]
+    blocks += [{"name": "high", "sources": ["b11"]}, {"name": "low", "sources": ["b4"]}]
+    where = layout(blocks, ["high", "low"])
+    assert where["low"][0] == where["high"][0] and where["low"][1] > where["high"][1]  # the other head to its left
+    edges = [(s, b["name"]) for b in blocks for s in b["sources"]] + [("high", "output"), ("low", "output")]
+    wrap = _Wrap(where, edges, 2, dict.fromkeys(where, 1.0))
+    assert wrap.column(where["b4"][0]) == 0 and wrap.column(where["low"][0]) == 1
+    points = wrap.route("b4", "low")
+    lowest = min(wrap.box(n)[1] for n in where)
+    xs, ys = zip(*points)
+    assert min(ys) < lowest and max(ys) < wrap.height  # under the boxes, never over the top
+    assert -wrap.under <= min(ys) and 0 <= min(xs) and max(xs) <= wrap.width  # inside the figure
+    x, y, w, h = wrap.box("low")
+    assert points[-1] == pytest.approx((x + w, y + h / 2))  # into its right side
 
 
 def test_the_architecture_of_a_vision_transformer_shows_tokens_and_the_cls_token_first():
