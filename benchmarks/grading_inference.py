@@ -14,10 +14,10 @@ default) and checkpoints of random weights (vgg13 and --p2-model, as training wr
        straightforward: a DataLoader over a per-image PIL + torchvision.transforms Dataset, the
                         model under no_grad, and for Problem 2 masks coloured one class at a time
                         with numpy and saved as RGB PNGs.
-Ours runs as graded, with --amp auto (bf16 or fp16 autocast on CUDA, fp32 on the CPU); the
-straightforward way in fp32, so on a GPU the ratio includes mixed precision. Prints images/s
-(tiles/s) for each, the ratio, and whether both predict alike (the same CSV;
-the share of mask pixels that agree).
+Ours runs as graded, with --amp auto (bf16 autocast where the device computes bfloat16 natively, fp16
+on older GPUs, fp32 on other CPUs); the straightforward way in fp32, so there the ratio includes
+mixed precision. Prints images/s (tiles/s) for each, the ratio, and whether both predict alike (the
+same CSV; the share of mask pixels that agree).
 """
 import csv
 import os
