@@ -116,6 +116,18 @@ def test_mid_epoch_resume_refuses_a_flag_that_changes_the_numbers(p1_run, tmp_pa
                                 "same lr (this run has 0.01)")
 
 
+def test_mid_epoch_resume_keeps_the_precision_and_takes_a_choice_of_auto_saved_before_runs_recorded_it(tmp_path):
+    partial = {"train": {"step": 1}, "device": "cpu"}
+    cpu = torch.device("cpu")
+    with pytest.raises(UserError, match="with amp off; it continues only with the same amp .this run has bf16."):
+        Resume(tmp_path / "last.pth", {"epoch": 1, "partial": partial, "args": {"amp": "off", "epochs": 2}}).check(
+            {"amp": "bf16", "epochs": 2}, cpu)
+    # args.json held "auto" before a run recorded what it chose: no precision to keep, so no refusal
+    # (none could pass: "auto" is resolved before the check).
+    Resume(tmp_path / "last.pth", {"epoch": 1, "partial": partial, "args": {"amp": "auto", "epochs": 2}}).check(
+        {"amp": "bf16", "epochs": 2}, cpu)
+
+
 def test_help_lists_every_recipe():
     text = p1_train.get_args_parser().format_help()
     assert "vgg13 reference: --epochs 300 --batch-size 128 --opt adamw --lr 0.001" in text

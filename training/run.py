@@ -163,6 +163,8 @@ class Resume:
         for key in sorted(set(now) & set(saved) - flags.FREE_ON_RESUME):
             if key == "epochs" and saved.get("sched") == "constant":
                 continue  # a constant learning rate does not depend on the run's length
+            if key == "amp" and saved[key] == "auto":
+                continue  # saved before runs recorded the precision auto chose: this run's choice stands
             if now[key] != saved[key]:
                 raise self._refusal(key, saved[key], now[key])
         if self.partial["device"] != device.type:
