@@ -7,7 +7,7 @@ Each run goes into a folder named for its model and seed (runs/demo/p1_vgg13_see
 with other seeds stand side by side (make_report.py --compare takes them); a demo whose folders are
 there already is refused unless --overwrite.
 
-Problem 1 (about two minutes on 2 CPU cores):
+Problem 1 (one to two minutes on 2 CPU cores, the shorter in bf16 where --amp auto takes it):
   1. writes scikit-learn's bundled handwritten digits (1,797 real scans, 10 classes) in the
      course's layout: <output-dir>/data/train_50/{label}_{id}.png and .../val_50/;
   2. trains VGG13-BN on them with p1_train.py (the reference recipe's optimiser and augmentation;

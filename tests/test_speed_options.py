@@ -26,6 +26,7 @@ def run_inference(checkpoint, images, out, *flags):
 
 
 @pytest.mark.numeric
+@pytest.mark.compiles
 def test_compiled_inference_predicts_what_eager_does(p1_run, p1_data, tmp_path, monkeypatch):
     """The compiled model's logits are the eager model's up to float rounding: its fused kernels sum in
     another order (the predicted classes may then differ where two logits nearly tie, as one of 16 did
