@@ -148,9 +148,10 @@ FLAGS = (
     # where and how it computes
     Flag("device", "where to compute; auto picks CUDA when available", default="auto",
          choices=("auto", "cpu", "cuda"), role=PLACE, group="runtime"),
-    Flag("amp", {problem: _AMP + ("" if problem is None else "; args.json records the precision chosen; under fp16 a training step whose gradients overflow "
-                                  f"is skipped (skipped_steps in metrics.jsonl) and {MAX_SKIPPED_IN_A_ROW} in a row "
-                                  "stop the run") for problem in (None, *PROBLEMS)},
+    Flag("amp", {problem: _AMP + ("" if problem is None else "; args.json records the precision chosen; under fp16 "
+                                  "a training step whose gradients overflow is skipped (skipped_steps in "
+                                  f"metrics.jsonl) and {MAX_SKIPPED_IN_A_ROW} in a row stop the run")
+                 for problem in (None, *PROBLEMS)},
          default="auto", choices=("auto", "bf16", "fp16", "off"), role=PLACE, group="runtime"),
     Flag("progress", "show progress bars (default: when stderr is a terminal, so a log file gets no frames)",
          type=bool, role=RECORD, group="runtime"),

@@ -17,7 +17,6 @@ down; an edge between columns runs over their top or under their bottom, whichev
 a legend keys the boxes' colours (their block types). :func:`architecture_summary` tables the
 same blocks, with every digit of their parameter counts (a box rounds them to three).
 """
-import textwrap
 import weakref
 
 import matplotlib.pyplot as plt
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from matplotlib.patches import Patch
 from torch.overrides import TorchFunctionMode
 
-from figures.plots import HEIGHT, MIN_FONT, PAGE, WIDTH, class_colors, save_figure
+from figures.plots import HEIGHT, MIN_FONT, WIDTH, class_colors, legend_columns, save_figure, wrapped
 
 INPUT, OUTPUT = "input", "output"
 
@@ -498,16 +497,15 @@ def _drawing(blocks, input_shape, outputs=None, output=None):
     # Two characters between the shape and the parameters.
     widths = {name: max(len(label), len(kind), len(shape) + 2 + len(params)) * CHAR + 2 * INSET
               for name, ((label, kind, shape, params), _) in boxes.items()}
-    legend_entry = (max(map(len, kinds)) + 5) * CHAR  # a swatch and a name, proportional type narrower than this
 
-    def legend_columns(width):
-        return max(1, int(width // legend_entry))
+    def columns(width):  # of the legend: a swatch and its gaps take five characters' room
+        return legend_columns(kinds, width, handle=5 * CHAR)
 
-    def note_lines(width):  # proportional type: at most 0.6 em a character on average
-        return textwrap.wrap(_NOTE, width=max(40, int(width / (0.6 * FONT / 72))))
+    def note_lines(width):
+        return wrapped(_NOTE, width, FONT).split("\n")
 
     def size(wrap):
-        legend = 0.35 + 0.2 * -(-len(kinds) // legend_columns(wrap.width))  # its title and rows
+        legend = 0.35 + 0.2 * -(-len(kinds) // columns(wrap.width))  # its title and rows
         header = 0.35 + LINE * len(note_lines(wrap.width))  # the title and the note
         return wrap.width, wrap.height + wrap.over + wrap.under + header + legend, legend
 
@@ -520,7 +518,7 @@ def _drawing(blocks, input_shape, outputs=None, output=None):
     wraps = [_Wrap(where, edges, n, widths) for n in range(1, max(1, rows // 3) + 1)]
     wrap = next((w for w in wraps if overflow(w) <= 1), None) or min(wraps, key=overflow)
     return {"boxes": boxes, "where": where, "edges": edges, "kinds": kinds, "colours": colours, "wrap": wrap,
-            "size": size(wrap), "fits": overflow(wrap) <= 1, "legend_columns": legend_columns(wrap.width),
+            "size": size(wrap), "fits": overflow(wrap) <= 1, "legend_columns": columns(wrap.width),
             "note": note_lines(wrap.width)}
 
 

@@ -20,6 +20,9 @@ sys.path.insert(0, str(REPO))
 # disk. A folder of this session's own there, when it has room for the largest test's files
 # (strong BEiT's, about 1.5 GB, with the session's runs), removed after a run that passed.
 _RAM_FOLDER, _RAM_NEEDED = Path("/dev/shm"), 4 << 30
+# A script's flags for a run on the CPU in float32: --amp auto would pick bf16 on a CPU that computes
+# it natively, and the tests compare with float32 computations and must give one result on every CPU.
+CPU_FP32 = ("--device", "cpu", "--amp", "off")
 
 
 def pytest_configure(config):
@@ -76,7 +79,7 @@ def p1_run(p1_data, tmp_path_factory):
     train, val = p1_data
     args = p1_train.get_args_parser().parse_args([
         "--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(out),
-        "--epochs", "4", "--batch-size", "16", "--device", "cpu", "--amp", "off", "--no-progress"])
+        "--epochs", "4", "--batch-size", "16", *CPU_FP32, "--no-progress"])
     p1_train.main(args)
     return out
 
@@ -149,6 +152,6 @@ def p2_run(p2_data, tmp_path_factory):
     args = p2_train.get_args_parser().parse_args([
         "--model", "lraspp", "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]), "--output-dir", str(out),
         "--tile-size", "64", "--no-pretrained", "--epochs", "2", "--batch-size", "4",
-        "--opt", "adamw", "--lr", "1e-4", "--device", "cpu", "--amp", "off", "--no-progress"])
+        "--opt", "adamw", "--lr", "1e-4", *CPU_FP32, "--no-progress"])
     p2_train.main(args)
     return out

@@ -26,7 +26,7 @@ from datasets.p2 import load_tiles, read_mask
 from datasets.presets import p2_inference_transform
 from datasets.transforms import Compose, Normalize
 from models import get_model, list_models, load_trained
-from tests.conftest import run_script
+from tests.conftest import CPU_FP32, run_script
 from inference import predict
 from training.engine import train_one_epoch
 from training.losses import SegmentationLoss
@@ -283,7 +283,7 @@ def test_a_gpu_checkpoint_loads_predicts_and_resumes_on_a_cpu_only_machine(gpu_r
     for name in ("last.pth", "metrics.jsonl", "args.json"):
         (run / name).write_bytes((gpu_run / name).read_bytes())
     proc = run_script("p1_train.py", "--resume", run / "last.pth", "--output-dir", run, "--epochs", "3",
-                      "--device", "cpu", "--amp", "off", "--no-progress", env=hidden)
+                      *CPU_FP32, "--no-progress", env=hidden)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3] and records[-1]["peak_memory_gib"] is None

@@ -2,15 +2,15 @@
 import json
 import re
 
-from tests.conftest import assert_one_line_error, run_main, run_script
+from tests.conftest import CPU_FP32, assert_one_line_error, run_main, run_script
 from utils.checkpoint import load_checkpoint
 import demo
 
 
 def test_demo_p2_trains_grades_and_scores_held_out_tiles(tmp_path):
     args = demo.get_args_parser().parse_args(["--output-dir", str(tmp_path), "--only", "p2", "--p2-epochs", "2",
-                                              "--device", "cpu", "--amp", "off", "--no-progress"])
-    common = ["--device", "cpu", "--amp", "off", "--no-progress"]
+                                              *CPU_FP32, "--no-progress"])
+    common = [*CPU_FP32, "--no-progress"]
     line, run = demo.demo_p2(args, common)
     assert run == tmp_path / "p2_lraspp_seed0"
     ckpt = load_checkpoint(run / "best.pth", problem="p2")
@@ -26,7 +26,7 @@ def test_demo_p2_trains_grades_and_scores_held_out_tiles(tmp_path):
     # A second demo of this seed would replace the run: refused before anything, unless --overwrite; one of
     # another seed goes beside it.
     before = (run / "last.pth").read_bytes()
-    assert_one_line_error(run_main(demo, "--output-dir", tmp_path, "--only", "p2", "--device", "cpu", "--amp", "off"),
+    assert_one_line_error(run_main(demo, "--output-dir", tmp_path, "--only", "p2", *CPU_FP32),
                           f"{run}: a demo run of seed 0 is there already; give --overwrite")
     assert (run / "last.pth").read_bytes() == before
     other = demo.get_args_parser().parse_args(["--output-dir", str(tmp_path), "--only", "p2", "--seed", "1"])

@@ -15,7 +15,7 @@ import mean_iou_evaluate
 import p1_inference
 import p1_train
 import p2_inference
-from tests.conftest import REPO, assert_one_line_error, run_main, run_script
+from tests.conftest import CPU_FP32, REPO, assert_one_line_error, run_main, run_script
 from datasets.p1 import csv_accuracy
 from models import get_model
 from training.losses import SegmentationLoss
@@ -31,7 +31,7 @@ def test_a_batch_too_small_to_share_is_refused_before_any_file(p1_data, tmp_path
     monkeypatch.setattr("training.setup.distributed.init", lambda device: distributed.Context(rank=0, world_size=2))
     train, val = p1_data
     proc = run_main(p1_train, "--train-dir", train, "--val-dir", val, "--output-dir", tmp_path / "run",
-                    "--epochs", "1", "--batch-size", "3", "--device", "cpu", "--amp", "off", "--no-progress")
+                    "--epochs", "1", "--batch-size", "3", *CPU_FP32, "--no-progress")
     assert_one_line_error(proc, "p1_train.py: error: --batch-size 3 is the global batch: it leaves each of the 2 "
                                 "processes fewer than 2 samples (use --batch-size >= 4)")
     assert not (tmp_path / "run").exists()
@@ -42,7 +42,7 @@ def test_torchrun_trains_lraspp_whose_best_pth_grades_to_its_val_miou(p2_data, t
     proc = run_script(*TORCHRUN, "p2_train.py", "--model", "lraspp", "--no-pretrained", "--train-dir", p2_data[0],
                       "--val-dir", p2_data[1], "--tile-size", "64", "--output-dir", out, "--epochs", "3",
                       "--batch-size", "4", "--opt", "adamw", "--lr", "3e-3", "--bn-momentum", "0.1",
-                      "--device", "cpu", "--amp", "off", "--no-progress", env=ENV)
+                      *CPU_FP32, "--no-progress", env=ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 x cpu" in proc.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -53,7 +53,7 @@ def test_torchrun_trains_lraspp_whose_best_pth_grades_to_its_val_miou(p2_data, t
     # The grading inference on best.pth, scored by the course's scorer, gives the validation figure
     # the two processes computed together.
     masks = tmp_path / "masks"
-    proc = run_main(p2_inference, "--checkpoint", out / "best.pth", "--device", "cpu", "--amp", "off", "--no-progress", p2_data[1],
+    proc = run_main(p2_inference, "--checkpoint", out / "best.pth", *CPU_FP32, "--no-progress", p2_data[1],
                     masks)
     assert proc.returncode == 0, proc.stderr
     scored = mean_iou_evaluate.main(mean_iou_evaluate.get_args_parser().parse_args(["-g", str(p2_data[1]),
@@ -99,7 +99,7 @@ def test_two_machines_train_one_run_with_exact_validation_and_resume_it(p1_data,
     """Two torchrun agents of one process each (two machines), then a resume on one process."""
     train, val = p1_data
     out = tmp_path / "run"
-    procs = torchrun_two_nodes("p1_train.py", "--device", "cpu", "--amp", "off", "--batch-size", "16", "--no-progress", "--train-dir",
+    procs = torchrun_two_nodes("p1_train.py", *CPU_FP32, "--batch-size", "16", "--no-progress", "--train-dir",
                                train, "--val-dir", val, "--output-dir", out, "--epochs", "2", "--sched", "cosine",
                                logs=tmp_path / "launch")
     assert all(p.returncode == 0 for p in procs), [p.stdout + p.stderr for p in procs]
@@ -119,12 +119,12 @@ def test_two_machines_train_one_run_with_exact_validation_and_resume_it(p1_data,
     # Each process validated half of the set; the summed counts are the whole set's accuracy, the
     # one a single process gets from the saved weights.
     csv_path = tmp_path / "pred.csv"
-    proc = run_main(p1_inference, "--checkpoint", out / "last.pth", "--device", "cpu", "--amp", "off", "--no-progress", val, csv_path)
+    proc = run_main(p1_inference, "--checkpoint", out / "last.pth", *CPU_FP32, "--no-progress", val, csv_path)
     assert proc.returncode == 0, proc.stderr
     assert csv_accuracy(csv_path)[0] == records[-1]["val_acc"]
 
     # A two-process run resumes on one process (the permutations come from (seed, epoch) alone).
-    proc = run_main(p1_train, "--resume", out / "last.pth", "--epochs", "3", "--device", "cpu", "--amp", "off", "--no-progress")
+    proc = run_main(p1_train, "--resume", out / "last.pth", "--epochs", "3", *CPU_FP32, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 

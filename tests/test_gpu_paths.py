@@ -23,7 +23,7 @@ from datasets.transforms import Compose
 from models import get_model
 import p1_train
 import p2_train
-from tests.conftest import REPO, run_script
+from tests.conftest import CPU_FP32, REPO, run_script
 from inference import predict
 from training.engine import evaluate, train_one_epoch
 from training.optim import Updater, build_optimizer, build_scheduler
@@ -155,7 +155,7 @@ def test_skipped_steps_and_peak_memory_are_logged_per_epoch(p1_data, tmp_path, m
     train_dir, val_dir = p1_data
     p1_train.main(p1_train.get_args_parser().parse_args([
         "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--output-dir", str(tmp_path), "--epochs", "1",
-        "--batch-size", "16", "--device", "cpu", "--amp", "off", "--no-progress"]))
+        "--batch-size", "16", *CPU_FP32, "--no-progress"]))
     (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert (record["skipped_steps"], record["peak_memory_gib"]) == (1, None) and math.isfinite(record["train_loss"])
     (epoch_line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
@@ -208,7 +208,7 @@ def test_a_training_run_gives_channels_last_batches_to_a_channels_last_model(p1_
     train_dir, val_dir = p1_data
     p1_train.main(p1_train.get_args_parser().parse_args([
         "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--output-dir", str(tmp_path), "--epochs", "1",
-        "--batch-size", "16", "--device", "cpu", "--amp", "off", "--no-progress"]))
+        "--batch-size", "16", *CPU_FP32, "--no-progress"]))
     # 10 convolutions; 3 training and 1 validation batch.
     assert len(seen) == 10 * 4 and all(seen)
 
@@ -293,7 +293,7 @@ def test_under_torchrun_rank_0_builds_the_cache_and_the_others_map_it(p2_data, t
     driver.write_text(CACHE_DRIVER.format(repo=str(REPO), log=str(log)))
     proc = run_script(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", driver,
                       "--train-dir", p2_data[0], "--val-dir", p2_data[1], "--output-dir", tmp_path / "run",
-                      "--tile-size", "64", "--cache-dir", tmp_path / "cache", "--device", "cpu", "--amp", "off", "--no-progress",
+                      "--tile-size", "64", "--cache-dir", tmp_path / "cache", *CPU_FP32, "--no-progress",
                       env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Two folders, images and masks each: rank 0 writes 4 files, rank 1 maps those 4.

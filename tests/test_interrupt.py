@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import p1_train
-from tests.conftest import REPO, write_p1_folder
+from tests.conftest import CPU_FP32, REPO, write_p1_folder
 from training.trainer import StopOnSignal
 from utils.checkpoint import load_checkpoint
 
@@ -29,7 +29,7 @@ def data(tmp_path_factory):
 def flags(data, out, epochs=EPOCHS):
     train, val = data
     return ["--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(out), "--epochs", str(epochs),
-            "--batch-size", "8", "--device", "cpu", "--amp", "off", "--no-progress"]
+            "--batch-size", "8", *CPU_FP32, "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_p2_train_stopped_mid_epoch_resumes_to_the_same_weights(p2_data, p2_run,
     args = p2_train.get_args_parser().parse_args([
         "--model", "lraspp", "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]), "--output-dir", str(out),
         "--tile-size", "64", "--no-pretrained", "--epochs", "2", "--batch-size", "4",
-        "--opt", "adamw", "--lr", "1e-4", "--device", "cpu", "--amp", "off", "--no-progress"])
+        "--opt", "adamw", "--lr", "1e-4", *CPU_FP32, "--no-progress"])
     with pytest.raises(Exception, match="stopped by SIGINT in epoch 2 after step 1 of 2"):
         p2_train.main(args)
     monkeypatch.undo()

@@ -18,6 +18,7 @@ from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 import p1_inference
 import p2_inference
+from tests.conftest import CPU_FP32
 
 FEATURES = {"vgg13": 512, "beit": 768}
 
@@ -278,7 +279,7 @@ def test_untrained_checkpoint_loads_as_a_trained_one(name, num_classes, tmp_path
     else:
         write_tiles(images, 2, size=64, seed=0)
     result = script.main(script.get_args_parser().parse_args(
-        ["--checkpoint", str(tmp_path / "c.pth"), "--device", "cpu", "--amp", "off", "--no-progress", str(images),
+        ["--checkpoint", str(tmp_path / "c.pth"), *CPU_FP32, "--no-progress", str(images),
          str(tmp_path / "out")]))
     assert result["tta"] == "none"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import p1_inference
-from tests.conftest import REPO, assert_one_line_error, run_main, run_script, write_p1_folder
+from tests.conftest import CPU_FP32, REPO, assert_one_line_error, run_main, run_script, write_p1_folder
 from utils.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.io import check_writable
@@ -22,7 +22,7 @@ def test_csv_contract(p1_run, p1_data, tmp_path):
     """The grading CSV (test_hw1_1_sh is p1_inference.py's real-process smoke test, as the grader runs it)."""
     images = p1_data[1]
     out = tmp_path / "new" / "folder" / "pred.csv"
-    proc = run_main(p1_inference, "--checkpoint", p1_run / "best.pth", images, out, "--device", "cpu", "--amp", "off",
+    proc = run_main(p1_inference, "--checkpoint", p1_run / "best.pth", images, out, *CPU_FP32,
                       "--batch-size", "5")
     assert proc.returncode == 0, proc.stderr
     rows = read_csv(out)
@@ -55,7 +55,7 @@ def test_hw1_1_sh_usage():
 
 def infer(ckpt, images, out):
     """``python3 p1_inference.py --checkpoint CKPT IMAGES OUT --device cpu``, run in this process."""
-    return run_main(p1_inference, "--checkpoint", ckpt, images, out, "--device", "cpu", "--amp", "off")
+    return run_main(p1_inference, "--checkpoint", ckpt, images, out, *CPU_FP32)
 
 
 def test_missing_and_empty_image_folder(p1_run, tmp_path):

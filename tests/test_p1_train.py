@@ -10,7 +10,7 @@ import torch
 
 import p1_train
 from config.flags import BY_NAME
-from tests.conftest import assert_one_line_error, run_main, run_script
+from tests.conftest import CPU_FP32, assert_one_line_error, run_main, run_script
 from utils.checkpoint import load_checkpoint
 from utils.run_folder import RunFolder
 from utils.errors import UserError
@@ -20,7 +20,7 @@ def train(p1_data, out, *extra):
     t, v = p1_data
     args = p1_train.get_args_parser().parse_args([
         "--train-dir", str(t), "--val-dir", str(v), "--output-dir", str(out), "--batch-size", "16",
-        "--device", "cpu", "--amp", "off", "--no-progress", *map(str, extra)])
+        *CPU_FP32, "--no-progress", *map(str, extra)])
     return p1_train.main(args)
 
 
@@ -131,7 +131,7 @@ def test_one_run_per_folder_while_it_runs_and_a_killed_ones_lock_is_gone(p1_data
         assert holder.stdout.readline().strip() == "held"
         train, val = p1_data
         argv = ["--train-dir", train, "--val-dir", val, "--output-dir", out, "--epochs", "1", "--batch-size", "16",
-                "--device", "cpu", "--amp", "off", "--no-progress"]
+                *CPU_FP32, "--no-progress"]
         assert_one_line_error(run_main(p1_train, *argv), f"--output-dir {out}: another run is training there "
                                                          f"(process {holder.pid})")
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing of this run written
@@ -194,7 +194,7 @@ def test_beit_trains_one_step(p1_data, tmp_path):
         (small_val / p.name).write_bytes(p.read_bytes())
     args = p1_train.get_args_parser().parse_args([
         "--model", "beit", "--no-pretrained", "--train-dir", str(small_train), "--val-dir", str(small_val),
-        "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--amp", "off",
+        "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", *CPU_FP32,
         "--no-progress"])
     result = p1_train.main(args)
     ckpt = load_checkpoint(tmp_path / "run" / "best.pth")
@@ -219,7 +219,7 @@ def test_training_folder_without_labels(tmp_path, p1_data):
         (bad / p.name).write_bytes(p.read_bytes())
     (bad / "cat.png").write_bytes(next(p1_data[0].iterdir()).read_bytes())
     proc = run_main(p1_train, "--train-dir", bad, "--val-dir", p1_data[1],
-                    "--output-dir", tmp_path / "o", "--device", "cpu", "--amp", "off")
+                    "--output-dir", tmp_path / "o", *CPU_FP32)
     assert_one_line_error(proc, "cat.png", "carries no class label")
     assert not (tmp_path / "o").exists()
 
@@ -227,7 +227,7 @@ def test_training_folder_without_labels(tmp_path, p1_data):
 def test_missing_training_folder(tmp_path, p1_data):
     """p1_train.py's smoke test: a real `python3 p1_train.py ...`, whose refusal is one line, exit code 2."""
     proc = run_script("p1_train.py", "--train-dir", tmp_path / "nope", "--val-dir", p1_data[1],
-                      "--output-dir", tmp_path / "o", "--device", "cpu", "--amp", "off")
+                      "--output-dir", tmp_path / "o", *CPU_FP32)
     assert_one_line_error(proc, f"--train-dir {tmp_path / 'nope'}: no such folder (give --train-dir the folder")
     assert proc.returncode == 2
     assert not (tmp_path / "o").exists()
@@ -235,7 +235,7 @@ def test_missing_training_folder(tmp_path, p1_data):
 
 def test_the_course_data_not_yet_fetched_says_how_to_fetch_it(tmp_path, p1_data, monkeypatch):
     monkeypatch.setitem(BY_NAME["train_dir"].default, "p1", tmp_path / "hw1_data" / "p1_data" / "train_50")
-    proc = run_main(p1_train, "--val-dir", p1_data[1], "--output-dir", tmp_path / "o", "--device", "cpu", "--amp", "off")
+    proc = run_main(p1_train, "--val-dir", p1_data[1], "--output-dir", tmp_path / "o", *CPU_FP32)
     assert_one_line_error(proc, "--train-dir", "no such folder (fetch the course data with: bash hw1_download.sh "
                                 "--only hw1_data.zip, or give --train-dir)")
     assert not (tmp_path / "o").exists()
@@ -245,10 +245,10 @@ def test_unwritable_output_dir(tmp_path, p1_data):
     blocker = tmp_path / "file"
     blocker.write_text("")
     proc = run_main(p1_train, "--train-dir", p1_data[0], "--val-dir", p1_data[1],
-                    "--output-dir", blocker / "run", "--device", "cpu", "--amp", "off")
+                    "--output-dir", blocker / "run", *CPU_FP32)
     assert_one_line_error(proc, "--output-dir", blocker / "run")
     proc = run_main(p1_train, "--train-dir", p1_data[0], "--val-dir", p1_data[1],
-                    "--output-dir", blocker, "--device", "cpu", "--amp", "off")
+                    "--output-dir", blocker, *CPU_FP32)
     assert_one_line_error(proc, f"--output-dir {blocker}: is a file, not a folder")
 
 

@@ -11,7 +11,7 @@ from datasets.p2 import PALETTE, read_mask
 import p1_inference
 import p2_inference
 import p2_train
-from tests.conftest import REPO, assert_one_line_error, run_main, run_script
+from tests.conftest import CPU_FP32, REPO, assert_one_line_error, run_main, run_script
 from utils.checkpoint import load_checkpoint
 
 
@@ -30,7 +30,7 @@ def test_deeplab_recipe_lowers_the_loss(p2_data, tmp_path):
     args = p2_train.get_args_parser().parse_args([
         "--model", "deeplabv3", "--no-pretrained", "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]),
         "--output-dir", str(tmp_path), "--tile-size", "64", "--epochs", "3", "--lr", "0.01",
-        "--device", "cpu", "--amp", "off", "--no-progress"])
+        *CPU_FP32, "--no-progress"])
     p2_train.main(args)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
@@ -47,7 +47,7 @@ def test_inference_naming_sizes_and_palette(p2_run, p2_data, tmp_path):
         (images / p.name).write_bytes(p.read_bytes())
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8)).save(images / "odd.jpg")
     out = tmp_path / "out" / "masks"
-    proc = run_main(p2_inference, "--checkpoint", p2_run / "best.pth", images, out, "--device", "cpu", "--amp", "off")
+    proc = run_main(p2_inference, "--checkpoint", p2_run / "best.pth", images, out, *CPU_FP32)
     assert proc.returncode == 0 and proc.stderr == ""  # no --no-progress: stderr is no terminal here, so no bars
     jpgs = sorted(p.stem for p in images.glob("*.jpg"))
     assert sorted(os.listdir(out)) == [f"{stem}.png" for stem in jpgs]  # 0100_sat.jpg -> 0100_sat.png
@@ -63,7 +63,7 @@ def test_evaluator_agrees_with_training_validation(p2_run, p2_data, tmp_path, ca
     ckpt = load_checkpoint(p2_run / "last.pth")
     out = tmp_path / "pred"
     proc = run_main(p2_inference, "--checkpoint", p2_run / "last.pth", p2_data[1], out,
-                    "--device", "cpu", "--amp", "off", "--batch-size", "8")
+                    *CPU_FP32, "--batch-size", "8")
     assert proc.returncode == 0, proc.stderr
     result = mean_iou_evaluate.main(mean_iou_evaluate.get_args_parser().parse_args(
         ["-g", str(p2_data[1]), "-p", str(out)]))
@@ -107,7 +107,7 @@ def test_hw1_2_sh_usage():
 
 def infer(ckpt, images, out):
     """``python3 p2_inference.py --checkpoint CKPT IMAGES OUT --device cpu``, run in this process."""
-    return run_main(p2_inference, "--checkpoint", ckpt, images, out, "--device", "cpu", "--amp", "off")
+    return run_main(p2_inference, "--checkpoint", ckpt, images, out, *CPU_FP32)
 
 
 def test_truncated_jpeg_among_good_ones(p2_run, p2_data, tmp_path):
@@ -133,7 +133,7 @@ def test_problems_do_not_take_each_others_checkpoints(p1_run, p2_run, p1_data, p
     assert_one_line_error(infer(p1_run / "best.pth", p2_data[1], tmp_path / "o"),
                           "Problem 1", "vgg13", "Problem 2 (segmentation) checkpoint is needed")
     proc = run_main(p1_inference, "--checkpoint", p2_run / "best.pth", p1_data[1], tmp_path / "p.csv",
-                    "--device", "cpu", "--amp", "off")
+                    *CPU_FP32)
     assert_one_line_error(proc, "Problem 2", "lraspp", "Problem 1 (classification) checkpoint is needed")
     assert not (tmp_path / "o").exists() and not (tmp_path / "p.csv").exists()
 
@@ -166,14 +166,14 @@ def test_training_refusals(p2_data, tmp_path):
     bad.mkdir()
     (bad / "0000_sat.jpg").write_bytes((p2_data[0] / "0000_sat.jpg").read_bytes())
     proc = run_main(p2_train, "--train-dir", bad, "--val-dir", p2_data[1], "--tile-size", "64",
-                    "--output-dir", tmp_path / "o", "--no-pretrained", "--device", "cpu", "--amp", "off")
+                    "--output-dir", tmp_path / "o", "--no-pretrained", *CPU_FP32)
     assert_one_line_error(proc, "0000_sat.jpg", "no mask beside it")
     (tmp_path / "cache").write_text("")
     assert_one_line_error(run_main(p2_train, "--cache-dir", tmp_path / "cache", "--train-dir", p2_data[0],
-                                   "--val-dir", p2_data[1], "--output-dir", tmp_path / "o", "--device", "cpu", "--amp", "off"),
+                                   "--val-dir", p2_data[1], "--output-dir", tmp_path / "o", *CPU_FP32),
                           f"--cache-dir {tmp_path / 'cache'}: is a file, not a folder")
     proc = run_script("p2_train.py", "--train-dir", p2_data[0], "--val-dir", p2_data[1],
-                      "--output-dir", tmp_path / "o", "--no-pretrained", "--device", "cpu", "--amp", "off")
+                      "--output-dir", tmp_path / "o", "--no-pretrained", *CPU_FP32)
     assert_one_line_error(proc, "0000_sat.jpg", "64x64", "training needs 512x512 (--tile-size 512; give --tile-size 64")
     assert proc.returncode == 2
     assert not (tmp_path / "o").exists()

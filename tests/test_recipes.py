@@ -24,6 +24,7 @@ from config.flags import ablations, defaults
 from config.recipes import PARTS, RECIPES
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from tests.conftest import CPU_FP32
 from utils.runtime import EpochRNG, seed_everything
 import p1_inference
 import p1_train
@@ -34,7 +35,7 @@ import p2_train
 def p1_flags(p1_data, out, *extra):
     train, val = p1_data
     return ["--train-dir", str(train), "--val-dir", str(val), "--output-dir", str(out), "--batch-size", "16",
-            "--device", "cpu", "--amp", "off", "--no-progress", *map(str, extra)]
+            *CPU_FP32, "--no-progress", *map(str, extra)]
 
 
 # --- reference: the seed's behaviour ---------------------------------------------------------
@@ -116,11 +117,11 @@ def test_strong_vgg13_trains_resumes_and_grades_with_its_tta(p1_data, tmp_path):
     p1_train.main(p1_train.get_args_parser().parse_args(["--resume", str(out / "last.pth"), "--epochs", "2"]))
     assert load_checkpoint(out / "last.pth")["args"]["recipe"] == "strong"
     result = p1_inference.main(p1_inference.get_args_parser().parse_args(
-        ["--checkpoint", str(out / "best.pth"), "--device", "cpu", "--amp", "off", "--no-progress", str(p1_data[1]),
+        ["--checkpoint", str(out / "best.pth"), *CPU_FP32, "--no-progress", str(p1_data[1]),
          str(tmp_path / "p.csv")]))
     assert result["tta"] == "flip"  # what the run validated with
     result = p1_inference.main(p1_inference.get_args_parser().parse_args(
-        ["--checkpoint", str(out / "best.pth"), "--device", "cpu", "--amp", "off", "--no-progress", "--no-tta", str(p1_data[1]),
+        ["--checkpoint", str(out / "best.pth"), *CPU_FP32, "--no-progress", "--no-tta", str(p1_data[1]),
          str(tmp_path / "p.csv")]))
     assert result["tta"] == "none"
 
@@ -132,7 +133,7 @@ def test_strong_beit_trains_one_step(p1_data, tmp_path):
         (small / p.name).write_bytes(p.read_bytes())
     result = p1_train.main(p1_train.get_args_parser().parse_args([
         "--model", "beit", "--recipe", "strong", "--no-pretrained", "--train-dir", str(small), "--val-dir", str(small),
-        "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--amp", "off",
+        "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", *CPU_FP32,
         "--no-progress"]))
     assert math.isfinite(result["last"]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "run" / "last.pth")
@@ -152,7 +153,7 @@ def test_strong_segmenters_train_and_record_their_class_weights(model, p2_data, 
     result = p2_train.main(p2_train.get_args_parser().parse_args([
         "--model", model, "--recipe", "strong", "--no-pretrained", "--train-dir", str(p2_data[0]),
         "--val-dir", str(val), "--output-dir", str(tmp_path / "run"), "--tile-size", "64", "--epochs", "1",
-        "--batch-size", "4", "--device", "cpu", "--amp", "off", "--no-progress"]))
+        "--batch-size", "4", *CPU_FP32, "--no-progress"]))
     assert math.isfinite(result["last"]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "run" / "last.pth")
     assert ckpt["args"]["tta"] == "d4" and ckpt["args"]["augment"] == "d4" and ckpt["args"]["sched"] == "poly"
@@ -164,7 +165,7 @@ def test_strong_segmenters_train_and_record_their_class_weights(model, p2_data, 
         # --freeze-bn keeps pretrained statistics: from random weights there are none, and BatchNorm trains.
         assert ckpt["args"]["freeze_bn"] and ckpt["model"]["net.backbone.bn1.running_mean"].abs().sum() > 0
     if model == "deeplabv3":  # grading follows the run's TTA, scales included; the flags override them
-        argv = ["--checkpoint", str(tmp_path / "run" / "best.pth"), "--device", "cpu", "--amp", "off", "--no-progress", str(val)]
+        argv = ["--checkpoint", str(tmp_path / "run" / "best.pth"), *CPU_FP32, "--no-progress", str(val)]
         result = p2_inference.main(p2_inference.get_args_parser().parse_args([*argv, str(tmp_path / "masks")]))
         assert (result["tta"], result["tta_scales"]) == ("d4", [0.75, 1.0, 1.25]) and result["masks"] == 1
         result = p2_inference.main(p2_inference.get_args_parser().parse_args(
@@ -645,7 +646,7 @@ def test_multi_scale_training_keeps_masks_hard_labels_aligned_with_their_tiles()
 ])
 def test_bad_scales_and_decays_are_one_line_errors(flags, needle, p2_data, tmp_path):
     argv = ["--model", "lraspp", "--train-dir", str(p2_data[0]), "--val-dir", str(p2_data[1]),
-            "--output-dir", str(tmp_path), "--device", "cpu", "--amp", "off", *flags]
+            "--output-dir", str(tmp_path), *CPU_FP32, *flags]
     with pytest.raises(UserError, match=re.escape(needle)):
         p2_train.main(p2_train.get_args_parser().parse_args(argv))
     assert not tmp_path.joinpath("args.json").exists()  # refused before anything is written

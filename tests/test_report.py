@@ -15,7 +15,7 @@ from models import get_model, load_trained
 import make_report
 import p1_features
 import p2_masks
-from tests.conftest import assert_one_line_error, run_main, run_script
+from tests.conftest import CPU_FP32, assert_one_line_error, run_main, run_script
 from figures import features, masks, plots as plotting
 from figures.architecture import (_Wrap, architecture_summary, layout, plot_architecture, shape_text, trace_blocks,
                                   trace_graph)
@@ -28,7 +28,7 @@ from utils.run_folder import RunFolder
 
 
 def parse(module, *argv):
-    return module.get_args_parser().parse_args([*map(str, argv), "--device", "cpu", "--amp", "off", "--no-progress"])
+    return module.get_args_parser().parse_args([*map(str, argv), *CPU_FP32, "--no-progress"])
 
 
 def test_p1_features_and_embeddings(p1_run, p1_data, tmp_path):
@@ -150,7 +150,7 @@ def test_p2_masks_from_the_command_line(p2_run, p2_data, tmp_path):
     """p2_masks.py's smoke test: a real `python3 p2_masks.py ...` draws both figures."""
     out = tmp_path / "o"
     proc = run_script("p2_masks.py", "--run", p2_run, "--val-dir", p2_data[1], "--ids", "0101", "--out", out,
-                      "--device", "cpu", "--amp", "off", "--no-progress")
+                      *CPU_FP32, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert sorted(p.name for p in out.iterdir()) == ["p2_mask_progress.png", "p2_overlay.png"]
@@ -171,7 +171,7 @@ def test_run_without_snapshots(p1_run, p1_data, tmp_path):
     run.mkdir()
     (run / "metrics.jsonl").write_bytes((p1_run / "metrics.jsonl").read_bytes())
     proc = run_script("p1_features.py", "--run", run, "--val-dir", p1_data[1], "--out", tmp_path / "o",
-                      "--device", "cpu", "--amp", "off")
+                      *CPU_FP32)
     assert_one_line_error(proc, "--run", str(run), "no epoch_NNN.pth snapshots")
     assert proc.returncode == 2
     assert not (tmp_path / "o").exists()

@@ -15,7 +15,7 @@ import p1_features
 import p1_inference
 import p1_train
 import p2_masks
-from tests.conftest import REPO, assert_one_line_error, run_main
+from tests.conftest import CPU_FP32, REPO, assert_one_line_error, run_main
 from training.optim import Updater
 from figures.runs import rerun_commands
 from training.run import Resume, TrainState
@@ -233,7 +233,7 @@ def test_a_run_moved_to_another_folder_resumes_there_from_any_working_directory(
 
     monkeypatch.setattr(StopOnSignal, "__call__", stop_after_step_2)
     proc = run_main(p1_train, "--train-dir", "train", "--val-dir", "val", "--output-dir", "run", "--epochs", "2",
-                    "--batch-size", "16", "--device", "cpu", "--amp", "off", "--no-progress")
+                    "--batch-size", "16", *CPU_FP32, "--no-progress")
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     saved = json.loads((start / "run" / "args.json").read_text())
     assert all(saved[k] == str(start / v) for k, v in (("train_dir", "train"), ("val_dir", "val"),
@@ -254,14 +254,14 @@ def test_a_run_moved_to_another_folder_resumes_there_from_any_working_directory(
 
 def test_figures_of_the_other_problems_run_are_refused_in_one_line(p1_run, p2_run, tmp_path):
     out = tmp_path / "report"
-    proc = run_main(make_report, "--p1-run", p2_run, "--out", out, "--device", "cpu", "--amp", "off", "--only", "curves")
+    proc = run_main(make_report, "--p1-run", p2_run, "--out", out, *CPU_FP32, "--only", "curves")
     assert_one_line_error(proc, f"--p1-run {p2_run}: a Problem 2 run (it logs val_miou); this needs a Problem 1 "
                                 "run, of p1_train.py")
     assert not out.exists()
-    proc = run_main(make_report, "--p2-run", p1_run, "--out", out, "--device", "cpu", "--amp", "off")
+    proc = run_main(make_report, "--p2-run", p1_run, "--out", out, *CPU_FP32)
     assert_one_line_error(proc, f"--p2-run {p1_run}: a Problem 1 run")
-    proc = run_main(p2_masks, "--run", p1_run, "--out", out, "--device", "cpu", "--amp", "off")
+    proc = run_main(p2_masks, "--run", p1_run, "--out", out, *CPU_FP32)
     assert_one_line_error(proc, f"--run {p1_run}: a Problem 1 run", "p2_train.py")
-    proc = run_main(p1_features, "--run", p2_run, "--out", out, "--device", "cpu", "--amp", "off")
+    proc = run_main(p1_features, "--run", p2_run, "--out", out, *CPU_FP32)
     assert_one_line_error(proc, f"--run {p2_run}: a Problem 2 run", "p1_train.py")
     assert not out.exists()

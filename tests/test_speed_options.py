@@ -14,12 +14,12 @@ from utils.errors import UserError
 from utils.runtime import amp_choice, cannot_build, out_of_memory
 import p1_inference
 import p1_train
-from tests.conftest import run_main, run_script
+from tests.conftest import CPU_FP32, run_main, run_script
 
 
 def run_inference(checkpoint, images, out, *flags):
     args = p1_inference.get_args_parser().parse_args(
-        ["--checkpoint", str(checkpoint), "--device", "cpu", "--amp", "off", "--no-progress", str(images), str(out), *flags])
+        ["--checkpoint", str(checkpoint), *CPU_FP32, "--no-progress", str(images), str(out), *flags])
     p1_inference.main(args)
     with open(out, newline="") as f:
         return list(csv.reader(f))
@@ -91,7 +91,7 @@ def test_compile_without_a_cpp_compiler_trains_eagerly_after_one_warning(p1_data
     train, val = p1_data
     out = tmp_path / "run"
     proc = run_main(p1_train, "--train-dir", train, "--val-dir", val, "--output-dir", out, "--epochs", "1",
-                    "--batch-size", "16", "--device", "cpu", "--amp", "off", "--no-progress", "--compile")
+                    "--batch-size", "16", *CPU_FP32, "--no-progress", "--compile")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "warning: --compile: torch.compile cannot build code on this machine (InvalidCxxCompiler: No working C++ "
@@ -107,7 +107,7 @@ def test_compiled_grading_without_a_cpp_compiler_writes_what_eager_does_after_on
     eager_csv, compiled_csv = tmp_path / "eager.csv", tmp_path / "compiled.csv"
     run_inference(p1_run / "best.pth", val, eager_csv)
     env = {"CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor_cache")}
-    proc = run_script("p1_inference.py", "--checkpoint", p1_run / "best.pth", "--device", "cpu", "--amp", "off", "--no-progress",
+    proc = run_script("p1_inference.py", "--checkpoint", p1_run / "best.pth", *CPU_FP32, "--no-progress",
                       "--compile", val, compiled_csv, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
